@@ -1,0 +1,582 @@
+"""TokenProvider: single-flight fetches, refresh ahead of expiry, loops and lifecycle.
+
+How a call flows: ``get_token`` answers from the cache while the token is FRESH (the hot
+path: no await of anything else). A STALE token is answered at once and one background
+refresh starts. With no usable token, callers await one shared fetch ("flight") per cache
+key per process. A flight runs as a task; callers await it through ``asyncio.shield`` so a
+cancelled caller never cancels it for the others.
+
+Nothing here is bound to an event loop: flights remember their loop, callers on another
+running loop wait through a thread-safe future, and flights of a closed loop are forgotten.
+The HTTP session for token requests lives only as long as one fetch (fetches are rare), so
+no session outlives its loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import math
+import os
+import random
+import threading
+import time
+from typing import TYPE_CHECKING, Final, Self
+
+import aiohttp
+import attrs
+
+from ._cache import CacheKey, TokenCache, default_cache
+from ._endpoint import RetryPolicy, request_token, resolve_endpoint
+from ._token import Token, schedule_for
+from .exceptions import (
+    ConfigurationError,
+    InvalidCredentialsError,
+    ProviderClosedError,
+    TokenRequestError,
+)
+
+if TYPE_CHECKING:
+    import ssl
+    from collections.abc import Mapping
+    from types import TracebackType
+
+    from yarl import URL
+
+__all__ = ["ProviderStats", "TokenProvider"]
+
+logger = logging.getLogger("plainid_async")
+
+#: First wait after a failed background refresh, doubled per failure up to the maximum.
+BACKGROUND_RETRY_BASE: Final = 1.0
+BACKGROUND_RETRY_MAX: Final = 60.0
+
+ENV_CLIENT_ID: Final = "PLAINID_CLIENT_ID"
+ENV_CLIENT_SECRET: Final = "PLAINID_CLIENT_SECRET"  # noqa: S105 (a variable name)
+ENV_REGION: Final = "PLAINID_REGION"
+ENV_BASE_URL: Final = "PLAINID_BASE_URL"
+
+
+@attrs.define
+class ProviderStats:
+    """Counters of what a provider did.
+
+    Attributes:
+        token_requests: HTTP requests sent to the token endpoint (retries included).
+        tokens_fetched: Fetches that ended with a new token.
+        cache_hits: Calls answered from the cache without waiting.
+        waits: Calls that had to wait for a fetch (no usable token was cached).
+        background_refreshes: Refreshes started ahead of expiry while the token was STALE.
+        failures: Fetches that ended in an error (after their retries).
+    """
+
+    token_requests: int = 0
+    tokens_fetched: int = 0
+    cache_hits: int = 0
+    waits: int = 0
+    background_refreshes: int = 0
+    failures: int = 0
+
+
+@attrs.define(eq=False)
+class _Flight:
+    """One token fetch in progress, shared by every caller of one cache key."""
+
+    task: asyncio.Task[Token]
+    loop: asyncio.AbstractEventLoop
+    future: concurrent.futures.Future[Token]
+    owner: TokenProvider
+
+    def usable_from(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """Whether a caller on ``loop`` can wait for this flight."""
+        if self.task.done():
+            return False
+        return self.loop is loop or (self.loop.is_running() and not self.loop.is_closed())
+
+
+@attrs.define
+class _Episode:
+    """Failures in a row for one cache key: when to try again, whether we warned."""
+
+    failures: int = 0
+    retry_at: float = 0.0
+
+
+_FlightKey = tuple[int, CacheKey]
+_FLIGHTS: dict[_FlightKey, _Flight] = {}
+_EPISODES: dict[_FlightKey, _Episode] = {}
+_REGISTRY_LOCK = threading.Lock()
+
+
+def _check_text(name: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise ConfigurationError(f"{name} must be a string, not {type(value).__name__}")
+    if not value.strip():
+        raise ConfigurationError(f"{name} must not be empty or blank")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise ConfigurationError(f"{name} must not contain control characters")
+    return value
+
+
+def _check_seconds(name: str, value: object, *, allow_zero: bool) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigurationError(f"{name}={value!r} must be a number of seconds")
+    seconds = float(value)
+    if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigurationError(f"{name}={value!r} must be a finite number {bound}")
+    return seconds
+
+
+class TokenProvider:
+    """Gets, caches and refreshes PlainID access tokens for one API client.
+
+    Construct it anywhere (no I/O, no event loop needed), share it, and call
+    :meth:`get_token` as often as you like: concurrent callers share one token request,
+    tokens are refreshed in the background before they expire, and a short outage of the
+    token endpoint fails no call while the cached token is still valid.
+
+    Args:
+        client_id: The PlainID API client id.
+        client_secret: The PlainID API client secret. Never logged or shown.
+        region: The PlainID region, e.g. ``"us1"``; the API is then
+            ``https://api.{region}.plainid.io``.
+        base_url: Instead of ``region``, the base URL of a customer-hosted deployment
+            (https, or http for loopback hosts). A path prefix is kept.
+        refresh_margin: Seconds before expiry at which the background refresh window opens.
+            Default: min(half the lifetime, 1 h), less a small random jitter. Capped at half
+            the lifetime.
+        cache: Where tokens are kept. Default: the process-wide memory cache, so providers
+            with the same credentials share one token.
+        session: An :class:`aiohttp.ClientSession` for token requests (its middlewares are
+            bypassed). Never closed by the provider. Default: a short-lived session per fetch.
+        timeout: Time limit of one token request attempt, seconds.
+        retry: Retry policy for token requests (attempts, backoff, deadline).
+        ssl: TLS verification for token requests, as aiohttp's ``ssl=``: an
+            :class:`ssl.SSLContext` for a private CA, or ``None`` for the default trust store.
+
+    Raises:
+        ConfigurationError: A parameter is missing or invalid; the message names it.
+    """
+
+    __slots__ = (
+        "_api_url",
+        "_cache",
+        "_client_id",
+        "_client_secret",
+        "_closed",
+        "_hot",
+        "_key",
+        "_refresh_margin",
+        "_retry",
+        "_session",
+        "_ssl",
+        "_timeout",
+        "_token_url",
+        "stats",
+    )
+
+    def __init__(
+        self,
+        client_id: str,
+        client_secret: str,
+        *,
+        region: str | None = None,
+        base_url: str | URL | None = None,
+        refresh_margin: float | None = None,
+        cache: TokenCache | None = None,
+        session: aiohttp.ClientSession | None = None,
+        timeout: float = 10.0,
+        retry: RetryPolicy | None = None,
+        ssl: ssl.SSLContext | bool | None = None,
+    ) -> None:
+        """Validate the configuration; do no I/O."""
+        self._client_id = _check_text("client_id", client_id)
+        self._client_secret = _check_text("client_secret", client_secret)
+        endpoint = resolve_endpoint(region=region, base_url=base_url)
+        self._api_url = endpoint.api_url
+        self._token_url = endpoint.token_url
+        self._refresh_margin = (
+            None
+            if refresh_margin is None
+            else _check_seconds("refresh_margin", refresh_margin, allow_zero=True)
+        )
+        if cache is not None and not isinstance(cache, TokenCache):
+            raise ConfigurationError("cache must implement plainid_async.TokenCache")
+        self._cache: TokenCache = default_cache() if cache is None else cache
+        if session is not None and not isinstance(session, aiohttp.ClientSession):
+            raise ConfigurationError("session must be an aiohttp.ClientSession")
+        self._session = session
+        self._timeout = _check_seconds("timeout", timeout, allow_zero=False)
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise ConfigurationError("retry must be a plainid_async.RetryPolicy")
+        self._retry = RetryPolicy() if retry is None else retry
+        self._ssl = ssl
+        self._key = CacheKey.for_credentials(str(self._token_url), client_id, client_secret)
+        # (token, refresh_at, usable_until) of the token this provider last handed out.
+        self._hot: tuple[Token, float, float] | None = None
+        self._closed = False
+        self.stats = ProviderStats()
+
+    @classmethod
+    def from_env(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        *,
+        refresh_margin: float | None = None,
+        cache: TokenCache | None = None,
+        session: aiohttp.ClientSession | None = None,
+        timeout: float = 10.0,
+        retry: RetryPolicy | None = None,
+        ssl: ssl.SSLContext | bool | None = None,
+    ) -> TokenProvider:
+        """Build a provider from ``PLAINID_CLIENT_ID``, ``PLAINID_CLIENT_SECRET`` and one of
+        ``PLAINID_REGION`` / ``PLAINID_BASE_URL``.
+
+        Args:
+            environ: Where to read the variables; defaults to :data:`os.environ`.
+            refresh_margin: As for the constructor.
+            cache: As for the constructor.
+            session: As for the constructor.
+            timeout: As for the constructor.
+            retry: As for the constructor.
+            ssl: As for the constructor.
+
+        Raises:
+            ConfigurationError: A variable is missing, blank or invalid; the message names it.
+        """  # noqa: D205 (the summary names four variables and needs two lines)
+        env = os.environ if environ is None else environ
+
+        def read(name: str) -> str | None:
+            value = env.get(name)
+            return value if value is not None and value.strip() else None
+
+        client_id, client_secret = read(ENV_CLIENT_ID), read(ENV_CLIENT_SECRET)
+        region, base_url = read(ENV_REGION), read(ENV_BASE_URL)
+        for name, value in ((ENV_CLIENT_ID, client_id), (ENV_CLIENT_SECRET, client_secret)):
+            if value is None:
+                raise ConfigurationError(f"environment variable {name} is not set")
+        if (region is None) == (base_url is None):
+            raise ConfigurationError(f"set exactly one of {ENV_REGION} and {ENV_BASE_URL}")
+        assert client_id is not None  # noqa: S101 (checked above; for the type checker)
+        assert client_secret is not None  # noqa: S101
+        try:
+            return cls(
+                client_id,
+                client_secret,
+                region=region,
+                base_url=base_url,
+                refresh_margin=refresh_margin,
+                cache=cache,
+                session=session,
+                timeout=timeout,
+                retry=retry,
+                ssl=ssl,
+            )
+        except ConfigurationError as exc:
+            source = ENV_REGION if region is not None else ENV_BASE_URL
+            raise ConfigurationError(f"{exc} (from {source} or {ENV_CLIENT_ID})") from None
+
+    # -- public properties -------------------------------------------------------------
+
+    @property
+    def client_id(self) -> str:
+        """The API client id."""
+        return self._client_id
+
+    @property
+    def api_url(self) -> URL:
+        """The API base URL, e.g. ``URL("https://api.us1.plainid.io")``."""
+        return self._api_url
+
+    @property
+    def token_url(self) -> URL:
+        """The token endpoint URL."""
+        return self._token_url
+
+    @property
+    def cache(self) -> TokenCache:
+        """The token cache in use."""
+        return self._cache
+
+    @property
+    def cache_key(self) -> CacheKey:
+        """The cache key of the current credentials."""
+        return self._key
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    def __repr__(self) -> str:
+        """Show the client id and API URL; never the secret or a token."""
+        state = "closed" if self._closed else "open"
+        return f"<TokenProvider client_id={self._client_id!r} api_url='{self._api_url}' {state}>"
+
+    # -- tokens ------------------------------------------------------------------------
+
+    async def get_token(self, *, force_refresh: bool = False) -> Token:
+        """Return a valid access token.
+
+        FRESH: returned at once. STALE: returned at once, and one background refresh starts.
+        None usable: waits for the one shared fetch.
+
+        Args:
+            force_refresh: Drop the cached token (if it is still the one cached when this
+                call starts) and wait for a new one. Concurrent forced calls share one fetch.
+
+        Returns:
+            The token.
+
+        Raises:
+            TokenRequestError: No token could be obtained (a subclass says why).
+            ProviderClosedError: The provider is closed.
+        """
+        hot = self._hot
+        if hot is not None and not force_refresh:
+            token, refresh_at, _ = hot
+            if time.monotonic() < refresh_at and self._cache.get(self._key) is token:
+                self.stats.cache_hits += 1
+                return token
+        return await self._get_token_slow(force_refresh=force_refresh)
+
+    def invalidate(self, token: Token) -> bool:
+        """Drop ``token`` if it is still the cached one, so the next call fetches anew.
+
+        Compare-and-drop: when many requests see a 401 for the same token, the first
+        invalidates it and the rest do nothing, so one refresh follows.
+
+        Args:
+            token: The token that was rejected.
+
+        Returns:
+            Whether it was dropped.
+        """
+        return self._discard(self._key, token)
+
+    def rotate_secret(self, client_secret: str) -> None:
+        """Use a new client secret from now on, without failing calls in flight.
+
+        The next call fetches a token with the new secret; a fetch still running with the
+        old secret that is rejected is retried with the new one.
+
+        Raises:
+            ConfigurationError: The new secret is empty or blank.
+        """
+        self._client_secret = _check_text("client_secret", client_secret)
+        self._key = CacheKey.for_credentials(str(self._token_url), self._client_id, client_secret)
+        self._hot = None
+        logger.info("client secret of client %s replaced", self._client_id)
+
+    async def _get_token_slow(self, *, force_refresh: bool) -> Token:
+        self._check_open()
+        key = self._key
+        if force_refresh:
+            current = self._cache.get(key)
+            if current is not None:
+                self._discard(key, current)
+        while True:
+            token = self._cache.get(key)
+            if token is not None:
+                _, refresh_at, usable_until = self._schedule(token)
+                now = time.monotonic()
+                if now < usable_until:
+                    if now >= refresh_at:
+                        self._refresh_in_background(key, token)
+                    self.stats.cache_hits += 1
+                    return token
+            self.stats.waits += 1
+            try:
+                return await self._wait_for_flight(key, token)
+            except InvalidCredentialsError:
+                if self._key == key:
+                    raise
+                # The secret was rotated while this fetch ran: try with the new one.
+                key = self._key
+
+    def _schedule(self, token: Token) -> tuple[Token, float, float]:
+        hot = self._hot
+        if hot is not None and hot[0] is token:
+            return hot
+        schedule = schedule_for(token, refresh_margin=self._refresh_margin, jitter=random.random())  # noqa: S311 (jitter, not crypto)
+        entry = (token, schedule.refresh_at, schedule.usable_until)
+        self._hot = entry
+        return entry
+
+    def _discard(self, key: CacheKey, token: Token) -> bool:
+        dropped = self._cache.discard(key, token)
+        if dropped:
+            logger.debug("token of client %s dropped from the cache", self._client_id)
+        return dropped
+
+    # -- flights -----------------------------------------------------------------------
+
+    def _refresh_in_background(self, key: CacheKey, token: Token) -> None:
+        flight_key = (id(self._cache), key)
+        episode = _EPISODES.get(flight_key)
+        if episode is not None and time.monotonic() < episode.retry_at:
+            return
+        self._flight(key, token, background=True)
+
+    def _flight(self, key: CacheKey, replacing: Token | None, *, background: bool) -> _Flight:
+        """Return the flight for ``key``, starting one if none is usable from this loop."""
+        loop = asyncio.get_running_loop()
+        flight_key = (id(self._cache), key)
+        with _REGISTRY_LOCK:
+            flight = _FLIGHTS.get(flight_key)
+            if flight is not None and flight.usable_from(loop):
+                return flight
+            future: concurrent.futures.Future[Token] = concurrent.futures.Future()
+            future.set_running_or_notify_cancel()
+            task = loop.create_task(
+                self._fetch(key, replacing), name=f"plainid-async token fetch {key.client_id}"
+            )
+            flight = _Flight(task=task, loop=loop, future=future, owner=self)
+            _FLIGHTS[flight_key] = flight
+        if background:
+            self.stats.background_refreshes += 1
+            logger.debug("background refresh started for client %s", key.client_id)
+        task.add_done_callback(lambda done: self._flight_done(flight_key, flight, done))
+        return flight
+
+    async def _wait_for_flight(self, key: CacheKey, replacing: Token | None) -> Token:
+        while True:
+            self._check_open()
+            flight = self._flight(key, replacing, background=False)
+            try:
+                if flight.loop is asyncio.get_running_loop():
+                    return await asyncio.shield(flight.task)
+                return await asyncio.shield(asyncio.wrap_future(flight.future))
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise
+                # The flight itself was cancelled (its provider closed or its loop ended),
+                # not this caller: start or join another.
+
+    async def _fetch(self, key: CacheKey, replacing: Token | None) -> Token:
+        async with self._cache.fetch_lock(key):
+            # Another process (shared cache) may have fetched while we waited for the lock.
+            shared = await self._cache.load(key)
+            if shared is not None and shared != replacing:
+                _, refresh_at, _ = self._schedule(shared)
+                if time.monotonic() < refresh_at:
+                    return shared
+            token = await self._request(key)
+            await self._cache.store(key, token)
+            self.stats.tokens_fetched += 1
+            logger.info(
+                "token fetched for client %s from %s (expires in %g s)",
+                key.client_id,
+                self._token_url,
+                token.expires_in,
+            )
+            return token
+
+    async def _request(self, key: CacheKey) -> Token:
+        def count() -> None:
+            self.stats.token_requests += 1
+
+        async def send(session: aiohttp.ClientSession) -> Token:
+            return await request_token(
+                session,
+                self._token_url,
+                client_id=key.client_id,
+                client_secret=key.client_secret,
+                timeout=self._timeout,
+                retry=self._retry,
+                ssl=self._ssl,
+                on_attempt=count,
+            )
+
+        if self._session is not None:
+            return await send(self._session)
+        async with aiohttp.ClientSession(trust_env=False) as session:
+            return await send(session)
+
+    def _flight_done(
+        self, flight_key: _FlightKey, flight: _Flight, task: asyncio.Task[Token]
+    ) -> None:
+        with _REGISTRY_LOCK:
+            if _FLIGHTS.get(flight_key) is flight:
+                del _FLIGHTS[flight_key]
+        if task.cancelled():
+            flight.future.set_exception(asyncio.CancelledError())
+            return
+        error = task.exception()  # also marks it retrieved: no "never retrieved" warning
+        if error is None:
+            flight.future.set_result(task.result())
+            episode = _EPISODES.pop(flight_key, None)
+            if episode is not None:
+                logger.info(
+                    "token endpoint recovered for client %s after %d failed fetches",
+                    flight_key[1].client_id,
+                    episode.failures,
+                )
+            return
+        flight.future.set_exception(error)
+        self.stats.failures += 1
+        episode = _EPISODES.setdefault(flight_key, _Episode())
+        episode.failures += 1
+        delay = min(BACKGROUND_RETRY_MAX, BACKGROUND_RETRY_BASE * 2.0 ** (episode.failures - 1))
+        episode.retry_at = time.monotonic() + delay * (0.5 + random.random() / 2)  # noqa: S311
+        if episode.failures == 1:
+            logger.warning(
+                "token fetch for client %s failed: %s; serving the cached token while it "
+                "lasts and retrying with backoff",
+                flight_key[1].client_id,
+                error if isinstance(error, TokenRequestError) else type(error).__name__,
+            )
+        else:
+            logger.debug(
+                "token fetch for client %s failed again (%d in a row): %s",
+                flight_key[1].client_id,
+                episode.failures,
+                error if isinstance(error, TokenRequestError) else type(error).__name__,
+            )
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ProviderClosedError("this TokenProvider is closed")
+
+    async def close(self) -> None:
+        """Cancel this provider's background work. Idempotent.
+
+        The provider creates no long-lived HTTP session (each fetch uses a short-lived one),
+        and never closes a session passed in. Using the provider afterwards raises
+        :class:`~plainid_async.ProviderClosedError`.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._hot = None
+        loop = asyncio.get_running_loop()
+        with _REGISTRY_LOCK:
+            mine = [f for f in _FLIGHTS.values() if f.owner is self and not f.task.done()]
+        local = []
+        for flight in mine:
+            if flight.loop is loop:
+                flight.task.cancel()
+                local.append(flight.task)
+            elif flight.loop.is_running():
+                flight.loop.call_soon_threadsafe(flight.task.cancel)
+        if local:
+            await asyncio.gather(*local, return_exceptions=True)
+
+    async def __aenter__(self) -> Self:
+        """Return the provider, checking it is open."""
+        self._check_open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Close the provider."""
+        await self.close()
