@@ -22,7 +22,7 @@ import os
 import random
 import threading
 import time
-from typing import TYPE_CHECKING, Final, Self
+from typing import TYPE_CHECKING, Any, Final, Self
 
 import aiohttp
 import attrs
@@ -536,6 +536,23 @@ class TokenProvider:
                 episode.failures,
                 error if isinstance(error, TokenRequestError) else type(error).__name__,
             )
+
+    # -- aiohttp -----------------------------------------------------------------------
+
+    def session(self, **kwargs: Any) -> aiohttp.ClientSession:  # noqa: ANN401 (aiohttp.ClientSession options)
+        """Open an :class:`aiohttp.ClientSession` that calls PlainID's APIs with this provider.
+
+        ``base_url`` defaults to :attr:`api_url` and a
+        :class:`~plainid_async.BearerAuthMiddleware` comes first in the middleware chain;
+        other keyword arguments (``middlewares``, ``headers``, ``timeout``, ``connector``, …)
+        go to :class:`aiohttp.ClientSession`.
+
+        Returns:
+            The session; close it (``async with``) when done.
+        """
+        from ._middleware import provider_session  # noqa: PLC0415 (the middleware imports us)
+
+        return provider_session(self, **kwargs)
 
     # -- lifecycle ---------------------------------------------------------------------
 
