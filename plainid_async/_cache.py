@@ -38,7 +38,8 @@ class CacheKey:
     Attributes:
         token_url: The token endpoint URL (so the region or base URL).
         client_id: The API client id.
-        fingerprint: Hex HMAC-SHA256 of the token URL and client id, keyed by the secret.
+        fingerprint: Hex HMAC-SHA256 of the token URL and client id, keyed by a hash of
+            the secret.
         client_secret: The secret itself (excluded from repr, equality and hashing).
     """
 
@@ -51,7 +52,10 @@ class CacheKey:
     def for_credentials(cls, token_url: str, client_id: str, client_secret: str) -> CacheKey:
         """Build the key for these credentials at this token endpoint."""
         message = b"\0".join((_FINGERPRINT_LABEL, token_url.encode(), client_id.encode()))
-        fingerprint = hmac.new(client_secret.encode(), message, hashlib.sha256).hexdigest()
+        # HMAC pads short keys with zero bytes and hashes long ones, so "s" and "s\0" would
+        # share a key; a fixed-size key derived from the secret keeps every secret distinct.
+        key = hashlib.sha256(_FINGERPRINT_LABEL + b"\0" + client_secret.encode()).digest()
+        fingerprint = hmac.new(key, message, hashlib.sha256).hexdigest()
         return cls(token_url, client_id, fingerprint, client_secret)
 
     def digest(self) -> str:

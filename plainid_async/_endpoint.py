@@ -125,8 +125,13 @@ def _validate_base_url(base_url: str | URL | None) -> URL:
     try:
         url = URL(base_url) if isinstance(base_url, str) else base_url
     except (ValueError, TypeError) as exc:
-        raise ConfigurationError(f"base_url={str(base_url)!r} is not a valid URL") from exc
-    shown = str(url.with_user(None).with_password(None)) if url.host else str(base_url)
+        shown = _without_userinfo(str(base_url))
+        raise ConfigurationError(f"base_url={shown!r} is not a valid URL") from exc
+    shown = (
+        str(url.with_user(None).with_password(None))
+        if url.host
+        else _without_userinfo(str(base_url))
+    )
     if not url.absolute or not url.host or url.scheme not in {"http", "https"}:
         raise ConfigurationError(f"base_url={shown!r} must be an absolute http(s) URL")
     if url.user is not None or url.password is not None:
@@ -137,7 +142,14 @@ def _validate_base_url(base_url: str | URL | None) -> URL:
         raise ConfigurationError(
             f"base_url={shown!r} must use https (plain http is allowed for loopback hosts only)"
         )
-    return url.with_path(url.path.rstrip("/"))
+    # The raw path, so an encoded "/" (%2F) in the prefix stays encoded.
+    return url.with_path(url.raw_path.rstrip("/"), encoded=True)
+
+
+def _without_userinfo(text: str) -> str:
+    # A URL yarl could not split is shown as typed, minus whatever precedes an "@": that
+    # may be a password.
+    return "***@" + text.rpartition("@")[2] if "@" in text else text
 
 
 def _invalid(reason: str) -> NoReturn:
@@ -283,7 +295,8 @@ class RetryPolicy:
         Half the exponential delay is fixed and half is random, so retries spread out yet
         always back off.
         """
-        base = min(self.backoff_max, self.backoff_base * 2.0 ** (attempt - 1))
+        # The exponent is capped so a large attempt number gives backoff_max, not OverflowError.
+        base = min(self.backoff_max, self.backoff_base * 2.0 ** min(attempt - 1, 1023))
         return base / 2 + base / 2 * jitter
 
     def next_delay(

@@ -524,8 +524,8 @@ class TokenProvider:
         episode.retry_at = time.monotonic() + delay * (0.5 + random.random() / 2)  # noqa: S311
         if episode.failures == 1:
             logger.warning(
-                "token fetch for client %s failed: %s; serving the cached token while it "
-                "lasts and retrying with backoff",
+                "token fetch for client %s failed: %s; a cached token is served while it "
+                "lasts, and background refreshes back off",
                 flight_key[1].client_id,
                 error if isinstance(error, TokenRequestError) else type(error).__name__,
             )

@@ -180,12 +180,12 @@ def refresh_window(lifetime: float, refresh_margin: float | None) -> float:
     return min(refresh_margin, half)
 
 
-def min_remaining(lifetime: float, window: float) -> float:
+def min_remaining(lifetime: float) -> float:
     """Seconds before expiry from which a token is no longer handed out.
 
-    min(30 s, a tenth of the lifetime), and never more than the refresh window.
+    min(30 s, a tenth of the lifetime), whatever the refresh margin.
     """
-    return min(DEFAULT_MIN_REMAINING, lifetime / 10, window)
+    return min(DEFAULT_MIN_REMAINING, lifetime / 10)
 
 
 def schedule_for(token: Token, *, refresh_margin: float | None, jitter: float) -> RefreshSchedule:
@@ -194,7 +194,8 @@ def schedule_for(token: Token, *, refresh_margin: float | None, jitter: float) -
     Args:
         token: The token.
         refresh_margin: Seconds before expiry at which the refresh window opens, or ``None``
-            for the default that scales with the lifetime.
+            for the default that scales with the lifetime. A token is never handed out with
+            less than min(30 s, a tenth of its lifetime) left, whatever the margin.
         jitter: A number in [0, 1): the window shrinks by ``jitter * JITTER_FRACTION`` of
             itself, so processes that got tokens at the same time refresh at different times.
 
@@ -202,8 +203,10 @@ def schedule_for(token: Token, *, refresh_margin: float | None, jitter: float) -
         The schedule.
     """
     lifetime = token.expires_in
-    window = refresh_window(lifetime, refresh_margin)
-    hard = min_remaining(lifetime, window)
+    hard = min_remaining(lifetime)
+    # A margin below the hard threshold must not hand out a token about to expire (requests
+    # in flight would get 401s): such a token goes from FRESH straight to EXPIRED.
+    window = max(refresh_window(lifetime, refresh_margin), hard)
     jittered = window - (window - hard) * JITTER_FRACTION * min(max(jitter, 0.0), 1.0)
     expiry = token.expires_at_monotonic
     return RefreshSchedule(refresh_at=expiry - jittered, usable_until=expiry - hard)

@@ -1,0 +1,73 @@
+"""Hot path: `await provider.get_token()` on a cached token vs a bare coroutine.
+
+The floor is a coroutine that does what any token cache must do: one dict lookup and one
+monotonic-clock check. Both are timed in interleaved rounds in one run; the ratio is what
+counts (absolute times on a shared machine are noise). Goal: ratio <= 3.
+
+Run: .venv/bin/python benchmarks/bench_get_token.py [--rounds N] [--calls N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+
+import plainid_async as pa
+from plainid_async.testing import FakePlainID
+
+
+async def main(rounds: int, calls: int) -> float:
+    async with FakePlainID() as fake:
+        provider = pa.TokenProvider(
+            fake.client_id,
+            fake.client_secret,
+            base_url=str(fake.base_url),
+            cache=pa.MemoryTokenCache(),
+        )
+        async with provider:
+            await provider.get_token()
+            table = {"key": await provider.get_token()}
+            deadline = time.monotonic() + 3600
+
+            async def bare() -> pa.Token:
+                token = table["key"]
+                if time.monotonic() < deadline:
+                    return token
+                raise AssertionError
+
+            async def time_provider() -> float:
+                get = provider.get_token
+                start = time.perf_counter()
+                for _ in range(calls):
+                    await get()
+                return (time.perf_counter() - start) / calls
+
+            async def time_bare() -> float:
+                start = time.perf_counter()
+                for _ in range(calls):
+                    await bare()
+                return (time.perf_counter() - start) / calls
+
+            ours, floor = [], []
+            for _ in range(rounds):
+                ours.append(await time_provider())
+                floor.append(await time_bare())
+            if len(fake.token_requests) != 1:
+                raise AssertionError(fake.token_requests)
+    ours_ns = statistics.median(ours) * 1e9
+    floor_ns = statistics.median(floor) * 1e9
+    ratio = ours_ns / floor_ns
+    print(f"get_token() on a cached token: {ours_ns:8.1f} ns/call (median of {rounds} rounds)")
+    print(f"bare dict+monotonic coroutine: {floor_ns:8.1f} ns/call")
+    print(f"ratio: {ratio:.2f}x (goal <= 3x)")
+    return ratio
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--calls", type=int, default=100_000)
+    args = parser.parse_args()
+    asyncio.run(main(args.rounds, args.calls))

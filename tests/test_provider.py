@@ -1,0 +1,726 @@
+"""TokenProvider end to end against FakePlainID on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from typing import TYPE_CHECKING
+
+import aiohttp
+import pytest
+
+import plainid_async as pa
+from plainid_async import _provider
+from plainid_async.testing import FakePlainID, FakeResponse
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator
+
+FAST_RETRY = pa.RetryPolicy(attempts=2, backoff_base=0.01, backoff_max=0.02, deadline=2.0)
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakePlainID]:
+    async with FakePlainID(latency=0.02) as server:
+        yield server
+
+
+@pytest.fixture
+def cache() -> pa.MemoryTokenCache:
+    return pa.MemoryTokenCache()
+
+
+@pytest.fixture
+async def provider(
+    fake: FakePlainID, cache: pa.MemoryTokenCache
+) -> AsyncIterator[pa.TokenProvider]:
+    async with pa.TokenProvider(
+        fake.client_id,
+        fake.client_secret,
+        base_url=str(fake.base_url),
+        cache=cache,
+        retry=FAST_RETRY,
+        timeout=2.0,
+    ) as p:
+        yield p
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_flights() -> Iterator[None]:
+    yield
+    # every flight removes itself when done; a leftover would be a leak
+    assert not [f for f in _provider._FLIGHTS.values() if not f.task.done()]
+    _provider._EPISODES.clear()
+
+
+def token_with(remaining: float, lifetime: float = 100.0, value: str = "preloaded") -> pa.Token:
+    """A token with `remaining` seconds left of `lifetime`."""
+    return pa.Token(
+        access_token=value,
+        token_type="Bearer",
+        expires_in=lifetime,
+        expires_at=time.time() + remaining,
+        expires_at_monotonic=time.monotonic() + remaining,
+    )
+
+
+async def settle() -> None:
+    """Wait for every token fetch in flight to finish."""
+    tasks = [f.task for f in list(_provider._FLIGHTS.values())]
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+# -- configuration ----------------------------------------------------------------------
+
+
+def test_construction_needs_no_event_loop_and_does_no_io() -> None:
+    provider = pa.TokenProvider("id", "secret", region="us1")
+    assert provider.api_url == pa.TokenProvider("id", "s", region="us1").api_url
+    assert str(provider.api_url) == "https://api.us1.plainid.io"
+    assert str(provider.token_url) == "https://api.us1.plainid.io/api/1.0/api-key/token"
+
+
+@pytest.mark.parametrize(
+    "region", ["US1", "us1.evil.com", "us1/x", "a@b", "us 1", "", "us1.", "é1"]
+)
+def test_region_that_could_change_the_host_is_rejected(region: str) -> None:
+    with pytest.raises(pa.ConfigurationError, match="region"):
+        pa.TokenProvider("id", "secret", region=region)
+
+
+def test_base_url_path_prefix_is_kept() -> None:
+    provider = pa.TokenProvider("id", "secret", base_url="https://pap.example.com/plainid/")
+    assert str(provider.token_url) == "https://pap.example.com/plainid/api/1.0/api-key/token"
+
+
+@pytest.mark.parametrize(
+    "base_url",
+    ["http://pap.example.com", "ftp://127.0.0.1", "pap.example.com", "https://u:p@x.com"],
+)
+def test_unsafe_base_url_is_rejected(base_url: str) -> None:
+    with pytest.raises(pa.ConfigurationError, match="base_url"):
+        pa.TokenProvider("id", "secret", base_url=base_url)
+
+
+@pytest.mark.parametrize("host", ["localhost", "127.0.0.1", "127.1.2.3", "[::1]"])
+def test_plain_http_is_allowed_for_loopback_hosts(host: str) -> None:
+    provider = pa.TokenProvider("id", "secret", base_url=f"http://{host}:8080")
+    assert provider.api_url.scheme == "http"
+
+
+def test_exactly_one_of_region_and_base_url() -> None:
+    with pytest.raises(pa.ConfigurationError, match="exactly one"):
+        pa.TokenProvider("id", "secret")
+    with pytest.raises(pa.ConfigurationError, match="exactly one"):
+        pa.TokenProvider("id", "secret", region="us1", base_url="https://x.example.com")
+
+
+@pytest.mark.parametrize(
+    ("client_id", "secret", "name"),
+    [
+        ("", "s", "client_id"),
+        ("  ", "s", "client_id"),
+        ("id", "", "client_secret"),
+        ("id", " \t", "client_secret"),
+    ],
+)
+def test_blank_credentials_are_rejected_by_name(client_id: str, secret: str, name: str) -> None:
+    with pytest.raises(pa.ConfigurationError, match=name):
+        pa.TokenProvider(client_id, secret, region="us1")
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("refresh_margin", -1), ("refresh_margin", float("nan")), ("timeout", 0), ("timeout", True)],
+)
+def test_bad_numeric_options_are_rejected_by_name(option: str, value: float) -> None:
+    with pytest.raises(pa.ConfigurationError, match=option):
+        pa.TokenProvider("id", "secret", region="us1", **{option: value})  # type: ignore[arg-type]
+
+
+def test_configuration_errors_never_echo_the_secret() -> None:
+    secret = "sup3r-s3cret-value"
+    for kwargs in ({"region": "BAD"}, {"base_url": "http://x.example.com"}, {}):
+        with pytest.raises(pa.ConfigurationError) as info:
+            pa.TokenProvider("id", secret, **kwargs)  # type: ignore[arg-type]
+        assert secret not in str(info.value)
+        assert secret not in repr(info.value)
+
+
+def test_from_env_reads_the_four_variables() -> None:
+    env = {
+        "PLAINID_CLIENT_ID": "cid",
+        "PLAINID_CLIENT_SECRET": "csecret",
+        "PLAINID_REGION": "eu1",
+    }
+    provider = pa.TokenProvider.from_env(env)
+    assert provider.client_id == "cid"
+    assert str(provider.api_url) == "https://api.eu1.plainid.io"
+    env = {**env, "PLAINID_REGION": "", "PLAINID_BASE_URL": "http://127.0.0.1:9"}
+    assert str(pa.TokenProvider.from_env(env).api_url) == "http://127.0.0.1:9"
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"PLAINID_CLIENT_SECRET": "s", "PLAINID_REGION": "us1"}, "PLAINID_CLIENT_ID"),
+        ({"PLAINID_CLIENT_ID": "i", "PLAINID_REGION": "us1"}, "PLAINID_CLIENT_SECRET"),
+        ({"PLAINID_CLIENT_ID": "i", "PLAINID_CLIENT_SECRET": "s"}, "PLAINID_REGION"),
+        (
+            {
+                "PLAINID_CLIENT_ID": "i",
+                "PLAINID_CLIENT_SECRET": "s",
+                "PLAINID_REGION": "us1",
+                "PLAINID_BASE_URL": "https://x.example.com",
+            },
+            "PLAINID_BASE_URL",
+        ),
+        (
+            {"PLAINID_CLIENT_ID": "i", "PLAINID_CLIENT_SECRET": "s", "PLAINID_REGION": "U.S"},
+            "PLAINID_REGION",
+        ),
+    ],
+)
+def test_from_env_names_the_missing_or_bad_variable(env: dict[str, str], named: str) -> None:
+    with pytest.raises(pa.ConfigurationError, match=named):
+        pa.TokenProvider.from_env(env)
+
+
+def test_repr_shows_no_secret() -> None:
+    provider = pa.TokenProvider("cid", "the-secret-value", region="us1")
+    assert "the-secret-value" not in repr(provider)
+    assert "the-secret-value" not in repr(provider.cache_key)
+    assert "cid" in repr(provider)
+
+
+# -- fetching and caching -----------------------------------------------------------------
+
+
+async def test_token_request_is_a_form_post_with_no_basic_auth_and_nothing_in_the_url(
+    fake: FakePlainID, provider: pa.TokenProvider
+) -> None:
+    token = await provider.get_token()
+    assert fake.is_valid(token.access_token)
+    [request] = fake.token_requests
+    assert request.content_type == "application/x-www-form-urlencoded"
+    assert request.grant_type == "client_credentials"
+    assert request.accept == "application/json"
+    assert request.query == ""
+    assert not request.authorization_header
+
+
+async def test_thousand_cold_callers_make_exactly_one_token_request(
+    fake: FakePlainID, provider: pa.TokenProvider
+) -> None:
+    fake.latency = 0.1
+    tokens = await asyncio.gather(*(provider.get_token() for _ in range(1000)))
+    assert len(fake.token_requests) == 1
+    assert len({t.access_token for t in tokens}) == 1
+    assert provider.stats.token_requests == 1
+    assert provider.stats.tokens_fetched == 1
+
+
+async def test_a_cached_token_is_served_without_a_request(
+    fake: FakePlainID, provider: pa.TokenProvider
+) -> None:
+    first = await provider.get_token()
+    for _ in range(10):
+        assert await provider.get_token() is first
+    assert len(fake.token_requests) == 1
+    assert provider.stats.cache_hits == 10
+
+
+async def test_expiry_is_measured_from_when_the_request_was_sent(
+    fake: FakePlainID, provider: pa.TokenProvider
+) -> None:
+    fake.expires_in = 100
+    fake.latency = 0.3
+    token = await provider.get_token()
+    received = time.monotonic()
+    # sent at least `latency` before the answer arrived, so expiry is at least that early
+    assert token.expires_at_monotonic <= received - 0.3 + 100
+
+
+async def test_two_providers_with_the_same_credentials_share_one_token(
+    fake: FakePlainID, cache: pa.MemoryTokenCache
+) -> None:
+    a = pa.TokenProvider(
+        fake.client_id, fake.client_secret, base_url=str(fake.base_url), cache=cache
+    )
+    b = pa.TokenProvider(
+        fake.client_id, fake.client_secret, base_url=str(fake.base_url), cache=cache
+    )
+    async with a, b:
+        ta, tb = await asyncio.gather(a.get_token(), b.get_token())
+        assert ta is tb
+    assert len(fake.token_requests) == 1
+
+
+async def test_providers_share_the_process_wide_cache_by_default(fake: FakePlainID) -> None:
+    fake.add_client("shared-default", "shared-secret")
+    base = str(fake.base_url)
+    a = pa.TokenProvider("shared-default", "shared-secret", base_url=base)
+    b = pa.TokenProvider("shared-default", "shared-secret", base_url=base)
+    async with a, b:
+        assert a.cache is b.cache
+        assert (await a.get_token()) is (await b.get_token())
+    assert len(fake.token_requests) == 1
+
+
+async def test_a_provider_with_another_secret_never_gets_that_token(
+    fake: FakePlainID, cache: pa.MemoryTokenCache
+) -> None:
+    base = str(fake.base_url)
+    good = pa.TokenProvider(fake.client_id, fake.client_secret, base_url=base, cache=cache)
+    bad = pa.TokenProvider(
+        fake.client_id, "another-secret", base_url=base, cache=cache, retry=FAST_RETRY
+    )
+    async with good, bad:
+        await good.get_token()
+        with pytest.raises(pa.InvalidCredentialsError):
+            await bad.get_token()
+    assert len(fake.token_requests) == 2
+
+
+async def test_rejected_credentials_are_tried_once_and_every_caller_gets_the_same_error(
+    fake: FakePlainID, cache: pa.MemoryTokenCache
+) -> None:
+    provider = pa.TokenProvider(
+        fake.client_id, "wrong-secret", base_url=str(fake.base_url), cache=cache, retry=FAST_RETRY
+    )
+    async with provider:
+        results = await asyncio.gather(
+            *(provider.get_token() for _ in range(20)), return_exceptions=True
+        )
+    assert len(fake.token_requests) == 1
+    assert all(isinstance(r, pa.InvalidCredentialsError) for r in results)
+    assert len({id(r) for r in results}) == 1
+    error = results[0]
+    assert isinstance(error, pa.InvalidCredentialsError)
+    assert error.status == 401
+    assert not error.retryable
+    assert provider.stats.failures == 1
+
+
+MALFORMED = {
+    "not json": FakeResponse(body="<html>ok</html>", content_type="text/html"),
+    "missing token": FakeResponse(body={"token_type": "Bearer", "expires_in": 60}),
+    "empty token": FakeResponse(
+        body={"access_token": "", "token_type": "Bearer", "expires_in": 60}
+    ),
+    "zero lifetime": FakeResponse(
+        body={"access_token": "t", "token_type": "Bearer", "expires_in": 0}
+    ),
+    "negative lifetime": FakeResponse(
+        body={"access_token": "t", "token_type": "Bearer", "expires_in": -5}
+    ),
+    "boolean lifetime": FakeResponse(
+        body={"access_token": "t", "token_type": "Bearer", "expires_in": True}
+    ),
+    "absurd lifetime": FakeResponse(
+        body={"access_token": "t", "token_type": "Bearer", "expires_in": 10**12}
+    ),
+    "text lifetime": FakeResponse(
+        body={"access_token": "t", "token_type": "Bearer", "expires_in": "soon"}
+    ),
+    "other token type": FakeResponse(
+        body={"access_token": "t", "token_type": "mac", "expires_in": 60}
+    ),
+    "oversized body": FakeResponse(
+        body={"access_token": "t", "token_type": "Bearer", "expires_in": 60, "pad": "x" * 70_000}
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+async def test_malformed_token_response_is_an_invalid_token_response_error(
+    fake: FakePlainID, provider: pa.TokenProvider, case: str
+) -> None:
+    fake.fail_next(MALFORMED[case])
+    with pytest.raises(pa.InvalidTokenResponseError) as info:
+        await provider.get_token()
+    assert isinstance(info.value, ValueError)
+    assert len(fake.token_requests) == 1  # a malformed 200 is not retried
+
+
+async def test_transient_failures_are_retried(
+    fake: FakePlainID, provider: pa.TokenProvider
+) -> None:
+    fake.fail_next(503)
+    token = await provider.get_token()
+    assert fake.is_valid(token.access_token)
+    assert len(fake.token_requests) == 2
+    assert provider.stats.token_requests == 2
+
+
+async def test_outage_with_no_cached_token_fails_with_endpoint_unavailable(
+    fake: FakePlainID, provider: pa.TokenProvider
+) -> None:
+    fake.start_outage(503)
+    with pytest.raises(pa.TokenEndpointUnavailableError) as info:
+        await provider.get_token()
+    assert info.value.status == 503
+    assert info.value.retryable
+    assert len(fake.token_requests) == FAST_RETRY.attempts
+
+
+# -- refresh ahead of expiry -------------------------------------------------------------
+
+
+async def test_stale_token_is_served_at_once_and_refreshed_in_the_background(
+    fake: FakePlainID, provider: pa.TokenProvider, cache: pa.MemoryTokenCache
+) -> None:
+    stale = token_with(remaining=40)  # window opens at >= 45 s of a 100 s token
+    await cache.store(provider.cache_key, stale)
+    fake.latency = 0.2
+    call = asyncio.ensure_future(provider.get_token())
+    await asyncio.sleep(0)
+    assert call.done(), "a caller in the refresh window must not wait"
+    assert call.result() is stale
+    assert provider.stats.background_refreshes == 1
+    # more callers while the refresh runs: still served at once, no second refresh
+    assert await provider.get_token() is stale
+    assert provider.stats.background_refreshes == 1
+    assert provider.stats.waits == 0
+    await settle()
+    fresh = await provider.get_token()
+    assert fresh is not stale
+    assert fake.is_valid(fresh.access_token)
+    assert len(fake.token_requests) == 1
+
+
+async def test_expired_token_is_not_handed_out(
+    fake: FakePlainID, provider: pa.TokenProvider, cache: pa.MemoryTokenCache
+) -> None:
+    await cache.store(provider.cache_key, token_with(remaining=5))  # under min(30, 10) s left
+    token = await provider.get_token()
+    assert token.access_token != "preloaded"
+    assert provider.stats.waits == 1
+
+
+async def test_outage_in_the_refresh_window_fails_no_call_and_warns_once(
+    fake: FakePlainID,
+    provider: pa.TokenProvider,
+    cache: pa.MemoryTokenCache,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="plainid_async")
+    stale = token_with(remaining=40)
+    await cache.store(provider.cache_key, stale)
+    fake.start_outage(503)
+    for _ in range(3):  # three failure episodes' worth of calls
+        for _ in range(50):
+            assert await provider.get_token() is stale
+        await settle()
+        # let the backoff pass without sleeping
+        for episode in _provider._EPISODES.values():
+            episode.retry_at = 0.0
+    assert provider.stats.background_refreshes == 3  # one per backoff period, not per call
+    assert provider.stats.failures == 3
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    fake.end_outage()
+    assert await provider.get_token() is stale
+    await settle()
+    recovered = await provider.get_token()
+    assert recovered is not stale
+    assert fake.is_valid(recovered.access_token)
+    assert any("recovered" in r.getMessage() for r in caplog.records)
+
+
+async def test_failed_background_refresh_waits_for_its_backoff(
+    fake: FakePlainID, provider: pa.TokenProvider, cache: pa.MemoryTokenCache
+) -> None:
+    await cache.store(provider.cache_key, token_with(remaining=40))
+    fake.start_outage(503)
+    await provider.get_token()
+    await settle()
+    before = len(fake.token_requests)
+    for _ in range(100):
+        await provider.get_token()
+    await settle()
+    assert len(fake.token_requests) == before
+
+
+async def test_refresh_margin_overrides_the_default_window(
+    fake: FakePlainID, cache: pa.MemoryTokenCache
+) -> None:
+    provider = pa.TokenProvider(
+        fake.client_id,
+        fake.client_secret,
+        base_url=str(fake.base_url),
+        cache=cache,
+        refresh_margin=20,
+    )
+    async with provider:
+        # 40 s left of 100 s is STALE by default (window 50 s) but FRESH with a 20 s margin
+        await cache.store(provider.cache_key, token_with(remaining=40))
+        await provider.get_token()
+        assert provider.stats.background_refreshes == 0
+        await cache.store(provider.cache_key, token_with(remaining=15, value="later"))
+        await provider.get_token()
+        assert provider.stats.background_refreshes == 1
+        await settle()
+
+
+# -- single flight and cancellation -------------------------------------------------------
+
+
+async def test_cancelled_caller_does_not_cancel_the_fetch_for_others(
+    fake: FakePlainID, provider: pa.TokenProvider
+) -> None:
+    fake.latency = 0.2
+    first = asyncio.ensure_future(provider.get_token())
+    second = asyncio.ensure_future(provider.get_token())
+    while not fake.token_requests:  # noqa: ASYNC110 (wait for the request to arrive)
+        await asyncio.sleep(0.005)
+    first.cancel()
+    token = await second
+    assert first.cancelled()
+    assert fake.is_valid(token.access_token)
+    assert len(fake.token_requests) == 1
+
+
+async def test_cancelling_every_caller_leaves_the_fetch_to_fill_the_cache(
+    fake: FakePlainID, provider: pa.TokenProvider
+) -> None:
+    fake.latency = 0.1
+    callers = [asyncio.ensure_future(provider.get_token()) for _ in range(5)]
+    await asyncio.sleep(0)
+    for caller in callers:
+        caller.cancel()
+    await settle()
+    token = await provider.get_token()
+    assert len(fake.token_requests) == 1
+    assert fake.is_valid(token.access_token)
+
+
+def test_one_provider_works_across_successive_event_loops_under_contention() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    provider = pa.TokenProvider(
+        "test-client",
+        "test-secret",
+        base_url=f"http://127.0.0.1:{port}",
+        cache=pa.MemoryTokenCache(),
+    )
+    seen: list[str] = []
+    requests: list[int] = []
+
+    async def run(step: int) -> None:
+        async with FakePlainID(port=port, latency=0.05) as fake:
+            fake.add_client("test-client", "test-secret")
+            for token in seen:  # the previous loop's fake issued these
+                fake.revoke(token)
+            if step == 1:
+                tokens = await asyncio.gather(*(provider.get_token() for _ in range(200)))
+            elif step == 2:
+                cached = await asyncio.gather(*(provider.get_token() for _ in range(200)))
+                assert {t.access_token for t in cached} == set(seen)
+                tokens = await asyncio.gather(
+                    *(provider.get_token(force_refresh=True) for _ in range(200))
+                )
+            else:
+                provider.invalidate(await provider.get_token())
+                tokens = await asyncio.gather(*(provider.get_token() for _ in range(200)))
+            assert len({t.access_token for t in tokens}) == 1
+            seen.append(tokens[0].access_token)
+            requests.append(len(fake.token_requests))
+
+    for step in (1, 2, 3):
+        asyncio.run(run(step))
+    assert requests == [1, 1, 1]
+    assert len(set(seen)) == 3
+
+
+# -- invalidate, force_refresh, rotation --------------------------------------------------
+
+
+async def test_invalidate_compares_before_dropping(
+    fake: FakePlainID, provider: pa.TokenProvider
+) -> None:
+    old = await provider.get_token()
+    assert provider.invalidate(old)
+    new = await provider.get_token()
+    assert new != old
+    assert not provider.invalidate(old)  # no longer the cached one: nothing happens
+    assert await provider.get_token() is new
+    assert len(fake.token_requests) == 2
+
+
+async def test_many_concurrent_invalidations_of_one_token_cause_one_refresh(
+    fake: FakePlainID, provider: pa.TokenProvider
+) -> None:
+    rejected = await provider.get_token()
+
+    async def on_401() -> pa.Token:
+        provider.invalidate(rejected)
+        return await provider.get_token()
+
+    tokens = await asyncio.gather(*(on_401() for _ in range(50)))
+    assert len({t.access_token for t in tokens}) == 1
+    assert len(fake.token_requests) == 2
+
+
+async def test_concurrent_force_refresh_makes_one_request(
+    fake: FakePlainID, provider: pa.TokenProvider
+) -> None:
+    old = await provider.get_token()
+    tokens = await asyncio.gather(*(provider.get_token(force_refresh=True) for _ in range(30)))
+    assert {t.access_token for t in tokens} != {old.access_token}
+    assert len({t.access_token for t in tokens}) == 1
+    assert len(fake.token_requests) == 2
+
+
+async def test_secret_rotation_uses_the_new_secret(
+    fake: FakePlainID, provider: pa.TokenProvider
+) -> None:
+    await provider.get_token()
+    fake.rotate_secret(fake.client_id, "rotated-secret")
+    provider.rotate_secret("rotated-secret")
+    token = await provider.get_token()
+    assert fake.is_valid(token.access_token)
+    assert fake.token_requests[-1].status == 200
+    assert len(fake.token_requests) == 2
+
+
+async def test_rotation_during_a_fetch_fails_no_caller(
+    fake: FakePlainID, provider: pa.TokenProvider
+) -> None:
+    # the fetch in flight is rejected because the secret was rotated under it
+    fake.fail_next(FakeResponse(status=401, delay=0.2))
+    callers = [asyncio.ensure_future(provider.get_token()) for _ in range(10)]
+    while not fake.token_requests:  # noqa: ASYNC110 (wait for the request to arrive)
+        await asyncio.sleep(0.005)
+    fake.rotate_secret(fake.client_id, "rotated-secret")
+    provider.rotate_secret("rotated-secret")
+    tokens = await asyncio.gather(*callers)
+    assert all(fake.is_valid(t.access_token) for t in tokens)
+    assert [r.status for r in fake.token_requests] == [401, 200]
+
+
+async def test_rotation_rejects_a_blank_secret(provider: pa.TokenProvider) -> None:
+    with pytest.raises(pa.ConfigurationError, match="client_secret"):
+        provider.rotate_secret("  ")
+
+
+# -- lifecycle -----------------------------------------------------------------------------
+
+
+async def test_close_is_idempotent_and_use_after_close_is_a_clear_error(
+    provider: pa.TokenProvider,
+) -> None:
+    await provider.get_token()
+    await provider.close()
+    await provider.close()
+    assert provider.closed
+    with pytest.raises(pa.ProviderClosedError):
+        await provider.get_token()
+    with pytest.raises(pa.ProviderClosedError):
+        async with provider:
+            pass
+
+
+async def test_close_cancels_a_background_refresh(
+    fake: FakePlainID, provider: pa.TokenProvider, cache: pa.MemoryTokenCache
+) -> None:
+    await cache.store(provider.cache_key, token_with(remaining=40))
+    fake.hang = True
+    await provider.get_token()
+    [flight] = list(_provider._FLIGHTS.values())
+    await provider.close()
+    assert flight.task.cancelled()
+
+
+async def test_a_session_passed_in_is_used_and_never_closed(fake: FakePlainID) -> None:
+    seen: list[str] = []
+
+    async def recorder(
+        request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
+    ) -> aiohttp.ClientResponse:
+        seen.append(str(request.url))
+        return await handler(request)
+
+    async with aiohttp.ClientSession(middlewares=(recorder,)) as session:
+        provider = pa.TokenProvider(
+            fake.client_id,
+            fake.client_secret,
+            base_url=str(fake.base_url),
+            cache=pa.MemoryTokenCache(),
+            session=session,
+        )
+        async with provider:
+            await provider.get_token()
+        assert not session.closed
+        assert seen == []  # the session's middlewares are bypassed for token requests
+    assert len(fake.token_requests) == 1
+
+
+# -- redaction -----------------------------------------------------------------------------
+
+
+def _everything_said(
+    caplog: pytest.LogCaptureFixture, errors: list[BaseException], objects: list[object]
+) -> str:
+    parts = [r.getMessage() for r in caplog.records]
+    parts += [repr(r.args) for r in caplog.records]
+    for error in errors:
+        chain: BaseException | None = error
+        while chain is not None:
+            parts += [str(chain), repr(chain), repr(chain.args)]
+            chain = chain.__cause__ or chain.__context__
+    parts += [repr(o) for o in objects] + [str(o) for o in objects]
+    return "\n".join(parts)
+
+
+async def test_secret_and_token_appear_in_no_log_repr_or_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    secret = "S3CRET-never-shown"
+    errors: list[BaseException] = []
+    objects: list[object] = []
+    async with FakePlainID(client_id="cid", client_secret=secret) as fake:
+        cache = pa.MemoryTokenCache()
+        provider = pa.TokenProvider(
+            "cid", secret, base_url=str(fake.base_url), cache=cache, retry=FAST_RETRY
+        )
+        async with provider:
+            token = await provider.get_token()
+            objects += [provider, token, provider.cache_key, provider.stats, cache, fake]
+            await cache.store(
+                provider.cache_key, token_with(remaining=40, value=token.access_token + "x")
+            )
+            fake.start_outage(503)
+            await provider.get_token()  # background refresh fails, warns
+            await settle()
+            fake.end_outage()
+            provider.invalidate(await provider.get_token())
+            for scripted in (
+                503,
+                FakeResponse(body={"message": f"bad secret {secret}"}, status=401),
+                MALFORMED["text lifetime"],
+            ):
+                fake.fail_next(*[scripted] * (FAST_RETRY.attempts if scripted == 503 else 1))
+                try:
+                    await provider.get_token()
+                except pa.PlainIDError as exc:
+                    errors.append(exc)
+        wrong = pa.TokenProvider(
+            "cid", secret + "-old", base_url=str(fake.base_url), cache=cache, retry=FAST_RETRY
+        )
+        async with wrong:
+            with pytest.raises(pa.InvalidCredentialsError) as info:
+                await wrong.get_token()
+            errors.append(info.value)
+            objects.append(wrong)
+        issued = fake.issued_tokens
+    assert len(errors) == 4
+    said = _everything_said(caplog, errors, objects)
+    assert secret not in said
+    for value in issued:
+        assert value not in said
