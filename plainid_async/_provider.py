@@ -205,8 +205,16 @@ class TokenProvider:
         if cache is not None and not isinstance(cache, TokenCache):
             raise ConfigurationError("cache must implement plainid_async.TokenCache")
         self._cache: TokenCache = default_cache() if cache is None else cache
-        if session is not None and not isinstance(session, aiohttp.ClientSession):
-            raise ConfigurationError("session must be an aiohttp.ClientSession")
+        if session is not None:
+            if not isinstance(session, aiohttp.ClientSession):
+                raise ConfigurationError("session must be an aiohttp.ClientSession")
+            # aiohttp would add these to the token request: the credentials go in the form
+            # body only, never as HTTP Basic or beside another Authorization header.
+            if session.auth is not None or "Authorization" in session.headers:
+                raise ConfigurationError(
+                    "session must not carry auth= or a default Authorization header: "
+                    "token requests send the credentials in the form body only"
+                )
         self._session = session
         self._timeout = _check_seconds("timeout", timeout, allow_zero=False)
         if retry is not None and not isinstance(retry, RetryPolicy):

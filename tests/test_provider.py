@@ -660,6 +660,12 @@ async def test_a_session_passed_in_is_used_and_never_closed(fake: FakePlainID) -
     assert len(fake.token_requests) == 1
 
 
+async def test_a_session_with_its_own_authorization_is_refused() -> None:
+    async with aiohttp.ClientSession(headers={"Authorization": "Bearer other"}) as session:
+        with pytest.raises(pa.ConfigurationError, match="session"):
+            pa.TokenProvider("id", "secret", region="us1", session=session)
+
+
 # -- redaction -----------------------------------------------------------------------------
 
 
