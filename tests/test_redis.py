@@ -1,0 +1,620 @@
+"""RedisTokenCache against a real redis-server on 127.0.0.1 and FakePlainID."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import signal
+import sys
+from typing import TYPE_CHECKING
+
+import pytest
+import redis.asyncio
+from _redis_server import RedisServer, redis_binary
+
+from plainid_async import (
+    CacheKey,
+    ConfigurationError,
+    ProviderClosedError,
+    Token,
+    TokenCache,
+    TokenProvider,
+)
+from plainid_async.redis import RedisTokenCache
+from plainid_async.testing import FakePlainID
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator
+    from pathlib import Path
+
+
+# One "process" of the fleet: waits for "go" on stdin, gets a token, prints its hash and how
+# many token requests it sent.
+WORKER = """
+import asyncio, hashlib, sys
+import redis.asyncio
+from plainid_async import TokenProvider
+from plainid_async.redis import RedisTokenCache
+
+async def main(base_url, redis_url, lock_timeout):
+    client = redis.asyncio.Redis.from_url(redis_url)
+    cache = RedisTokenCache(client, timeout=2.0, lock_timeout=float(lock_timeout),
+                            lock_poll_interval=0.02)
+    provider = TokenProvider("test-client", "test-secret", base_url=base_url, cache=cache)
+    print("ready", flush=True)
+    sys.stdin.readline()
+    async with provider:
+        token = await provider.get_token()
+    await client.aclose()
+    digest = hashlib.sha256(token.access_token.encode()).hexdigest()
+    print(digest, provider.stats.token_requests, flush=True)
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+# Takes the fleet lock for the fake's client, says so, and hangs (to be killed with SIGKILL).
+LOCK_HOLDER = """
+import asyncio, sys
+import redis.asyncio
+from plainid_async import CacheKey
+from plainid_async.redis import RedisTokenCache
+
+async def main(token_url, redis_url):
+    cache = RedisTokenCache(redis.asyncio.Redis.from_url(redis_url), lock_timeout=1.0)
+    key = CacheKey.for_credentials(token_url, "test-client", "test-secret")
+    async with cache.fetch_lock(key):
+        print("locked", flush=True)
+        await asyncio.sleep(3600)
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+
+def sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(redis_binary(), tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def client(redis_server: RedisServer) -> AsyncIterator[redis.asyncio.Redis]:
+    connection = redis.asyncio.Redis(host="127.0.0.1", port=redis_server.port)
+    try:
+        yield connection
+    finally:
+        await connection.aclose()
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakePlainID]:
+    async with FakePlainID() as server:
+        yield server
+
+
+def provider_for(fake: FakePlainID, cache: RedisTokenCache) -> TokenProvider:
+    return TokenProvider(
+        fake.client_id, fake.client_secret, base_url=str(fake.base_url), cache=cache
+    )
+
+
+def fast(client: redis.asyncio.Redis, namespace: str = "plainid") -> RedisTokenCache:
+    """A cache with small limits, so failures and dead locks cost fractions of a second."""
+    return RedisTokenCache(
+        client,
+        namespace=namespace,
+        timeout=0.3,
+        lock_timeout=1.0,
+        lock_poll_interval=0.02,
+        retry_interval=0.05,
+    )
+
+
+def made(access_token: str, expires_in: float = 600) -> Token:
+    return Token.issued(access_token, expires_in=expires_in)
+
+
+def redis_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [
+        r
+        for r in caplog.records
+        if r.name == "plainid_async" and r.levelno == logging.WARNING and "Redis" in r.message
+    ]
+
+
+async def run_python(*args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        *args,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+
+
+# -- the fleet -------------------------------------------------------------------------
+
+
+async def test_eight_cold_processes_make_one_token_request(redis_server: RedisServer) -> None:
+    async with FakePlainID(latency=0.3) as fake:
+        workers = [
+            await run_python(WORKER, str(fake.base_url), redis_server.url, "10") for _ in range(8)
+        ]
+        for worker in workers:
+            assert worker.stdout is not None
+            assert (await worker.stdout.readline()).strip() == b"ready"
+        for worker in workers:  # all start together, against an empty Redis
+            assert worker.stdin is not None
+            worker.stdin.write(b"go\n")
+            await worker.stdin.drain()
+        outputs = [await worker.communicate() for worker in workers]
+        assert [worker.returncode for worker in workers] == [0] * 8
+        results = [stdout.decode().split() for stdout, _ in outputs]
+        assert len(fake.token_requests) == 1
+        assert {digest for digest, _ in results} == {sha(fake.issued_tokens[0])}
+        assert sorted(int(requests) for _, requests in results) == [0] * 7 + [1]
+
+
+async def test_a_second_provider_reads_the_token_from_redis(
+    client: redis.asyncio.Redis, fake: FakePlainID
+) -> None:
+    async with provider_for(fake, fast(client)) as first:
+        token = await first.get_token()
+    async with provider_for(fake, fast(client)) as second:
+        again = await second.get_token()
+    assert again.access_token == token.access_token
+    assert abs(again.expires_at - token.expires_at) < 1
+    assert len(fake.token_requests) == 1
+
+
+async def test_invalidate_in_one_process_is_seen_by_another(
+    client: redis.asyncio.Redis, fake: FakePlainID
+) -> None:
+    cache_a, cache_b = fast(client), fast(client)
+    async with provider_for(fake, cache_a) as a, provider_for(fake, cache_b) as b:
+        first = await a.get_token()
+        assert (await b.get_token()).access_token == first.access_token
+        assert a.invalidate(first)
+        await cache_a.flush()
+        assert await client.get(cache_a.token_key(a.cache_key)) is None
+        second = await a.get_token()
+        assert second.access_token != first.access_token
+        # b's request with the old token got a 401: it invalidates and picks up a's token.
+        assert b.invalidate(await b.get_token())
+        assert (await b.get_token()).access_token == second.access_token
+    assert len(fake.token_requests) == 2
+
+
+# -- what Redis holds --------------------------------------------------------------------
+
+
+async def test_redis_holds_nothing_readable_and_every_key_expires(
+    client: redis.asyncio.Redis, fake: FakePlainID
+) -> None:
+    fake.add_client("other-client", "other-secret")
+    cache = fast(client)
+    async with (
+        provider_for(fake, cache) as one,
+        TokenProvider(
+            "other-client", "other-secret", base_url=str(fake.base_url), cache=cache
+        ) as two,
+    ):
+        tokens = [await one.get_token(), await two.get_token()]
+        async with cache.fetch_lock(one.cache_key):  # a lock key exists during the scan
+            names = [name async for name in client.scan_iter(match="*")]
+            values = {name: await client.get(name) for name in names}
+            ttls = {name: await client.pttl(name) for name in names}
+    forbidden = [
+        fake.client_id,
+        "other-client",
+        "test-secret",
+        "other-secret",
+        str(fake.base_url),
+        *fake.issued_tokens,
+    ]
+    assert len(names) == 3
+    for name in names:
+        value = values[name]
+        assert value is not None
+        for text in forbidden:
+            assert text.encode() not in name
+            assert text.encode() not in value
+        assert ttls[name] > 0
+    for provider, token in zip((one, two), tokens, strict=True):
+        name = cache.token_key(provider.cache_key).encode()
+        assert name.startswith(b"plainid:token:")
+        assert token.remaining() * 1000 - 5000 < ttls[name] <= token.remaining() * 1000 + 1000
+    assert sum(name.startswith(b"plainid:lock:") for name in names) == 1
+
+
+async def test_namespace_prefixes_every_key(client: redis.asyncio.Redis) -> None:
+    cache = fast(client, namespace="team-a")
+    key = CacheKey.for_credentials("http://127.0.0.1:1/t", "c", "s")
+    await cache.store(key, made("tok"))
+    async with cache.fetch_lock(key):
+        names = sorted([name async for name in client.scan_iter(match="*")])
+    assert names == [
+        f"team-a:lock:{{{key.digest()}}}".encode(),
+        f"team-a:token:{{{key.digest()}}}".encode(),
+    ]
+
+
+async def test_expired_token_is_not_written(client: redis.asyncio.Redis) -> None:
+    cache = fast(client)
+    key = CacheKey.for_credentials("http://127.0.0.1:1/t", "c", "s")
+    await cache.store(key, Token.issued("old", expires_in=10, sent_at_monotonic=0.0))
+    assert await client.dbsize() == 0
+
+
+async def test_value_under_another_secret_or_key_is_ignored(client: redis.asyncio.Redis) -> None:
+    writer = fast(client)
+    url = "http://127.0.0.1:1/t"
+    key = CacheKey.for_credentials(url, "client", "secret-one")
+    await writer.store(key, made("tok"))
+    value = await client.get(writer.token_key(key))
+    assert isinstance(value, bytes)
+
+    reader = fast(client)
+    # Same Redis key, another secret (as after a rotation): unreadable, ignored.
+    assert await reader.load(CacheKey(url, "client", key.fingerprint, "secret-two")) is None
+    # The value copied under another key's name: the associated data does not match.
+    other = CacheKey.for_credentials(url, "client-b", "secret-one")
+    await client.set(reader.token_key(other), value, px=60_000)
+    assert await reader.load(other) is None
+    # Tampered with, or not ours at all.
+    flipped = value[:-2] + (b"A" if value[-2:-1] != b"A" else b"B") + value[-1:]
+    for junk in (flipped, b"hello", b"1.x.y", b"1..", b"\xff\xfe"):
+        await client.set(reader.token_key(key), junk, px=60_000)
+        assert await reader.load(key) is None
+    assert reader.get(key) is None
+
+
+async def test_works_with_decode_responses(redis_server: RedisServer) -> None:
+    text_client = redis.asyncio.Redis(port=redis_server.port, decode_responses=True)
+    try:
+        writer, reader = fast(text_client), fast(text_client)
+        key = CacheKey.for_credentials("http://127.0.0.1:1/t", "c", "s")
+        token = made("tok")
+        await writer.store(key, token)
+        loaded = await reader.load(key)
+        assert loaded is not None
+        assert loaded.access_token == "tok"
+        assert reader.discard(key, loaded)
+        await reader.flush()
+        assert await text_client.exists(reader.token_key(key)) == 0
+        async with reader.fetch_lock(key):
+            assert await text_client.exists(reader.lock_key(key)) == 1
+        assert await text_client.exists(reader.lock_key(key)) == 0
+    finally:
+        await text_client.aclose()
+
+
+# -- local layer -------------------------------------------------------------------------
+
+
+async def test_get_returns_the_same_object_until_it_changes(client: redis.asyncio.Redis) -> None:
+    cache, elsewhere = fast(client), fast(client)
+    assert isinstance(cache, TokenCache)
+    key = CacheKey.for_credentials("http://127.0.0.1:1/t", "c", "s")
+    assert cache.get(key) is None
+    token = made("one")
+    await cache.store(key, token)
+    assert cache.get(key) is token
+    assert await cache.load(key) is token  # Redis holds the same token: same object
+    assert cache.get(key) is token
+    newer = made("two", expires_in=900)
+    await elsewhere.store(key, newer)
+    assert cache.get(key) is token  # get never does I/O
+    loaded = await cache.load(key)
+    assert loaded is not None
+    assert loaded.access_token == "two"
+    assert cache.get(key) is loaded
+    assert await cache.load(key) is loaded
+
+
+async def test_load_keeps_a_newer_local_token(client: redis.asyncio.Redis) -> None:
+    cache, elsewhere = fast(client), fast(client)
+    key = CacheKey.for_credentials("http://127.0.0.1:1/t", "c", "s")
+    newer = made("newer", expires_in=900)
+    await cache.store(key, newer)
+    await elsewhere.store(key, made("older", expires_in=300))
+    assert await cache.load(key) is newer
+
+
+async def test_discard_is_compare_and_delete(client: redis.asyncio.Redis) -> None:
+    mine, theirs = fast(client), fast(client)
+    key = CacheKey.for_credentials("http://127.0.0.1:1/t", "c", "s")
+    old, new = made("old"), made("new", expires_in=900)
+    await mine.store(key, old)
+    await theirs.store(key, new)  # another process replaced it in Redis meanwhile
+    assert mine.discard(key, old)
+    assert mine.get(key) is None
+    assert not mine.discard(key, old)  # already gone here
+    await mine.flush()
+    assert (await fast(client).load(key)) == new  # survived
+    assert theirs.discard(key, new)
+    await theirs.flush()
+    assert await client.exists(theirs.token_key(key)) == 0
+
+
+async def test_discard_of_a_replaced_token_keeps_the_current_one(
+    client: redis.asyncio.Redis,
+) -> None:
+    cache = fast(client)
+    key = CacheKey.for_credentials("http://127.0.0.1:1/t", "c", "s")
+    old, new = made("old"), made("new")
+    await cache.store(key, old)
+    await cache.store(key, new)
+    assert not cache.discard(key, old)
+    await cache.flush()
+    assert cache.get(key) is new
+    assert await client.exists(cache.token_key(key)) == 1
+
+
+async def test_load_never_returns_a_discarded_token(
+    client: redis.asyncio.Redis, redis_server: RedisServer
+) -> None:
+    cache, elsewhere = fast(client), fast(client)
+    key = CacheKey.for_credentials("http://127.0.0.1:1/t", "c", "s")
+    token = made("rejected")
+    await cache.store(key, token)
+    assert cache.discard(key, token)
+    await cache.flush()
+    await elsewhere.store(key, token)  # a process that has not seen the 401 writes it back
+    assert await cache.load(key) is None
+    assert await client.exists(cache.token_key(key)) == 0  # and load deleted it again
+
+
+def test_discard_without_a_running_loop_drops_locally() -> None:
+    key = CacheKey.for_credentials("http://127.0.0.1:1/t", "c", "s")
+    token = made("tok")
+
+    async def store() -> RedisTokenCache:
+        nowhere = redis.asyncio.Redis(port=1)
+        cache = fast(nowhere)
+        await cache.store(key, token)
+        await nowhere.aclose()
+        return cache
+
+    cache = asyncio.run(store())
+    assert cache.discard(key, token)
+    assert cache.get(key) is None
+
+
+# -- the fleet lock ----------------------------------------------------------------------
+
+
+async def test_lock_is_released_only_by_its_owner(client: redis.asyncio.Redis) -> None:
+    cache = fast(client)
+    key = CacheKey.for_credentials("http://127.0.0.1:1/t", "c", "s")
+    name = cache.lock_key(key)
+    async with cache.fetch_lock(key):
+        ttl = await client.pttl(name)
+        assert 0 < ttl <= 1000
+        # Our lock expired and another process took it: leaving must not free theirs.
+        await client.set(name, "someone-else", px=5000)
+    assert await client.get(name) == b"someone-else"
+
+
+async def test_waiters_take_the_lock_when_it_is_released(client: redis.asyncio.Redis) -> None:
+    cache, other = fast(client), fast(client)
+    key = CacheKey.for_credentials("http://127.0.0.1:1/t", "c", "s")
+    order: list[str] = []
+    entered = asyncio.Event()
+
+    async def holder() -> None:
+        async with cache.fetch_lock(key):
+            entered.set()
+            await asyncio.sleep(0.1)
+            order.append("holder done")
+
+    async def waiter() -> None:
+        await entered.wait()
+        async with other.fetch_lock(key):
+            order.append("waiter in")
+            assert await client.exists(other.lock_key(key)) == 1
+
+    await asyncio.gather(holder(), waiter())
+    assert order == ["holder done", "waiter in"]
+
+
+async def test_a_waiter_takes_the_token_stored_by_the_lock_owner(
+    client: redis.asyncio.Redis, fake: FakePlainID
+) -> None:
+    patient = RedisTokenCache(client, timeout=0.3, lock_timeout=30.0, lock_poll_interval=0.02)
+    async with provider_for(fake, patient) as provider:
+        key = provider.cache_key
+        await client.set(patient.lock_key(key), "another-process", px=30_000)
+        waiting = asyncio.create_task(provider.get_token())
+        await asyncio.sleep(0.1)
+        assert not waiting.done()
+        # The other process got its token and stored it; it still holds the lock.
+        stored = made("fetched-elsewhere")
+        await fast(client).store(key, stored)
+        async with asyncio.timeout(10):  # far below the 30 s lock timeout
+            token = await waiting
+    assert token == stored
+    assert fake.token_requests == []
+    assert await client.get(patient.lock_key(key)) == b"another-process"
+
+
+async def test_closing_a_provider_that_waits_for_the_lock_leaves_it_alone(
+    client: redis.asyncio.Redis, fake: FakePlainID
+) -> None:
+    cache = RedisTokenCache(client, timeout=0.3, lock_timeout=30.0, lock_poll_interval=0.02)
+    provider = provider_for(fake, cache)
+    name = cache.lock_key(provider.cache_key)
+    await client.set(name, "another-process", px=30_000)
+    waiting = asyncio.create_task(provider.get_token())
+    await asyncio.sleep(0.1)
+    await provider.close()
+    with pytest.raises(ProviderClosedError):
+        await waiting
+    await cache.flush()
+    assert await client.get(name) == b"another-process"
+    assert fake.token_requests == []
+
+
+async def test_a_stale_lock_blocks_no_longer_than_the_lock_timeout(
+    client: redis.asyncio.Redis, fake: FakePlainID
+) -> None:
+    cache = fast(client)
+    async with provider_for(fake, cache) as provider:
+        # A process took the lock and vanished without releasing it.
+        await client.set(cache.lock_key(provider.cache_key), "dead-owner", px=60_000)
+        token = await provider.get_token()
+    assert token.access_token == fake.issued_tokens[0]
+    assert len(fake.token_requests) == 1
+
+
+async def test_a_lock_owner_killed_mid_fetch_blocks_nobody_for_long(
+    client: redis.asyncio.Redis, redis_server: RedisServer, fake: FakePlainID
+) -> None:
+    holder = await run_python(LOCK_HOLDER, str(fake.token_url), redis_server.url)
+    assert holder.stdout is not None
+    assert (await holder.stdout.readline()).strip() == b"locked"
+    os.kill(holder.pid, signal.SIGKILL)
+    await holder.wait()
+    cache = RedisTokenCache(client, timeout=0.3, lock_timeout=30.0, lock_poll_interval=0.02)
+    async with provider_for(fake, cache) as provider:
+        assert await client.exists(cache.lock_key(provider.cache_key)) == 1
+        token = await provider.get_token()  # the dead owner's lock expires (1 s)
+    assert token.access_token == fake.issued_tokens[0]
+    assert len(fake.token_requests) == 1
+
+
+# -- Redis down, slow, back --------------------------------------------------------------
+
+
+async def test_redis_stopped_mid_run_fails_no_call_and_warns_once(
+    client: redis.asyncio.Redis,
+    redis_server: RedisServer,
+    fake: FakePlainID,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="plainid_async")
+    cache = fast(client)
+    async with provider_for(fake, cache) as provider:
+        first = await provider.get_token()
+        redis_server.stop()
+        tokens = [await provider.get_token(force_refresh=True) for _ in range(3)]
+        provider.invalidate(tokens[-1])
+        await cache.flush()
+        tokens.append(await provider.get_token())
+        warned = redis_warnings(caplog)
+        async with provider_for(fake, fast(client)) as cold:
+            tokens.append(await cold.get_token())  # a new process while Redis is down
+    assert len({t.access_token for t in [first, *tokens]}) == 6
+    assert len(fake.token_requests) == 6
+    assert len(warned) == 1
+    assert len(redis_warnings(caplog)) == 2  # and one from the cold process's cache
+    for record in caplog.records:
+        for secret in ("test-secret", *fake.issued_tokens):
+            assert secret not in record.getMessage()
+
+
+async def test_redis_restarted_is_used_again(
+    client: redis.asyncio.Redis,
+    redis_server: RedisServer,
+    fake: FakePlainID,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="plainid_async")
+    cache = fast(client)
+    async with provider_for(fake, cache) as provider:
+        await provider.get_token()
+        redis_server.stop()
+        await provider.get_token(force_refresh=True)
+        redis_server.start()
+        await asyncio.sleep(0.1)  # past retry_interval
+        # The first command after the restart may still meet the old, dead connection.
+        for _ in range(20):
+            current = await provider.get_token(force_refresh=True)
+            if await client.exists(cache.token_key(provider.cache_key)):
+                break
+            await asyncio.sleep(0.1)
+        assert cache.get(provider.cache_key) is current
+    async with provider_for(fake, fast(client)) as another:
+        assert (await another.get_token()).access_token == current.access_token
+    assert len(redis_warnings(caplog)) == 1
+    assert any("answers again" in r.message for r in caplog.records)
+
+
+async def test_frozen_redis_costs_a_timeout_not_a_failure(
+    client: redis.asyncio.Redis,
+    redis_server: RedisServer,
+    fake: FakePlainID,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    cache = fast(client)
+    async with provider_for(fake, cache) as provider:
+        await provider.get_token()
+        redis_server.pause()
+        try:
+            token = await provider.get_token(force_refresh=True)
+            assert token.access_token == fake.issued_tokens[-1]
+            assert await cache.load(provider.cache_key) is token
+        finally:
+            redis_server.resume()
+    assert len(redis_warnings(caplog)) == 1
+    assert "no answer within 0.3 s" in redis_warnings(caplog)[0].message
+
+
+async def test_unreachable_redis_from_the_start(fake: FakePlainID) -> None:
+    dead = redis.asyncio.Redis(host="127.0.0.1", port=1)
+    try:
+        async with provider_for(fake, fast(dead)) as provider:
+            assert (await provider.get_token()).access_token == fake.issued_tokens[0]
+    finally:
+        await dead.aclose()
+
+
+# -- configuration -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"namespace": ""},
+        {"namespace": "a b"},
+        {"namespace": "a{b"},
+        {"namespace": 3},
+        {"timeout": 0},
+        {"lock_timeout": -1},
+        {"lock_poll_interval": float("nan")},
+        {"retry_interval": True},
+    ],
+)
+def test_bad_options_are_configuration_errors(options: dict[str, object]) -> None:
+    with pytest.raises(ConfigurationError):
+        RedisTokenCache(redis.asyncio.Redis(port=1), **options)  # type: ignore[arg-type]
+
+
+async def test_repr_shows_no_secret(client: redis.asyncio.Redis) -> None:
+    cache = RedisTokenCache(client)
+    key = CacheKey.for_credentials("http://127.0.0.1:1/t", "client", "s3cr3t")
+    await cache.store(key, made("tok-value"))
+    text = repr(cache)
+    assert text == "<RedisTokenCache namespace='plainid' tokens=1 redis=up>"
+
+
+async def test_redis_ttl_bounds_a_loaded_token(client: redis.asyncio.Redis) -> None:
+    writer, reader = fast(client), fast(client)
+    key = CacheKey.for_credentials("http://127.0.0.1:1/t", "c", "s")
+    token = made("tok", expires_in=600)
+    await writer.store(key, token)
+    # As if the writer's wall clock ran 10 minutes ahead: Redis says 60 s are left.
+    await client.pexpire(writer.token_key(key), 60_000)
+    loaded = await reader.load(key)
+    assert loaded == token
+    assert loaded is not None
+    assert loaded.remaining() <= 60
