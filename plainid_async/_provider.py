@@ -51,6 +51,8 @@ logger = logging.getLogger("plainid_async")
 #: First wait after a failed background refresh, doubled per failure up to the maximum.
 BACKGROUND_RETRY_BASE: Final = 1.0
 BACKGROUND_RETRY_MAX: Final = 60.0
+#: Shortest wait between failed background refreshes, however close the token is to expiry.
+BACKGROUND_RETRY_FLOOR: Final = 0.25
 
 ENV_CLIENT_ID: Final = "PLAINID_CLIENT_ID"
 ENV_CLIENT_SECRET: Final = "PLAINID_CLIENT_SECRET"  # noqa: S105 (a variable name)
@@ -100,6 +102,7 @@ class _Episode:
     """Failures in a row for one cache key: when to try again, whether we warned."""
 
     failures: int = 0
+    failed_at: float = 0.0
     retry_at: float = 0.0
 
 
@@ -392,7 +395,7 @@ class TokenProvider:
                 now = time.monotonic()
                 if now < usable_until:
                     if now >= refresh_at:
-                        self._refresh_in_background(key, token)
+                        self._refresh_in_background(key, token, usable_until)
                     self.stats.cache_hits += 1
                     return token
             self.stats.waits += 1
@@ -421,11 +424,16 @@ class TokenProvider:
 
     # -- flights -----------------------------------------------------------------------
 
-    def _refresh_in_background(self, key: CacheKey, token: Token) -> None:
-        flight_key = (id(self._cache), key)
-        episode = _EPISODES.get(flight_key)
-        if episode is not None and time.monotonic() < episode.retry_at:
-            return
+    def _refresh_in_background(self, key: CacheKey, token: Token, usable_until: float) -> None:
+        episode = _EPISODES.get((id(self._cache), key))
+        if episode is not None:
+            # Back off after a failure, but never so long that an endpoint that recovers
+            # while the token is still usable is asked too late: wait at most half the
+            # usable time that was left at the failure (and at least a floor).
+            left = usable_until - episode.failed_at
+            cap = episode.failed_at + max(left / 2, BACKGROUND_RETRY_FLOOR)
+            if time.monotonic() < min(episode.retry_at, cap):
+                return
         self._flight(key, token, background=True)
 
     def _flight(self, key: CacheKey, replacing: Token | None, *, background: bool) -> _Flight:
@@ -528,12 +536,15 @@ class TokenProvider:
         self.stats.failures += 1
         episode = _EPISODES.setdefault(flight_key, _Episode())
         episode.failures += 1
-        delay = min(BACKGROUND_RETRY_MAX, BACKGROUND_RETRY_BASE * 2.0 ** (episode.failures - 1))
-        episode.retry_at = time.monotonic() + delay * (0.5 + random.random() / 2)  # noqa: S311
+        delay = min(
+            BACKGROUND_RETRY_MAX, BACKGROUND_RETRY_BASE * 2.0 ** min(episode.failures - 1, 16)
+        )
+        episode.failed_at = time.monotonic()
+        episode.retry_at = episode.failed_at + delay * (0.5 + random.random() / 2)  # noqa: S311
         if episode.failures == 1:
             logger.warning(
-                "token fetch for client %s failed: %s; a cached token is served while it "
-                "lasts, and background refreshes back off",
+                "token fetch for client %s failed: %s; retrying with backoff (a cached "
+                "token that is still valid keeps being served)",
                 flight_key[1].client_id,
                 error if isinstance(error, TokenRequestError) else type(error).__name__,
             )

@@ -445,6 +445,42 @@ async def test_failed_background_refresh_waits_for_its_backoff(
     assert len(fake.token_requests) == before
 
 
+async def test_background_retry_comes_before_half_the_usable_time_is_gone(
+    fake: FakePlainID, provider: pa.TokenProvider, cache: pa.MemoryTokenCache
+) -> None:
+    stale = token_with(remaining=40)  # usable for 30 s more
+    await cache.store(provider.cache_key, stale)
+    fake.start_outage(503)
+    await provider.get_token()
+    await settle()
+    fake.end_outage()
+    [episode] = _provider._EPISODES.values()
+    now = time.monotonic()
+    episode.retry_at = now + 1000  # a long exponential backoff after many failures
+    # it failed 40 s ago with 70 s of usable time left: the retry was due 35 s later
+    episode.failed_at = now - 40
+    await provider.get_token()
+    await settle()
+    assert fake.token_requests[-1].status == 200
+    assert (await provider.get_token()) is not stale
+
+
+async def test_background_retry_respects_its_backoff_while_time_is_left(
+    fake: FakePlainID, provider: pa.TokenProvider, cache: pa.MemoryTokenCache
+) -> None:
+    await cache.store(provider.cache_key, token_with(remaining=40))
+    fake.start_outage(503)
+    await provider.get_token()
+    await settle()
+    fake.end_outage()
+    [episode] = _provider._EPISODES.values()
+    episode.retry_at = time.monotonic() + 1000
+    requests = len(fake.token_requests)
+    await provider.get_token()
+    await settle()
+    assert len(fake.token_requests) == requests
+
+
 async def test_refresh_margin_overrides_the_default_window(
     fake: FakePlainID, cache: pa.MemoryTokenCache
 ) -> None:

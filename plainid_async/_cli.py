@@ -1,0 +1,674 @@
+"""The ``plainid-async`` command line: ``token``, ``fake-server`` and ``demo``.
+
+Argument parsing and the two small commands live here; the demo workload is in
+:mod:`plainid_async._demo`. Every command reports errors as one line on stderr and a
+documented exit code, never a traceback, never the client secret.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import os
+import re
+import signal
+import sys
+import textwrap
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Final, NoReturn
+
+from ._endpoint import RetryPolicy
+from ._provider import ENV_BASE_URL, ENV_CLIENT_ID, ENV_CLIENT_SECRET, ENV_REGION, TokenProvider
+from .exceptions import (
+    ConfigurationError,
+    InvalidCredentialsError,
+    PlainIDError,
+    TokenRequestError,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from ._token import Token
+    from .testing import FakePlainID
+
+__all__ = [
+    "EXIT_CONFIG",
+    "EXIT_CREDENTIALS",
+    "EXIT_FAILURE",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_UNAVAILABLE",
+    "PROG",
+    "build_parser",
+    "main",
+]
+
+PROG: Final = "plainid-async"
+
+#: Success.
+EXIT_OK: Final = 0
+#: The demo's claims did not hold, or an unexpected error.
+EXIT_FAILURE: Final = 1
+#: Usage or configuration error (bad flag, missing variable, invalid region, unreadable file).
+EXIT_CONFIG: Final = 2
+#: PlainID rejected the client credentials.
+EXIT_CREDENTIALS: Final = 3
+#: The token endpoint was unavailable (after retries) or answered an invalid token response.
+EXIT_UNAVAILABLE: Final = 4
+#: Interrupted (SIGINT), as shells report it.
+EXIT_INTERRUPTED: Final = 130
+
+_SECRET_FLAG_REFUSED: Final = (
+    "--client-secret is not accepted: other users of this machine can read command-line "
+    f"arguments; set {ENV_CLIENT_SECRET}, or use --client-secret-file PATH or "
+    "--client-secret-stdin"
+)
+
+_TOKEN_EPILOG: Final = f"""\
+configuration (flags win over the environment):
+  {ENV_CLIENT_ID}      or --client-id ID
+  {ENV_CLIENT_SECRET}  or --client-secret-file PATH, or --client-secret-stdin
+                         (never a flag value: other users can read process arguments)
+  {ENV_REGION}         or --region REGION      (https://api.REGION.plainid.io)
+  {ENV_BASE_URL}       or --base-url URL       (a customer-hosted deployment)
+
+exit codes:
+  0  the token was printed
+  2  usage or configuration error
+  3  PlainID rejected the client credentials
+  4  the token endpoint was unavailable, or its answer was not a valid token response
+
+examples:
+  export {ENV_CLIENT_ID}=... {ENV_REGION}=us1
+  {PROG} token --client-secret-file ~/.plainid-secret
+  curl -H "$({PROG} token --format header)" https://api.us1.plainid.io/env-mgmt/1.0/api-key/clients
+"""
+
+_FAKE_EPILOG: Final = f"""\
+It accepts client id "test-client" with secret "test-secret" (fake credentials) and prints a
+ready "export {ENV_BASE_URL}=..." line. Any path other than the token endpoint is a
+protected resource: 200 with a valid bearer token, else 401.
+
+exit codes:
+  0  stopped by SIGINT (Ctrl-C) or SIGTERM
+  1  the server could not start (e.g. the port is in use)
+  2  usage error
+
+example:
+  {PROG} fake-server --port 8300 --expires-in 60 --outage 30 45
+"""
+
+_DEMO_EPILOG: Final = """\
+The demo never contacts PlainID and ignores PLAINID_* variables: it runs on an embedded
+FakePlainID. It uses rich for a live view when rich is installed (plainid-async[rich]) and
+stdout is a terminal; otherwise it prints one plain line per second.
+
+exit codes:
+  0  no request failed and none waited on a token refresh
+  1  some request failed or waited (the summary says which)
+  2  usage error
+"""
+
+
+_INVALID_CHOICE: Final = re.compile(r"invalid choice: '.*?' \(", re.DOTALL)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line on stderr and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``message`` on one line and exit with :data:`EXIT_CONFIG`."""
+        if self.prog == PROG:
+            # In "plainid-async --client-secret VALUE token", VALUE lands where the command
+            # name goes: name the mistake without echoing the value.
+            message = _INVALID_CHOICE.sub("invalid choice (", message)
+        self.exit(EXIT_CONFIG, f"{self.prog}: error: {_one_line(message)} (see --help)\n")
+
+
+class _ExitError(Exception):
+    """Stop a command with a one-line message and an exit code."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _seconds(text: str) -> float:
+    """Argparse type: a finite number of seconds >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number >= 0")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    """Argparse type: a finite number of seconds > 0."""
+    value = _seconds(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    """Argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def _port(text: str) -> int:
+    """Argparse type: a TCP port, 0 for any free one."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0 to 65535)")
+    return value
+
+
+def _status(text: str) -> int:
+    """Argparse type: an HTTP error status the fake can answer."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an HTTP status") from None
+    if not 400 <= value <= 599:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an HTTP error status (400 to 599)")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the ``plainid-async`` argument parser.
+
+    Returns:
+        The parser, with one subcommand each for ``token``, ``fake-server`` and ``demo``.
+    """
+    parser = _Parser(
+        prog=PROG,
+        description="PlainID access tokens from the command line, a local fake PlainID,\n"
+        "and a demo of refresh-ahead token handling.",
+        allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=textwrap.dedent(f"""\
+            exit codes:
+              0  success
+              1  the demo's claims did not hold, the fake server could not start, or an
+                 unexpected error
+              2  usage or configuration error
+              3  PlainID rejected the client credentials
+              4  the token endpoint was unavailable or answered an invalid token response
+
+            Run "{PROG} COMMAND --help" for the options of a command."""),
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    token = commands.add_parser(
+        "token",
+        help="print an access token (for scripts and curl)",
+        description="Get a PlainID access token (OAuth2 client credentials) and print it on\n"
+        "stdout, and nothing else.",
+        allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_TOKEN_EPILOG,
+    )
+    token.add_argument(
+        "--format",
+        choices=("token", "header", "json"),
+        default="token",
+        help="token: the bare access token (default); header: 'Authorization: Bearer ...'; "
+        "json: access_token, token_type and expires_in",
+    )
+    token.add_argument("--client-id", metavar="ID", help=f"API client id [{ENV_CLIENT_ID}]")
+    location = token.add_mutually_exclusive_group()
+    location.add_argument(
+        "--region", metavar="REGION", help=f"PlainID region such as us1, ca1, eu1 [{ENV_REGION}]"
+    )
+    location.add_argument(
+        "--base-url",
+        metavar="URL",
+        help=f"base URL of a customer-hosted deployment (https) [{ENV_BASE_URL}]",
+    )
+    secret = token.add_mutually_exclusive_group()
+    secret.add_argument(
+        "--client-secret-file",
+        metavar="PATH",
+        type=Path,
+        help="read the client secret from this file (one trailing newline is ignored)",
+    )
+    secret.add_argument(
+        "--client-secret-stdin",
+        action="store_true",
+        help="read the client secret from standard input (one trailing newline is ignored)",
+    )
+    # Not an option: it is here to refuse the secret on the command line without echoing it.
+    secret.add_argument(
+        "--client-secret", dest="secret_flag", nargs="?", const="", help=argparse.SUPPRESS
+    )
+    token.add_argument(
+        "--timeout",
+        metavar="SECONDS",
+        type=_positive_seconds,
+        default=30.0,
+        help="give up after this long, retries included (default: %(default)g)",
+    )
+    token.add_argument(
+        "--attempts",
+        metavar="N",
+        type=_positive_int,
+        default=4,
+        help="token requests at most, for connection errors, timeouts, 429 and 5xx "
+        "(default: %(default)d)",
+    )
+    token.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="log token requests and retries on stderr (-vv: debug)",
+    )
+
+    fake = commands.add_parser(
+        "fake-server",
+        help="run a fake PlainID token endpoint on 127.0.0.1 for local development",
+        description="Serve a fake PlainID token endpoint and protected API on 127.0.0.1\n"
+        "until interrupted, to develop and test services locally.",
+        allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_FAKE_EPILOG,
+    )
+    fake.add_argument(
+        "--port", type=_port, default=0, help="TCP port; 0 picks a free one (default: 0)"
+    )
+    fake.add_argument(
+        "--expires-in",
+        metavar="SECONDS",
+        type=_positive_seconds,
+        default=3600.0,
+        help="lifetime of the tokens it issues (default: %(default)g)",
+    )
+    fake.add_argument(
+        "--latency",
+        metavar="SECONDS",
+        type=_seconds,
+        default=0.0,
+        help="delay before answering each token request (default: 0)",
+    )
+    fake.add_argument(
+        "--fail-first",
+        metavar="N",
+        type=int,
+        default=0,
+        help="answer the first N token requests with --error-status",
+    )
+    fake.add_argument(
+        "--outage",
+        metavar=("START", "END"),
+        nargs=2,
+        type=_seconds,
+        action="append",
+        default=[],
+        help="answer token requests with --error-status from START to END seconds after "
+        "the server starts (repeatable)",
+    )
+    fake.add_argument(
+        "--error-status",
+        metavar="STATUS",
+        type=_status,
+        default=503,
+        help="status of --fail-first and --outage answers (default: 503; 401 rejects the "
+        "credentials)",
+    )
+    fake.add_argument(
+        "-q", "--quiet", action="store_true", help="do not print a line per token request"
+    )
+
+    demo = commands.add_parser(
+        "demo",
+        help="show refresh-ahead tokens under load, on an embedded fake PlainID",
+        description="Drive concurrent requests through TokenProvider.session() against an\n"
+        "embedded FakePlainID with short-lived tokens and an outage of its token endpoint\n"
+        "inside a refresh window, and show that no request fails or waits on a token.",
+        allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_DEMO_EPILOG,
+    )
+    demo.add_argument(
+        "--seconds",
+        metavar="N",
+        type=_positive_seconds,
+        default=15.0,
+        help="how long the workload runs (default: %(default)g)",
+    )
+    demo.add_argument(
+        "--workers",
+        metavar="N",
+        type=_positive_int,
+        default=20,
+        help="concurrent workers (default: %(default)d)",
+    )
+    demo.add_argument(
+        "--expires-in",
+        metavar="SECONDS",
+        type=_positive_seconds,
+        default=5.0,
+        help="lifetime of the fake's tokens (default: %(default)g)",
+    )
+    demo.add_argument(
+        "--no-outage",
+        dest="outage",
+        action="store_false",
+        help="do not inject the token endpoint outage",
+    )
+    demo.add_argument(
+        "--plain",
+        action="store_true",
+        help="print plain lines even on a terminal with rich installed",
+    )
+    return parser
+
+
+# -- token -------------------------------------------------------------------------------
+
+
+def _env(environ: Mapping[str, str], name: str) -> str | None:
+    value = environ.get(name)
+    return value if value is not None and value.strip() else None
+
+
+def _strip_newline(text: str) -> str:
+    if text.endswith("\r\n"):
+        return text[:-2]
+    if text.endswith("\n"):
+        return text[:-1]
+    return text
+
+
+def _read_secret(args: argparse.Namespace, environ: Mapping[str, str], stdin: IO[str]) -> str:
+    if args.client_secret_file is not None:
+        path: Path = args.client_secret_file
+        try:
+            secret = _strip_newline(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "unreadable"
+            raise _ExitError(
+                EXIT_CONFIG, f"cannot read --client-secret-file {str(path)!r}: {reason}"
+            ) from None
+        if not secret.strip():
+            raise _ExitError(EXIT_CONFIG, f"--client-secret-file {str(path)!r} is empty")
+        return secret
+    if args.client_secret_stdin:
+        try:
+            secret = _strip_newline(stdin.read())
+        except (OSError, UnicodeDecodeError):
+            raise _ExitError(EXIT_CONFIG, "cannot read the client secret from stdin") from None
+        if not secret.strip():
+            raise _ExitError(EXIT_CONFIG, "--client-secret-stdin: standard input is empty")
+        return secret
+    secret_env = _env(environ, ENV_CLIENT_SECRET)
+    if secret_env is None:
+        raise _ExitError(
+            EXIT_CONFIG,
+            f"no client secret: set {ENV_CLIENT_SECRET}, or use --client-secret-file PATH or "
+            "--client-secret-stdin",
+        )
+    return secret_env
+
+
+def _build_provider(
+    args: argparse.Namespace, environ: Mapping[str, str], secret: str
+) -> TokenProvider:
+    client_id = args.client_id if args.client_id is not None else _env(environ, ENV_CLIENT_ID)
+    if client_id is None:
+        raise _ExitError(EXIT_CONFIG, f"no client id: set {ENV_CLIENT_ID} or use --client-id")
+    region: str | None = args.region
+    base_url: str | None = args.base_url
+    if region is None and base_url is None:
+        region, base_url = _env(environ, ENV_REGION), _env(environ, ENV_BASE_URL)
+        if region is None and base_url is None:
+            raise _ExitError(
+                EXIT_CONFIG,
+                f"no region: set {ENV_REGION} or {ENV_BASE_URL}, or use --region or --base-url",
+            )
+        if region is not None and base_url is not None:
+            raise _ExitError(
+                EXIT_CONFIG,
+                f"both {ENV_REGION} and {ENV_BASE_URL} are set: unset one, or use --region "
+                "or --base-url",
+            )
+    # The timeout bounds the whole command; one attempt gets at most 10 s of it, so a hung
+    # connection still leaves time for a retry.
+    timeout: float = args.timeout
+    retry = RetryPolicy(attempts=args.attempts, deadline=timeout)
+    return TokenProvider(
+        client_id,
+        secret,
+        region=region,
+        base_url=base_url,
+        timeout=min(timeout, 10.0),
+        retry=retry,
+    )
+
+
+def _render_token(token: Token, output_format: str) -> str:
+    if output_format == "header":
+        return f"Authorization: {token.authorization}"
+    if output_format == "json":
+        expires_in = token.expires_in
+        return json.dumps(
+            {
+                "access_token": token.access_token,
+                "token_type": token.token_type,
+                "expires_in": int(expires_in) if expires_in.is_integer() else expires_in,
+            }
+        )
+    return token.access_token
+
+
+async def _fetch_token(provider: TokenProvider) -> Token:
+    async with provider:
+        return await provider.get_token()
+
+
+def _configure_logging(verbosity: int) -> None:
+    library = logging.getLogger("plainid_async")
+    if verbosity <= 0:
+        # Failures are reported as one line by the command itself; without a handler,
+        # Python's last-resort handler would print the library's warnings too.
+        library.addHandler(logging.NullHandler())
+        library.propagate = False
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"{PROG}: %(levelname)s: %(message)s"))
+    library.addHandler(handler)
+    library.setLevel(logging.DEBUG if verbosity > 1 else logging.INFO)
+    library.propagate = False
+
+
+def _run_token(args: argparse.Namespace) -> int:
+    environ = os.environ
+    if args.secret_flag is not None:
+        raise _ExitError(EXIT_CONFIG, _SECRET_FLAG_REFUSED)
+    secret = _read_secret(args, environ, sys.stdin)
+    try:
+        try:
+            provider = _build_provider(args, environ, secret)
+        except ConfigurationError as exc:
+            raise _ExitError(EXIT_CONFIG, f"configuration error: {exc}") from None
+        _configure_logging(args.verbose)
+        try:
+            token = asyncio.run(_fetch_token(provider))
+        except InvalidCredentialsError as exc:
+            raise _ExitError(EXIT_CREDENTIALS, str(exc)) from None
+        except TokenRequestError as exc:
+            raise _ExitError(EXIT_UNAVAILABLE, str(exc)) from None
+        except PlainIDError as exc:
+            raise _ExitError(EXIT_FAILURE, str(exc)) from None
+        except Exception as exc:  # a bug: still one line, still no secret  # noqa: BLE001
+            raise _ExitError(
+                EXIT_FAILURE, f"unexpected error: {type(exc).__name__}: {exc}"
+            ) from None
+    except _ExitError as exc:
+        # Belt and braces: the library never puts the secret in a message, and we check.
+        raise _ExitError(exc.code, str(exc).replace(secret, "***")) from None
+    sys.stdout.write(_render_token(token, args.format) + "\n")
+    sys.stdout.flush()
+    return EXIT_OK
+
+
+# -- fake-server -------------------------------------------------------------------------
+
+
+async def _echo_token_requests(fake: FakePlainID, stop: asyncio.Event) -> None:
+    seen = 0
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.2)
+        for request in fake.token_requests[seen:]:
+            seen += 1
+            outcome = "issued a token" if request.status == 200 else f"HTTP {request.status}"
+            print(  # noqa: T201 (the server's log)
+                f"token request {seen}: client_id={request.client_id!r} -> {outcome}",
+                flush=True,
+            )
+
+
+async def _serve_fake(args: argparse.Namespace) -> int:
+    from .testing import FakePlainID  # noqa: PLC0415 (only this command needs the server)
+
+    fake = FakePlainID(port=args.port, expires_in=args.expires_in, latency=args.latency)
+    try:
+        await fake.start()
+    except OSError as exc:
+        raise _ExitError(
+            EXIT_FAILURE, f"cannot listen on 127.0.0.1:{args.port}: {exc.strerror or exc}"
+        ) from None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    handled: list[signal.Signals] = []
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not on Windows
+            loop.add_signal_handler(signum, stop.set)
+            handled.append(signum)
+    try:
+        if args.fail_first > 0:
+            fake.fail_next(*[args.error_status] * args.fail_first)
+        for start, end in args.outage:
+            fake.outage_between(start, end, args.error_status)
+        base = str(fake.base_url)
+        lines = [
+            f"FakePlainID listening on {base} (token endpoint {fake.token_url})",
+            f"client id:     {fake.client_id}",
+            f"client secret: {fake.client_secret}   (fake credentials)",
+            f"tokens expire in {args.expires_in:g} s; any other path is a protected resource",
+            "",
+            (
+                f"unset {ENV_REGION}; export {ENV_BASE_URL}={base} "
+                f"{ENV_CLIENT_ID}={fake.client_id} {ENV_CLIENT_SECRET}={fake.client_secret}"
+            ),
+            "",
+            "Serving until Ctrl-C.",
+        ]
+        print("\n".join(lines), flush=True)  # noqa: T201 (the point of the command)
+        if args.quiet:
+            await stop.wait()
+        else:
+            await _echo_token_requests(fake, stop)
+    finally:
+        for signum in handled:
+            loop.remove_signal_handler(signum)
+        await fake.close()
+    print(  # noqa: T201
+        f"stopped after {len(fake.token_requests)} token requests and "
+        f"{len(fake.resource_requests)} resource requests",
+        flush=True,
+    )
+    return EXIT_OK
+
+
+def _run_fake_server(args: argparse.Namespace) -> int:
+    if args.fail_first < 0:
+        raise _ExitError(EXIT_CONFIG, "--fail-first must be 0 or more")
+    for start, end in args.outage:
+        if not end > start:
+            raise _ExitError(EXIT_CONFIG, f"--outage {start:g} {end:g}: END must be after START")
+    try:
+        return asyncio.run(_serve_fake(args))
+    except KeyboardInterrupt:  # where asyncio cannot handle signals (Windows): still a clean stop
+        return EXIT_OK
+
+
+# -- demo --------------------------------------------------------------------------------
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from ._demo import DemoOptions, run_demo  # noqa: PLC0415 (keeps `token` quick to start)
+
+    options = DemoOptions(
+        seconds=args.seconds,
+        workers=args.workers,
+        expires_in=args.expires_in,
+        outage=args.outage,
+        plain=args.plain,
+    )
+    return asyncio.run(run_demo(options))
+
+
+# -- main --------------------------------------------------------------------------------
+
+
+def _unrecognized(extras: Sequence[str]) -> str:
+    # Only option names are shown: a stray value could be a secret pasted on the command line.
+    names = [extra.partition("=")[0] for extra in extras if extra.startswith("--")]
+    hidden = len(extras) - len(names)
+    shown = ", ".join(names)
+    if hidden:
+        shown += f"{' and ' if names else ''}{hidden} value(s), not shown"
+    return f"unrecognized arguments: {shown}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``plainid-async`` command line.
+
+    Args:
+        argv: The arguments after the program name; defaults to ``sys.argv[1:]``.
+
+    Returns:
+        The exit status: 0 success; 1 the demo's claims did not hold or the fake server
+        could not start; 2 usage or configuration error; 3 credentials rejected; 4 token
+        endpoint unavailable or invalid token response.
+    """
+    parser = build_parser()
+    try:
+        args, extras = parser.parse_known_args(argv)
+    except SystemExit as exc:  # --help, or a usage error already printed
+        return exc.code if isinstance(exc.code, int) else EXIT_CONFIG
+    prog = f"{PROG} {args.command}"
+    if extras:
+        print(f"{prog}: error: {_unrecognized(extras)} (see --help)", file=sys.stderr)  # noqa: T201
+        return EXIT_CONFIG
+    commands = {"token": _run_token, "fake-server": _run_fake_server, "demo": _run_demo}
+    try:
+        return commands[args.command](args)
+    except _ExitError as exc:
+        print(f"{prog}: error: {_one_line(str(exc))}", file=sys.stderr)  # noqa: T201
+        return exc.code
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)  # noqa: T201
+        return EXIT_INTERRUPTED
