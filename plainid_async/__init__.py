@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from ._cache import CacheKey, MemoryTokenCache, TokenCache
 from ._endpoint import RetryPolicy
+from ._middleware import BearerAuthMiddleware
 from ._provider import ProviderStats, TokenProvider
 from ._token import Token, TokenState
 from .exceptions import (
@@ -22,6 +23,7 @@ from .exceptions import (
 )
 
 __all__ = [
+    "BearerAuthMiddleware",
     "CacheKey",
     "ConfigurationError",
     "InvalidCredentialsError",

@@ -26,7 +26,7 @@ __all__ = ["CacheKey", "MemoryTokenCache", "TokenCache", "default_cache"]
 _FINGERPRINT_LABEL = b"plainid-async/v1/cache-key"
 
 
-@attrs.frozen
+@attrs.frozen(cache_hash=True)
 class CacheKey:
     """Identifies one set of credentials at one token endpoint.
 

@@ -29,7 +29,7 @@ import attrs
 
 from ._cache import CacheKey, TokenCache, default_cache
 from ._endpoint import RetryPolicy, request_token, resolve_endpoint
-from ._token import Token, schedule_for
+from ._token import RefreshSchedule, Token, TokenState, schedule_for
 from .exceptions import (
     ConfigurationError,
     InvalidCredentialsError,
@@ -352,6 +352,19 @@ class TokenProvider:
                 self.stats.cache_hits += 1
                 return token
         return await self._get_token_slow(force_refresh=force_refresh)
+
+    def token_state(self) -> TokenState | None:
+        """Where the cached token stands now, for health checks and metrics.
+
+        Returns:
+            FRESH, STALE or EXPIRED for the token cached in this process for these
+            credentials, or ``None`` when there is none. Does no I/O and starts nothing.
+        """
+        token = self._cache.get(self._key)
+        if token is None:
+            return None
+        _, refresh_at, usable_until = self._schedule(token)
+        return RefreshSchedule(refresh_at, usable_until).state(time.monotonic())
 
     def invalidate(self, token: Token) -> bool:
         """Drop ``token`` if it is still the cached one, so the next call fetches anew.

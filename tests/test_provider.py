@@ -391,6 +391,19 @@ async def test_stale_token_is_served_at_once_and_refreshed_in_the_background(
     assert len(fake.token_requests) == 1
 
 
+async def test_token_state_reports_the_cached_token(
+    provider: pa.TokenProvider, cache: pa.MemoryTokenCache
+) -> None:
+    assert provider.token_state() is None
+    await provider.get_token()
+    assert provider.token_state() is pa.TokenState.FRESH
+    await cache.store(provider.cache_key, token_with(remaining=40))
+    assert provider.token_state() is pa.TokenState.STALE
+    await cache.store(provider.cache_key, token_with(remaining=5))
+    assert provider.token_state() is pa.TokenState.EXPIRED
+    assert provider.stats.background_refreshes == 0  # looking starts nothing
+
+
 async def test_expired_token_is_not_handed_out(
     fake: FakePlainID, provider: pa.TokenProvider, cache: pa.MemoryTokenCache
 ) -> None:

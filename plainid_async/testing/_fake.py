@@ -268,7 +268,6 @@ class FakePlainID:
 
     Attributes:
         client_id: The client id the fake was created with.
-        client_secret: Its secret (changes on :meth:`rotate_secret` of that client).
         expires_in: Lifetime of the tokens it issues, in seconds.
         latency: Seconds to wait before answering any token request.
         token_type: The ``token_type`` it answers, ``"Bearer"`` by default.
@@ -415,7 +414,7 @@ class FakePlainID:
 
     @property
     def base_url(self) -> URL:
-        """The server's root: ``http(s)://HOST:PORT`` plus ``path_prefix``.
+        """The server's root, ``http(s)://HOST:PORT`` plus ``path_prefix``.
 
         Raises:
             RuntimeError: If the fake has not been started.
@@ -426,7 +425,7 @@ class FakePlainID:
 
     @property
     def token_url(self) -> URL:
-        """The token endpoint: :attr:`base_url` ``/ "api/1.0/api-key/token"``.
+        """The token endpoint, :attr:`base_url` ``/ "api/1.0/api-key/token"``.
 
         Raises:
             RuntimeError: If the fake has not been started.

@@ -1,0 +1,741 @@
+"""BearerAuthMiddleware and provider_session, against real aiohttp servers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from typing import TYPE_CHECKING, Any, Self, cast
+
+import aiohttp
+import attrs
+import pytest
+from aiohttp import hdrs, web
+from yarl import URL
+
+from plainid_async import ConfigurationError, InvalidCredentialsError, MemoryTokenCache, Token
+from plainid_async import TokenProvider as _TokenProvider
+from plainid_async._middleware import BearerAuthMiddleware, _can_replay, provider_session
+from plainid_async.testing import FakePlainID
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Callable
+    from pathlib import Path
+
+    from aiohttp import ClientRequest, ClientResponse
+    from aiohttp.client_middlewares import ClientHandlerType
+
+
+# -- servers -------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Seen:
+    """One request as a test server saw it."""
+
+    method: str
+    path: str
+    authorization: str | None
+    body: bytes
+
+
+class Server:
+    """A small aiohttp.web server on 127.0.0.1 that records requests and answers ``status``."""
+
+    def __init__(self, status: int = 200) -> None:
+        self.status = status
+        self.seen: list[Seen] = []
+        self._runner: web.AppRunner | None = None
+        self.url = URL()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        self.seen.append(
+            Seen(request.method, request.path, request.headers.get(hdrs.AUTHORIZATION), body)
+        )
+        return web.json_response({"seen": len(self.seen)}, status=self.status)
+
+    async def __aenter__(self) -> Self:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        self.url = URL.build(scheme="http", host="127.0.0.1", port=port)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._runner is not None
+        await self._runner.cleanup()
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakePlainID]:
+    async with FakePlainID() as server:
+        yield server
+
+
+@pytest.fixture
+async def other() -> AsyncIterator[Server]:
+    async with Server() as server:
+        yield server
+
+
+def make_provider(fake: FakePlainID, **kwargs: Any) -> _TokenProvider:
+    options: dict[str, Any] = {
+        "client_id": fake.client_id,
+        "client_secret": fake.client_secret,
+        "base_url": fake.base_url,
+        "cache": MemoryTokenCache(),
+    }
+    options.update(kwargs)
+    return _TokenProvider(**options)
+
+
+@pytest.fixture
+async def provider(fake: FakePlainID) -> AsyncIterator[_TokenProvider]:
+    async with make_provider(fake) as tokens:
+        yield tokens
+
+
+@pytest.fixture
+async def session(provider: _TokenProvider) -> AsyncIterator[aiohttp.ClientSession]:
+    async with provider.session() as client:
+        yield client
+
+
+async def status_of(response: Awaitable[ClientResponse]) -> int:
+    async with await response as resp:
+        await resp.read()
+        return resp.status
+
+
+# -- origin scoping ------------------------------------------------------------------------
+
+
+async def test_token_sent_to_the_api_origin(
+    fake: FakePlainID, session: aiohttp.ClientSession
+) -> None:
+    assert await status_of(session.get("api/1.0/policies")) == 200
+    [seen] = fake.resource_requests
+    assert seen.authorized
+    assert seen.path == "/api/1.0/policies"
+    assert len(fake.token_requests) == 1
+
+
+async def test_no_token_for_another_origin(
+    fake: FakePlainID, other: Server, session: aiohttp.ClientSession
+) -> None:
+    assert await status_of(session.get(other.url / "x")) == 200
+    assert [s.authorization for s in other.seen] == [None]
+    assert fake.token_requests == []
+
+
+async def test_same_host_other_port_is_another_origin(
+    fake: FakePlainID, provider: _TokenProvider
+) -> None:
+    middleware = BearerAuthMiddleware(provider)
+    base = fake.base_url
+    assert middleware.allows(base / "x")
+    assert middleware.allows(base.with_scheme("ws") / "ws")
+    assert not middleware.allows(base.with_port(base.port + 1 if base.port else 1))
+    assert not middleware.allows(base.with_scheme("https"))
+    assert not middleware.allows(base.with_host("localhost"))
+
+
+def test_default_port_written_out_is_the_same_origin() -> None:
+    provider = _TokenProvider("id", "secret", region="us1", cache=MemoryTokenCache())
+    middleware = BearerAuthMiddleware(provider)
+    assert middleware.allows(URL("https://api.us1.plainid.io/api/1.0/x"))
+    assert middleware.allows(URL("https://API.us1.plainid.io:443/x"))
+    assert middleware.allows(URL("wss://api.us1.plainid.io/ws"))
+    assert not middleware.allows(URL("http://api.us1.plainid.io/x"))
+    assert not middleware.allows(URL("https://api.us1.plainid.io:8443/x"))
+    assert not middleware.allows(URL("https://api.us1.plainid.io.evil.example/x"))
+    assert not middleware.allows(URL("https://api.eu1.plainid.io/x"))
+
+
+async def test_redirect_to_another_origin_carries_no_token(
+    fake: FakePlainID, other: Server, session: aiohttp.ClientSession
+) -> None:
+    target = str(other.url / "landing")
+    assert await status_of(session.get("redirect", params={"to": target})) == 200
+    assert [s.authorization for s in other.seen] == [None]
+    assert len(fake.token_requests) == 1  # the first hop got the token
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+async def test_redirect_within_the_origin_keeps_the_token(
+    fake: FakePlainID, session: aiohttp.ClientSession, status: int
+) -> None:
+    target = str(fake.base_url / "api/1.0/after")
+    answer = await status_of(session.get("redirect", params={"to": target, "status": status}))
+    assert answer == 200
+    assert [r.authorized for r in fake.resource_requests] == [True]
+    assert fake.resource_requests[0].path == "/api/1.0/after"
+
+
+async def test_redirect_from_another_origin_to_the_api_gets_the_token(
+    fake: FakePlainID, session: aiohttp.ClientSession
+) -> None:
+    async with FakePlainID() as elsewhere:
+        target = str(fake.base_url / "api/1.0/x")
+        response = session.get(elsewhere.base_url / "redirect", params={"to": target})
+        assert await status_of(response) == 200
+    assert [r.authorized for r in fake.resource_requests] == [True]
+
+
+async def test_extra_origin_gets_the_token(
+    fake: FakePlainID, other: Server, provider: _TokenProvider
+) -> None:
+    middleware = BearerAuthMiddleware(provider, origins=[str(other.url)])
+    async with aiohttp.ClientSession(middlewares=(middleware,)) as client:
+        assert await status_of(client.get(other.url / "x")) == 200
+        assert await status_of(client.get(fake.base_url / "y")) == 200
+    token = fake.issued_tokens[0]
+    assert [s.authorization for s in other.seen] == [f"Bearer {token}"]
+    assert [r.authorized for r in fake.resource_requests] == [True]
+    assert middleware.origins == (fake.base_url.origin(), other.url.origin())
+
+
+@pytest.mark.parametrize(
+    "origins",
+    [
+        ["https://pap.example.com"],
+        ["https://pap.example.com/"],
+        [URL("https://pap.example.com:8443")],
+        ["http://localhost:8080", "http://127.0.0.2:1", "http://[::1]:9"],
+        (),
+        iter(["https://a.example", "https://b.example"]),
+    ],
+)
+def test_valid_origins(origins: Any) -> None:
+    provider = _TokenProvider("id", "secret", region="us1", cache=MemoryTokenCache())
+    BearerAuthMiddleware(provider, origins=origins)
+
+
+@pytest.mark.parametrize(
+    ("origins", "message"),
+    [
+        (["http://pap.example.com"], "must use https"),
+        (["http://10.0.0.1"], "must use https"),
+        (["https://pap.example.com/api"], "origin only"),
+        (["https://pap.example.com?x=1"], "origin only"),
+        (["https://pap.example.com/#f"], "origin only"),
+        (["pap.example.com"], "absolute"),
+        (["/relative"], "absolute"),
+        (["ftp://pap.example.com"], "absolute"),
+        (["ws://localhost"], "absolute"),
+        (["https://user:pw@pap.example.com"], "credentials"),
+        ("https://pap.example.com", "a list"),
+        (URL("https://pap.example.com"), "a list"),
+        ([42], "strings or yarl.URL"),
+        (42, "iterable"),
+    ],
+)
+def test_invalid_origins_are_refused(origins: Any, message: str) -> None:
+    provider = _TokenProvider("id", "secret", region="us1", cache=MemoryTokenCache())
+    with pytest.raises(ConfigurationError, match=message) as info:
+        BearerAuthMiddleware(provider, origins=origins)
+    assert isinstance(info.value, ValueError)
+    assert "pw" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"retry_on_401": 1}, "retry_on_401"), ({"retry_on_401": None}, "retry_on_401")],
+)
+def test_invalid_options_are_refused(kwargs: dict[str, Any], message: str) -> None:
+    provider = _TokenProvider("id", "secret", region="us1", cache=MemoryTokenCache())
+    with pytest.raises(ConfigurationError, match=message):
+        BearerAuthMiddleware(provider, **kwargs)
+
+
+def test_provider_must_be_a_token_provider() -> None:
+    with pytest.raises(ConfigurationError, match="provider"):
+        BearerAuthMiddleware(cast("Any", object()))
+
+
+def test_repr_shows_origins_not_tokens() -> None:
+    provider = _TokenProvider("id", "secret", region="us1", cache=MemoryTokenCache())
+    middleware = BearerAuthMiddleware(provider, origins=["https://pap.example.com"])
+    assert repr(middleware) == (
+        "<BearerAuthMiddleware origins=('https://api.us1.plainid.io', "
+        "'https://pap.example.com') retry_on_401=True>"
+    )
+    assert middleware.provider is provider
+
+
+# -- explicit Authorization ------------------------------------------------------------------
+
+
+async def test_explicit_authorization_header_is_left_alone(
+    fake: FakePlainID, session: aiohttp.ClientSession
+) -> None:
+    response = session.get("api/1.0/x", headers={"Authorization": "Bearer mine"})
+    assert await status_of(response) == 401
+    assert fake.token_requests == []  # no token fetched, no 401 retry
+    [seen] = fake.resource_requests
+    assert seen.authorization_header
+    assert not seen.authorized
+
+
+async def test_session_default_authorization_is_left_alone(
+    fake: FakePlainID, other: Server, provider: _TokenProvider
+) -> None:
+    middleware = BearerAuthMiddleware(provider, origins=[str(other.url)])
+    headers = {"Authorization": "Basic dXNlcjpwdw=="}
+    async with aiohttp.ClientSession(middlewares=(middleware,), headers=headers) as client:
+        assert await status_of(client.get(other.url / "x")) == 200
+    assert [s.authorization for s in other.seen] == ["Basic dXNlcjpwdw=="]
+    assert fake.token_requests == []
+
+
+# -- 401: invalidate, refresh, retry once ----------------------------------------------------
+
+
+async def test_fifty_concurrent_401s_cause_one_refresh(
+    fake: FakePlainID, provider: _TokenProvider, session: aiohttp.ClientSession
+) -> None:
+    first = await provider.get_token()
+    fake.revoke(first.access_token)
+
+    async def call(i: int) -> int:
+        return await status_of(session.get(f"api/1.0/item/{i}"))
+
+    statuses = await asyncio.gather(*(call(i) for i in range(50)))
+    assert statuses == [200] * 50
+    assert len(fake.token_requests) == 2  # the revoked token, and exactly one refresh
+    assert provider.stats.tokens_fetched == 2
+    rejected = [r for r in fake.resource_requests if not r.authorized]
+    accepted = [r for r in fake.resource_requests if r.authorized]
+    assert len(rejected) == 50
+    assert len(accepted) == 50
+    assert (await provider.get_token()).access_token == fake.issued_tokens[1]
+
+
+async def test_second_401_goes_to_the_caller(fake: FakePlainID, provider: _TokenProvider) -> None:
+    async with Server(status=401) as always_401:
+        middleware = BearerAuthMiddleware(provider, origins=[str(always_401.url)])
+        async with (
+            aiohttp.ClientSession(middlewares=(middleware,)) as client,
+            client.get(always_401.url / "x") as resp,
+        ):
+            assert resp.status == 401
+            assert await resp.json() == {"seen": 2}  # the caller can read the last answer
+    first, second = fake.issued_tokens
+    assert [s.authorization for s in always_401.seen] == [f"Bearer {first}", f"Bearer {second}"]
+    assert len(fake.token_requests) == 2
+
+
+async def test_401_from_another_origin_is_not_retried(
+    fake: FakePlainID, provider: _TokenProvider, session: aiohttp.ClientSession
+) -> None:
+    async with Server(status=401) as elsewhere:
+        assert await status_of(session.get(elsewhere.url / "x")) == 401
+    assert [s.authorization for s in elsewhere.seen] == [None]
+    assert fake.token_requests == []
+
+
+async def test_retry_disabled_returns_the_401(fake: FakePlainID, provider: _TokenProvider) -> None:
+    token = await provider.get_token()
+    fake.revoke(token.access_token)
+    middleware = BearerAuthMiddleware(provider, retry_on_401=False)
+    async with aiohttp.ClientSession(middlewares=(middleware,)) as client:
+        assert await status_of(client.get(fake.base_url / "x")) == 401
+    assert len(fake.resource_requests) == 1
+    assert len(fake.token_requests) == 1
+    assert await provider.get_token() is token  # not dropped either
+
+
+async def gen_body() -> AsyncIterator[bytes]:
+    yield b"streamed "
+    yield b"body"
+
+
+async def test_streamed_body_is_never_sent_again(
+    fake: FakePlainID, provider: _TokenProvider, session: aiohttp.ClientSession
+) -> None:
+    token = await provider.get_token()
+    fake.revoke(token.access_token)
+    assert await status_of(session.post("api/1.0/upload", data=gen_body())) == 401
+    [seen] = fake.resource_requests
+    assert seen.body == b"streamed body"
+    # The rejected token was dropped all the same, so the next request gets a fresh one
+    # at once (no 401 first).
+    assert await status_of(session.get("api/1.0/x")) == 200
+    assert [r.authorized for r in fake.resource_requests] == [False, True]
+    assert len(fake.token_requests) == 2
+
+
+async def test_file_body_is_never_sent_again(
+    fake: FakePlainID, provider: _TokenProvider, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    token = await provider.get_token()
+    fake.revoke(token.access_token)
+    path = tmp_path / "upload.bin"
+    path.write_bytes(b"file body")
+    with path.open("rb") as file:
+        assert await status_of(session.post("api/1.0/upload", data=file)) == 401
+    assert [r.body for r in fake.resource_requests] == [b"file body"]
+    assert provider.cache.get(provider.cache_key) is None  # the rejected token was dropped
+
+
+def _multipart() -> aiohttp.FormData:
+    form = aiohttp.FormData()
+    form.add_field("name", "value")
+    form.add_field("file", b"file content", filename="a.bin")
+    return form
+
+
+def _multipart_bytesio() -> aiohttp.FormData:
+    form = aiohttp.FormData()
+    form.add_field("file", io.BytesIO(b"in memory"), filename="b.bin")
+    return form
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(lambda: {"data": b"raw bytes"}, id="bytes"),
+        pytest.param(lambda: {"data": bytearray(b"raw bytes")}, id="bytearray"),
+        pytest.param(lambda: {"data": "text"}, id="str"),
+        pytest.param(lambda: {"json": {"a": [1, 2]}}, id="json"),
+        pytest.param(lambda: {"data": {"a": "1", "b": "2"}}, id="form-dict"),
+        pytest.param(lambda: {"data": aiohttp.FormData({"a": "1"})}, id="form-urlencoded"),
+        pytest.param(lambda: {"data": _multipart()}, id="form-multipart"),
+        pytest.param(lambda: {"data": _multipart_bytesio()}, id="form-multipart-bytesio"),
+        pytest.param(lambda: {"data": io.BytesIO(b"in memory")}, id="bytesio"),
+        pytest.param(lambda: {"data": io.StringIO("in memory")}, id="stringio"),
+        pytest.param(dict, id="no-body"),
+    ],
+)
+async def test_replayable_bodies_are_retried(
+    fake: FakePlainID,
+    provider: _TokenProvider,
+    session: aiohttp.ClientSession,
+    body: Callable[[], dict[str, Any]],
+) -> None:
+    token = await provider.get_token()
+    fake.revoke(token.access_token)
+    assert await status_of(session.post("api/1.0/upload", **body())) == 200
+    first, second = fake.resource_requests
+    assert (first.authorized, second.authorized) == (False, True)
+    assert first.body == second.body
+    assert len(fake.token_requests) == 2
+
+
+async def test_failing_token_request_fails_the_call(fake: FakePlainID) -> None:
+    async with make_provider(fake, client_secret="wrong") as provider, provider.session() as s:
+        with pytest.raises(InvalidCredentialsError):
+            await s.get("api/1.0/x")
+    assert fake.resource_requests == []
+
+
+# -- WebSocket -------------------------------------------------------------------------------
+
+
+async def test_ws_connect_carries_the_token(
+    fake: FakePlainID, session: aiohttp.ClientSession
+) -> None:
+    async with session.ws_connect("ws") as ws:
+        await ws.send_str("hello")
+        assert await ws.receive_str() == "hello"
+    [seen] = fake.resource_requests
+    assert (seen.path, seen.status, seen.authorized) == ("/ws", 101, True)
+
+
+async def test_ws_connect_with_a_ws_url_carries_the_token(
+    fake: FakePlainID, provider: _TokenProvider
+) -> None:
+    middleware = BearerAuthMiddleware(provider)
+    async with (
+        aiohttp.ClientSession(middlewares=(middleware,)) as client,
+        client.ws_connect(fake.base_url.with_scheme("ws") / "ws") as ws,
+    ):
+        await ws.send_bytes(b"\x00\x01")
+        assert await ws.receive_bytes() == b"\x00\x01"
+    assert [r.authorized for r in fake.resource_requests] == [True]
+
+
+async def test_ws_connect_elsewhere_carries_no_token(
+    fake: FakePlainID, session: aiohttp.ClientSession
+) -> None:
+    async with FakePlainID() as elsewhere:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+            await session.ws_connect(elsewhere.base_url / "ws")
+        assert info.value.status == 401
+        assert [r.authorization_header for r in elsewhere.resource_requests] == [False]
+    assert fake.token_requests == []
+
+
+# -- token requests stay out of the user's middlewares ---------------------------------------
+
+
+class Recording:
+    """A user middleware that records every URL it sees."""
+
+    def __init__(self) -> None:
+        self.urls: list[URL] = []
+        self.authorization: list[str | None] = []
+
+    async def __call__(self, request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
+        self.urls.append(request.url)
+        self.authorization.append(request.headers.get(hdrs.AUTHORIZATION))
+        return await handler(request)
+
+
+async def test_token_requests_skip_the_user_session_middlewares(
+    fake: FakePlainID, provider: _TokenProvider
+) -> None:
+    recording = Recording()
+    async with provider.session(middlewares=(recording,)) as client:
+        assert await status_of(client.get("api/1.0/x")) == 200
+    assert recording.urls == [fake.base_url / "api/1.0/x"]
+    assert recording.authorization == [f"Bearer {fake.issued_tokens[0]}"]
+
+
+async def test_provider_on_the_users_own_session_neither_recurses_nor_deadlocks(
+    fake: FakePlainID,
+) -> None:
+    recording = Recording()
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=1), middlewares=(recording,)
+    ) as shared:
+        provider = make_provider(fake, session=shared)
+        shared._middlewares = (BearerAuthMiddleware(provider), recording)
+        async with provider, asyncio.timeout(10):
+            first = await provider.get_token()
+            fake.revoke(first.access_token)
+            # A 401 whose retry fetches a token through the same one-connection session.
+            assert await status_of(shared.get(fake.base_url / "api/1.0/x")) == 200
+    assert fake.token_url not in recording.urls
+    assert recording.urls == [fake.base_url / "api/1.0/x"] * 2
+    assert len(fake.token_requests) == 2
+
+
+# -- provider_session --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"middlewares": None}, {"middlewares": ()}])
+async def test_session_defaults(provider: _TokenProvider, kwargs: dict[str, Any]) -> None:
+    async with provider.session(**kwargs) as client:
+        assert client._base_url == provider.api_url.with_path("/")
+        [middleware] = client._middlewares
+        assert isinstance(middleware, BearerAuthMiddleware)
+        assert middleware.provider is provider
+
+
+async def test_session_base_url_can_be_turned_off(provider: _TokenProvider) -> None:
+    async with provider_session(provider, base_url=None) as client:
+        assert client._base_url is None
+
+
+async def test_session_passes_options_through(provider: _TokenProvider) -> None:
+    recording = Recording()
+    timeout = aiohttp.ClientTimeout(total=5)
+    connector = aiohttp.TCPConnector(limit=3)
+    async with provider_session(
+        provider,
+        middlewares=[recording],
+        headers={"X-Trace": "1"},
+        timeout=timeout,
+        connector=connector,
+        base_url="http://127.0.0.1:1/other/",
+    ) as client:
+        assert client.headers["X-Trace"] == "1"
+        assert client.timeout is timeout
+        assert client.connector is connector
+        assert client._base_url == URL("http://127.0.0.1:1/other/")
+        first, second = client._middlewares
+        assert isinstance(first, BearerAuthMiddleware)
+        assert second is recording
+
+
+async def test_middleware_runs_before_the_users(
+    fake: FakePlainID, provider: _TokenProvider
+) -> None:
+    recording = Recording()
+    async with provider.session(middlewares=(recording,), headers={"X-Trace": "1"}) as client:
+        assert await status_of(client.get("api/1.0/x")) == 200
+    assert recording.authorization == [f"Bearer {fake.issued_tokens[0]}"]
+
+
+async def test_base_url_with_a_path_prefix() -> None:
+    async with (
+        FakePlainID(path_prefix="/plainid") as fake,
+        make_provider(fake) as provider,
+        provider.session() as client,
+    ):
+        assert str(client._base_url) == f"{fake.base_url}/"
+        # Relative paths go under the prefix (RFC 3986 join, as aiohttp does it) ...
+        assert await status_of(client.get("api/1.0/x")) == 200
+        assert [r.path for r in fake.resource_requests] == ["/plainid/api/1.0/x"]
+        # ... a leading slash starts from the host's root: same origin, no prefix.
+        assert await status_of(client.get("/api/1.0/x")) == 404
+        async with client.ws_connect("ws") as ws:
+            await ws.close()
+        assert fake.resource_requests[-1].path == "/plainid/ws"
+
+
+# -- the middleware called directly ------------------------------------------------------------
+
+
+@attrs.define
+class StubResponse:
+    status: int
+    released: bool = False
+
+    def release(self) -> None:
+        self.released = True
+
+
+class StubHandler:
+    """Answers each call with the next status, recording the Authorization header sent."""
+
+    def __init__(self, *statuses: int) -> None:
+        self.statuses = list(statuses)
+        self.sent: list[str | None] = []
+        self.responses: list[StubResponse] = []
+
+    async def __call__(self, request: ClientRequest) -> ClientResponse:
+        self.sent.append(request.headers.get(hdrs.AUTHORIZATION))
+        response = StubResponse(self.statuses.pop(0))
+        self.responses.append(response)
+        return cast("ClientResponse", response)
+
+
+def client_request(url: URL, **kwargs: Any) -> ClientRequest:
+    return aiohttp.ClientRequest("POST", url, loop=asyncio.get_running_loop(), **kwargs)
+
+
+async def seeded_provider() -> tuple[_TokenProvider, Token]:
+    """A provider whose cache holds a token; its token endpoint is unreachable."""
+    provider = _TokenProvider(
+        "id", "secret", base_url="http://127.0.0.1:9", cache=MemoryTokenCache()
+    )
+    token = Token.issued("seeded", expires_in=3600)
+    await provider.cache.store(provider.cache_key, token)
+    return provider, token
+
+
+async def test_direct_call_adds_the_token() -> None:
+    provider, token = await seeded_provider()
+    handler = StubHandler(200)
+    response = await BearerAuthMiddleware(provider)(
+        client_request(URL("http://127.0.0.1:9/x")), handler
+    )
+    assert cast("StubResponse", response).status == 200
+    assert handler.sent == [token.authorization]
+
+
+async def test_direct_call_other_origin_untouched() -> None:
+    provider, _ = await seeded_provider()
+    handler = StubHandler(401)
+    request = client_request(URL("http://127.0.0.1:10/x"))
+    await BearerAuthMiddleware(provider)(request, handler)
+    assert handler.sent == [None]
+    assert hdrs.AUTHORIZATION not in request.headers
+
+
+async def test_direct_call_explicit_header_untouched() -> None:
+    provider, _ = await seeded_provider()
+    handler = StubHandler(401)
+    request = client_request(URL("http://127.0.0.1:9/x"), headers={"authorization": "Token x"})
+    await BearerAuthMiddleware(provider)(request, handler)
+    assert handler.sent == ["Token x"]
+
+
+async def test_direct_call_401_releases_invalidates_and_retries(fake: FakePlainID) -> None:
+    async with make_provider(fake) as provider:
+        first = await provider.get_token()
+        handler = StubHandler(401, 200)
+        request = client_request(fake.base_url / "x", data=b"payload")
+        response = await BearerAuthMiddleware(provider)(request, handler)
+        second = await provider.get_token()
+    assert second != first
+    assert handler.sent == [first.authorization, second.authorization]
+    assert [r.released for r in handler.responses] == [True, False]
+    assert response is cast("Any", handler.responses[1])
+
+
+async def test_direct_call_invalidates_only_the_token_it_sent(fake: FakePlainID) -> None:
+    async with make_provider(fake) as provider:
+        sent = await provider.get_token()
+        refreshed: list[Token] = []
+
+        class RacingHandler(StubHandler):
+            async def __call__(self, request: ClientRequest) -> ClientResponse:
+                if not refreshed:  # another caller refreshes while this request is out
+                    refreshed.append(await provider.get_token(force_refresh=True))
+                return await super().__call__(request)
+
+        handler = RacingHandler(401, 200)
+        await BearerAuthMiddleware(provider)(client_request(fake.base_url / "x"), handler)
+        [newer] = refreshed
+        # The 401 was for `sent`: `newer` stays cached, is used for the retry, and no third
+        # token is fetched.
+        assert provider.cache.get(provider.cache_key) is newer
+    assert handler.sent == [sent.authorization, newer.authorization]
+    assert len(fake.token_requests) == 2
+
+
+async def test_direct_call_second_401_returned_unreleased(fake: FakePlainID) -> None:
+    async with make_provider(fake) as provider:
+        handler = StubHandler(401, 401)
+        response = await BearerAuthMiddleware(provider)(
+            client_request(fake.base_url / "x"), handler
+        )
+    assert [r.released for r in handler.responses] == [True, False]
+    assert response is cast("Any", handler.responses[1])
+    assert len(fake.token_requests) == 2
+
+
+async def agen() -> AsyncIterator[bytes]:
+    yield b"x"
+
+
+def _multipart_generator() -> aiohttp.MultipartWriter:
+    writer = aiohttp.MultipartWriter("form-data")
+    writer.append_payload(aiohttp.payload.AsyncIterablePayload(agen()))
+    return writer
+
+
+@pytest.mark.parametrize(
+    ("data", "replayable"),
+    [
+        pytest.param(None, True, id="none"),
+        pytest.param(b"x", True, id="bytes"),
+        pytest.param(memoryview(b"x"), True, id="memoryview"),
+        pytest.param("x", True, id="str"),
+        pytest.param(io.BytesIO(b"x"), True, id="bytesio"),
+        pytest.param(io.StringIO("x"), True, id="stringio"),
+        pytest.param({"a": "b"}, True, id="dict-form"),
+        pytest.param(aiohttp.JsonPayload({"a": 1}), True, id="json"),
+        pytest.param(agen, False, id="async-generator"),
+        pytest.param(_multipart_generator, False, id="multipart-generator"),
+        pytest.param(_multipart, True, id="multipart-bytes"),
+    ],
+)
+async def test_can_replay(data: Any, replayable: bool) -> None:
+    body = data() if callable(data) else data
+    request = client_request(URL("http://127.0.0.1:9/x"), data=body)
+    assert _can_replay(request.body) is replayable
+    await request.close()
+
+
+async def test_consumed_payload_is_not_replayable() -> None:
+    body = aiohttp.BytesIOPayload(io.BytesIO(b"x"))
+    body._consumed = True
+    assert not _can_replay(body)
+
+
+async def test_json_replay_is_byte_identical(
+    fake: FakePlainID, provider: _TokenProvider, session: aiohttp.ClientSession
+) -> None:
+    token = await provider.get_token()
+    fake.revoke(token.access_token)
+    assert await status_of(session.put("api/1.0/x", json={"k": "v"})) == 200
+    assert [json.loads(r.body) for r in fake.resource_requests] == [{"k": "v"}] * 2
