@@ -161,7 +161,7 @@ class BearerAuthMiddleware:
 
     @property
     def origins(self) -> tuple[URL, ...]:
-        """The origins that get the token: the provider's API origin first."""
+        """The origins that get the token, the provider's API origin first."""
         return self._origins
 
     def __repr__(self) -> str:
