@@ -89,6 +89,22 @@ class _Flight:
     loop: asyncio.AbstractEventLoop
     future: concurrent.futures.Future[Token]
     owner: TokenProvider
+    wake: asyncio.Event
+    background: bool
+
+    def hurry(self) -> None:
+        """Callers now wait for this fetch: cut short the retry backoff it may be sleeping.
+
+        A background refresh backs off at leisure while the cached token is usable; once
+        callers wait, the next attempt should not wait out a long step.
+        """
+        if not self.background:
+            return
+        self.background = False
+        if self.loop is asyncio.get_running_loop():
+            self.wake.set()
+        else:
+            self.loop.call_soon_threadsafe(self.wake.set)
 
     def usable_from(self, loop: asyncio.AbstractEventLoop) -> bool:
         """Whether a caller on ``loop`` can wait for this flight."""
@@ -459,10 +475,14 @@ class TokenProvider:
                 return flight
             future: concurrent.futures.Future[Token] = concurrent.futures.Future()
             future.set_running_or_notify_cancel()
+            wake = asyncio.Event()
             task = loop.create_task(
-                self._fetch(key, replacing), name=f"plainid-async token fetch {key.client_id}"
+                self._fetch(key, replacing, wake),
+                name=f"plainid-async token fetch {key.client_id}",
             )
-            flight = _Flight(task=task, loop=loop, future=future, owner=self)
+            flight = _Flight(
+                task=task, loop=loop, future=future, owner=self, wake=wake, background=background
+            )
             _FLIGHTS[flight_key] = flight
         if background:
             self.stats.background_refreshes += 1
@@ -474,6 +494,7 @@ class TokenProvider:
         while True:
             self._check_open()
             flight = self._flight(key, replacing, background=False)
+            flight.hurry()
             try:
                 if flight.loop is asyncio.get_running_loop():
                     return await asyncio.shield(flight.task)
@@ -485,7 +506,7 @@ class TokenProvider:
                 # The flight itself was cancelled (its provider closed or its loop ended),
                 # not this caller: start or join another.
 
-    async def _fetch(self, key: CacheKey, replacing: Token | None) -> Token:
+    async def _fetch(self, key: CacheKey, replacing: Token | None, wake: asyncio.Event) -> Token:
         async with self._cache.fetch_lock(key):
             # Another process (shared cache) may have fetched while we waited for the lock.
             shared = await self._cache.load(key)
@@ -493,7 +514,7 @@ class TokenProvider:
                 _, refresh_at, _ = self._schedule(shared)
                 if time.monotonic() < refresh_at:
                     return shared
-            token = await self._request(key)
+            token = await self._request(key, wake)
             await self._cache.store(key, token)
             self.stats.tokens_fetched += 1
             logger.info(
@@ -504,9 +525,17 @@ class TokenProvider:
             )
             return token
 
-    async def _request(self, key: CacheKey) -> Token:
+    async def _request(self, key: CacheKey, wake: asyncio.Event) -> Token:
         def count() -> None:
             self.stats.token_requests += 1
+
+        async def backoff(delay: float) -> None:
+            # Sleep between attempts, unless callers start waiting (see _Flight.hurry).
+            try:
+                await asyncio.wait_for(wake.wait(), delay)
+            except TimeoutError:
+                return
+            wake.clear()
 
         async def send(session: aiohttp.ClientSession) -> Token:
             return await request_token(
@@ -518,6 +547,7 @@ class TokenProvider:
                 retry=self._retry,
                 ssl=self._ssl,
                 on_attempt=count,
+                sleep=backoff,
             )
 
         if self._session is not None:

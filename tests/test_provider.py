@@ -494,6 +494,31 @@ async def test_background_retry_respects_its_backoff_while_time_is_left(
     assert len(fake.token_requests) == requests
 
 
+async def test_callers_who_must_wait_cut_short_a_background_backoff(
+    fake: FakePlainID, cache: pa.MemoryTokenCache
+) -> None:
+    slow_retry = pa.RetryPolicy(attempts=3, backoff_base=1000, backoff_max=1000, deadline=5000)
+    provider = pa.TokenProvider(
+        fake.client_id,
+        fake.client_secret,
+        base_url=str(fake.base_url),
+        cache=cache,
+        retry=slow_retry,
+    )
+    async with provider:
+        await cache.store(provider.cache_key, token_with(remaining=40))
+        fake.fail_next(503)
+        await provider.get_token()  # starts the background refresh, which fails once
+        while not fake.token_requests:  # noqa: ASYNC110 (wait for the first attempt)
+            await asyncio.sleep(0.005)
+        # the token is now too close to expiry: callers must wait for the refresh, which
+        # is sleeping through a 500-1000 s backoff
+        await cache.store(provider.cache_key, token_with(remaining=5, value="nearly-gone"))
+        token = await asyncio.wait_for(provider.get_token(), timeout=30)
+        assert fake.is_valid(token.access_token)
+        assert [r.status for r in fake.token_requests] == [503, 200]
+
+
 async def test_refresh_margin_overrides_the_default_window(
     fake: FakePlainID, cache: pa.MemoryTokenCache
 ) -> None:
