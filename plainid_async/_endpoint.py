@@ -321,6 +321,16 @@ class RetryPolicy:
         return delay
 
 
+def _clean_text(text: str, secret: str) -> str:
+    """Server-influenced text made fit for a message: one line, redacted, bounded."""
+    text = _CONTROL_RE.sub(" ", text).strip()
+    if secret:
+        text = text.replace(secret, "***")
+    if len(text) > MAX_QUOTED_MESSAGE:
+        text = text[:MAX_QUOTED_MESSAGE] + "…"
+    return text
+
+
 def _quote_message(body: bytes, secret: str) -> str | None:
     """PlainID's error ``message`` (or an OAuth ``error_description``), cleaned and redacted."""
     try:
@@ -442,7 +452,8 @@ async def _attempt(
         return _Attempt(error, exc)
     except aiohttp.ClientError as exc:
         error = TokenEndpointUnavailableError(
-            f"token request to {url} failed: {type(exc).__name__}: {exc}"
+            f"token request to {url} failed: {type(exc).__name__}: "
+            f"{_clean_text(str(exc), form['client_secret'])}"
         )
         return _Attempt(error, exc)
     if status == 200:
@@ -487,8 +498,14 @@ async def request_token(
         InvalidCredentialsError: The credentials were rejected; not retried.
         InvalidTokenResponseError: A 200 that is not a valid token response; not retried.
         TokenEndpointUnavailableError: The endpoint kept failing until the attempts or the
-            deadline ran out; the last cause is chained.
+            deadline ran out; the last cause is chained. Also, not retryable, when
+            ``session`` is closed.
     """
+    if session.closed:
+        # aiohttp would raise a bare RuntimeError, which callers of get_token do not expect.
+        raise TokenEndpointUnavailableError(
+            "the aiohttp session for token requests is closed", retryable=False
+        )
     form = {
         "grant_type": "client_credentials",
         "client_id": client_id,
