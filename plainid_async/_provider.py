@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import math
 import os
@@ -126,6 +127,7 @@ _FlightKey = tuple[int, CacheKey]
 _FLIGHTS: dict[_FlightKey, _Flight] = {}
 _EPISODES: dict[_FlightKey, _Episode] = {}
 _REGISTRY_LOCK = threading.Lock()
+_sleep = asyncio.sleep  # tests replace it to see the backoff
 
 
 def _check_text(name: str, value: object) -> str:
@@ -529,13 +531,23 @@ class TokenProvider:
         def count() -> None:
             self.stats.token_requests += 1
 
+        hurried = 0  # backoff steps since callers came waiting
+
         async def backoff(delay: float) -> None:
-            # Sleep between attempts, unless callers start waiting (see _Flight.hurry).
-            try:
-                await asyncio.wait_for(wake.wait(), delay)
-            except TimeoutError:
+            # Sleep between attempts. Once callers wait (see _Flight.hurry), the sleep under
+            # way ends, the next attempt goes at once, and the backoff starts over from its
+            # first step: they are not held by a long step chosen while nobody waited.
+            nonlocal hurried
+            if not wake.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), delay)
+                if wake.is_set():
+                    hurried = 1
                 return
-            wake.clear()
+            if hurried:
+                jitter = random.random()  # noqa: S311 (jitter, not crypto)
+                await _sleep(min(delay, self._retry.backoff(hurried, jitter)))
+            hurried += 1
 
         async def send(session: aiohttp.ClientSession) -> Token:
             return await request_token(

@@ -519,6 +519,37 @@ async def test_callers_who_must_wait_cut_short_a_background_backoff(
         assert [r.status for r in fake.token_requests] == [503, 200]
 
 
+async def test_after_callers_start_waiting_the_backoff_starts_over(
+    fake: FakePlainID, cache: pa.MemoryTokenCache
+) -> None:
+    # backoff_base 0.02 s doubling to 1000 s: a long-running refresh sleeps for ages
+    retry = pa.RetryPolicy(attempts=6, backoff_base=0.02, backoff_max=1000, deadline=5000)
+    provider = pa.TokenProvider(
+        fake.client_id, fake.client_secret, base_url=str(fake.base_url), cache=cache, retry=retry
+    )
+    async with provider:
+        await cache.store(provider.cache_key, token_with(remaining=40))
+        fake.fail_next(*[503] * 3)
+        slept: list[float] = []
+
+        async def recording_sleep(delay: float) -> None:
+            slept.append(delay)
+
+        await provider.get_token()  # background refresh; its attempts fail
+        while len(fake.token_requests) < 2:  # noqa: ASYNC110 (wait for two failures)
+            await asyncio.sleep(0.005)
+        await cache.store(provider.cache_key, token_with(remaining=5, value="nearly-gone"))
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(_provider, "_sleep", recording_sleep)
+            token = await asyncio.wait_for(provider.get_token(), timeout=30)
+        assert fake.is_valid(token.access_token)
+        # after callers came waiting: one attempt at once, then first-step sleeps
+        # (<= 0.02 s), not the 0.04-0.08 s and longer steps the refresh had reached
+        assert len(slept) == 1
+        assert slept[0] <= 0.02
+        assert [r.status for r in fake.token_requests] == [503, 503, 503, 200]
+
+
 async def test_refresh_margin_overrides_the_default_window(
     fake: FakePlainID, cache: pa.MemoryTokenCache
 ) -> None:
