@@ -91,7 +91,8 @@ class _Flight:
     future: concurrent.futures.Future[Token]
     owner: TokenProvider
     wake: asyncio.Event
-    background: bool
+    background: bool  # no caller waits for it (yet)
+    started_in_background: bool
 
     def hurry(self) -> None:
         """Callers now wait for this fetch: cut short the retry backoff it may be sleeping.
@@ -483,7 +484,13 @@ class TokenProvider:
                 name=f"plainid-async token fetch {key.client_id}",
             )
             flight = _Flight(
-                task=task, loop=loop, future=future, owner=self, wake=wake, background=background
+                task=task,
+                loop=loop,
+                future=future,
+                owner=self,
+                wake=wake,
+                background=background,
+                started_in_background=background,
             )
             _FLIGHTS[flight_key] = flight
         if background:
@@ -493,6 +500,7 @@ class TokenProvider:
         return flight
 
     async def _wait_for_flight(self, key: CacheKey, replacing: Token | None) -> Token:
+        second_chance = True
         while True:
             self._check_open()
             flight = self._flight(key, replacing, background=False)
@@ -501,6 +509,13 @@ class TokenProvider:
                 if flight.loop is asyncio.get_running_loop():
                     return await asyncio.shield(flight.task)
                 return await asyncio.shield(asyncio.wrap_future(flight.future))
+            except TokenRequestError as error:
+                # A background refresh may have spent most of its attempts before anyone
+                # waited for it: when it fails, waiting callers get one fetch of their own
+                # with the full retry budget before they see an error.
+                if not (error.retryable and flight.started_in_background and second_chance):
+                    raise
+                second_chance = False
             except asyncio.CancelledError:
                 current = asyncio.current_task()
                 if current is not None and current.cancelling():

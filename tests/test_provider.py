@@ -550,6 +550,48 @@ async def test_after_callers_start_waiting_the_backoff_starts_over(
         assert [r.status for r in fake.token_requests] == [503, 503, 503, 200]
 
 
+async def test_callers_who_join_a_failing_background_refresh_get_a_full_retry_budget(
+    fake: FakePlainID, cache: pa.MemoryTokenCache
+) -> None:
+    retry = pa.RetryPolicy(attempts=2, backoff_base=0.01, backoff_max=0.01, deadline=60)
+    provider = pa.TokenProvider(
+        fake.client_id, fake.client_secret, base_url=str(fake.base_url), cache=cache, retry=retry
+    )
+    async with provider:
+        await cache.store(provider.cache_key, token_with(remaining=40))
+        # the background refresh's first attempt fails slowly; callers come waiting meanwhile
+        fake.fail_next(FakeResponse(status=503, delay=0.2), 503)
+        await provider.get_token()
+        while not fake.token_requests:  # noqa: ASYNC110 (wait for the first attempt)
+            await asyncio.sleep(0.005)
+        await cache.store(provider.cache_key, token_with(remaining=5, value="nearly-gone"))
+        tokens = await asyncio.gather(*(provider.get_token() for _ in range(10)))
+        assert len({t.access_token for t in tokens}) == 1
+        assert fake.is_valid(tokens[0].access_token)
+        # the refresh gave up after its 2 attempts; the callers' own fetch then succeeded
+        assert [r.status for r in fake.token_requests] == [503, 503, 200]
+
+
+async def test_a_waiting_caller_gets_one_second_chance_only(
+    fake: FakePlainID, cache: pa.MemoryTokenCache
+) -> None:
+    retry = pa.RetryPolicy(attempts=2, backoff_base=0.01, backoff_max=0.01, deadline=60)
+    provider = pa.TokenProvider(
+        fake.client_id, fake.client_secret, base_url=str(fake.base_url), cache=cache, retry=retry
+    )
+    async with provider:
+        await cache.store(provider.cache_key, token_with(remaining=40))
+        fake.fail_next(FakeResponse(status=503, delay=0.2))
+        fake.start_outage(503)
+        await provider.get_token()
+        while not fake.token_requests:  # noqa: ASYNC110 (wait for the first attempt)
+            await asyncio.sleep(0.005)
+        await cache.store(provider.cache_key, token_with(remaining=5, value="nearly-gone"))
+        with pytest.raises(pa.TokenEndpointUnavailableError):
+            await provider.get_token()
+        assert len(fake.token_requests) == 4  # two fetches of two attempts, not more
+
+
 async def test_refresh_margin_overrides_the_default_window(
     fake: FakePlainID, cache: pa.MemoryTokenCache
 ) -> None:
