@@ -24,7 +24,7 @@ import attrs
 from plainid_async.testing import FakePlainID
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterable
+    from collections.abc import Awaitable, Callable, Iterable, Iterator
 
     import pytest
     from aiohttp import web
@@ -103,6 +103,14 @@ class Redaction:
         for token in self.tokens:
             assert token not in text, "an access token leaked"
         return len(self.records())
+
+
+def watch_redaction(caplog: pytest.LogCaptureFixture, *secrets: str) -> Iterator[Redaction]:
+    """A redaction fixture's body: DEBUG logs, then the check once the test is over."""
+    caplog.set_level(logging.DEBUG)
+    watch = Redaction(caplog, secrets=set(secrets))
+    yield watch
+    watch.check()
 
 
 # -- leaks ---------------------------------------------------------------------------------

@@ -12,13 +12,12 @@ waited for; afterwards no task, socket, loop error or secret is left anywhere.
 from __future__ import annotations
 
 import asyncio
-import logging
 import random
 import secrets
 from typing import TYPE_CHECKING
 
 import pytest
-from _reliability import InFlightFake, LoopWatch, Redaction, open_fds, record
+from _reliability import InFlightFake, LoopWatch, Redaction, open_fds, record, watch_redaction
 
 import plainid_async as pa
 from plainid_async import _provider
@@ -38,10 +37,7 @@ POLICY = pa.RetryPolicy(attempts=2, backoff_base=0.02, backoff_max=0.05, deadlin
 
 @pytest.fixture
 def redaction(caplog: pytest.LogCaptureFixture) -> Iterator[Redaction]:
-    caplog.set_level(logging.DEBUG)
-    watch = Redaction(caplog, secrets={SECRET_A, SECRET_B})
-    yield watch
-    watch.check()
+    yield from watch_redaction(caplog, SECRET_A, SECRET_B)
 
 
 async def test_ten_thousand_callers_across_expiry_with_cancellations_and_an_outage(  # noqa: C901, PLR0915 (one scenario, told in order)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import logging
 import secrets
 import time
 from typing import TYPE_CHECKING, Any, Self
@@ -26,6 +25,7 @@ from _reliability import (
     http_response,
     record,
     unused_port,
+    watch_redaction,
 )
 from aiohttp import web
 
@@ -34,7 +34,7 @@ from plainid_async import _provider
 from plainid_async.testing import FakePlainID, FakeResponse
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+    from collections.abc import Awaitable, Callable, Iterator
 
 CALLERS = 50
 SECRET = "fault-S3CRET-" + secrets.token_hex(8)
@@ -49,23 +49,7 @@ MAX_MESSAGE = 600
 
 @pytest.fixture
 def redaction(caplog: pytest.LogCaptureFixture) -> Iterator[Redaction]:
-    caplog.set_level(logging.DEBUG)
-    watch = Redaction(caplog, secrets={SECRET})
-    yield watch
-    watch.check()
-
-
-@pytest.fixture
-async def loop_watch() -> AsyncIterator[LoopWatch]:
-    watch = LoopWatch.start()
-    yield watch
-    await asyncio.gather(
-        *(f.task for f in list(_provider._FLIGHTS.values())), return_exceptions=True
-    )
-    seen = await watch.finish()
-    assert seen["leaked_tasks"] == 0, watch.leaked_tasks()
-    assert seen["loop_errors"] == 0, watch.contexts
-    _provider._EPISODES.clear()
+    yield from watch_redaction(caplog, SECRET)
 
 
 def make_provider(base_url: object, *, client_id: str = "cid", **kwargs: Any) -> pa.TokenProvider:

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import socket
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import pytest
@@ -36,14 +36,7 @@ def cache() -> pa.MemoryTokenCache:
 async def provider(
     fake: FakePlainID, cache: pa.MemoryTokenCache
 ) -> AsyncIterator[pa.TokenProvider]:
-    async with pa.TokenProvider(
-        fake.client_id,
-        fake.client_secret,
-        base_url=str(fake.base_url),
-        cache=cache,
-        retry=FAST_RETRY,
-        timeout=2.0,
-    ) as p:
+    async with provider_on(fake, cache, retry=FAST_RETRY, timeout=2.0) as p:
         yield p
 
 
@@ -70,6 +63,19 @@ async def settle() -> None:
     """Wait for every token fetch in flight to finish."""
     tasks = [f.task for f in list(_provider._FLIGHTS.values())]
     await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def requests_seen(fake: FakePlainID, count: int = 1) -> None:
+    """Wait until ``fake`` has received ``count`` token requests."""
+    while len(fake.token_requests) < count:  # noqa: ASYNC110 (polling the fake is the point)
+        await asyncio.sleep(0.005)
+
+
+def provider_on(fake: FakePlainID, cache: pa.MemoryTokenCache, **options: Any) -> pa.TokenProvider:
+    """A TokenProvider with ``fake``'s credentials and URL, ``cache`` and ``options``."""
+    return pa.TokenProvider(
+        fake.client_id, fake.client_secret, base_url=str(fake.base_url), cache=cache, **options
+    )
 
 
 # -- configuration ----------------------------------------------------------------------
@@ -246,12 +252,8 @@ async def test_expiry_is_measured_from_when_the_request_was_sent(
 async def test_two_providers_with_the_same_credentials_share_one_token(
     fake: FakePlainID, cache: pa.MemoryTokenCache
 ) -> None:
-    a = pa.TokenProvider(
-        fake.client_id, fake.client_secret, base_url=str(fake.base_url), cache=cache
-    )
-    b = pa.TokenProvider(
-        fake.client_id, fake.client_secret, base_url=str(fake.base_url), cache=cache
-    )
+    a = provider_on(fake, cache)
+    b = provider_on(fake, cache)
     async with a, b:
         ta, tb = await asyncio.gather(a.get_token(), b.get_token())
         assert ta is tb
@@ -498,19 +500,12 @@ async def test_callers_who_must_wait_cut_short_a_background_backoff(
     fake: FakePlainID, cache: pa.MemoryTokenCache
 ) -> None:
     slow_retry = pa.RetryPolicy(attempts=3, backoff_base=1000, backoff_max=1000, deadline=5000)
-    provider = pa.TokenProvider(
-        fake.client_id,
-        fake.client_secret,
-        base_url=str(fake.base_url),
-        cache=cache,
-        retry=slow_retry,
-    )
+    provider = provider_on(fake, cache, retry=slow_retry)
     async with provider:
         await cache.store(provider.cache_key, token_with(remaining=40))
         fake.fail_next(503)
         await provider.get_token()  # starts the background refresh, which fails once
-        while not fake.token_requests:  # noqa: ASYNC110 (wait for the first attempt)
-            await asyncio.sleep(0.005)
+        await requests_seen(fake)
         # the token is now too close to expiry: callers must wait for the refresh, which
         # is sleeping through a 500-1000 s backoff
         await cache.store(provider.cache_key, token_with(remaining=5, value="nearly-gone"))
@@ -524,9 +519,7 @@ async def test_after_callers_start_waiting_the_backoff_starts_over(
 ) -> None:
     # backoff_base 0.02 s doubling to 1000 s: a long-running refresh sleeps for ages
     retry = pa.RetryPolicy(attempts=6, backoff_base=0.02, backoff_max=1000, deadline=5000)
-    provider = pa.TokenProvider(
-        fake.client_id, fake.client_secret, base_url=str(fake.base_url), cache=cache, retry=retry
-    )
+    provider = provider_on(fake, cache, retry=retry)
     async with provider:
         await cache.store(provider.cache_key, token_with(remaining=40))
         fake.fail_next(*[503] * 3)
@@ -536,8 +529,7 @@ async def test_after_callers_start_waiting_the_backoff_starts_over(
             slept.append(delay)
 
         await provider.get_token()  # background refresh; its attempts fail
-        while len(fake.token_requests) < 2:  # noqa: ASYNC110 (wait for two failures)
-            await asyncio.sleep(0.005)
+        await requests_seen(fake, 2)
         await cache.store(provider.cache_key, token_with(remaining=5, value="nearly-gone"))
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(_provider, "_sleep", recording_sleep)
@@ -554,16 +546,13 @@ async def test_callers_who_join_a_failing_background_refresh_get_a_full_retry_bu
     fake: FakePlainID, cache: pa.MemoryTokenCache
 ) -> None:
     retry = pa.RetryPolicy(attempts=2, backoff_base=0.01, backoff_max=0.01, deadline=60)
-    provider = pa.TokenProvider(
-        fake.client_id, fake.client_secret, base_url=str(fake.base_url), cache=cache, retry=retry
-    )
+    provider = provider_on(fake, cache, retry=retry)
     async with provider:
         await cache.store(provider.cache_key, token_with(remaining=40))
         # the background refresh's first attempt fails slowly; callers come waiting meanwhile
         fake.fail_next(FakeResponse(status=503, delay=0.2), 503)
         await provider.get_token()
-        while not fake.token_requests:  # noqa: ASYNC110 (wait for the first attempt)
-            await asyncio.sleep(0.005)
+        await requests_seen(fake)
         await cache.store(provider.cache_key, token_with(remaining=5, value="nearly-gone"))
         tokens = await asyncio.gather(*(provider.get_token() for _ in range(10)))
         assert len({t.access_token for t in tokens}) == 1
@@ -576,16 +565,13 @@ async def test_a_waiting_caller_gets_one_second_chance_only(
     fake: FakePlainID, cache: pa.MemoryTokenCache
 ) -> None:
     retry = pa.RetryPolicy(attempts=2, backoff_base=0.01, backoff_max=0.01, deadline=60)
-    provider = pa.TokenProvider(
-        fake.client_id, fake.client_secret, base_url=str(fake.base_url), cache=cache, retry=retry
-    )
+    provider = provider_on(fake, cache, retry=retry)
     async with provider:
         await cache.store(provider.cache_key, token_with(remaining=40))
         fake.fail_next(FakeResponse(status=503, delay=0.2))
         fake.start_outage(503)
         await provider.get_token()
-        while not fake.token_requests:  # noqa: ASYNC110 (wait for the first attempt)
-            await asyncio.sleep(0.005)
+        await requests_seen(fake)
         await cache.store(provider.cache_key, token_with(remaining=5, value="nearly-gone"))
         with pytest.raises(pa.TokenEndpointUnavailableError):
             await provider.get_token()
@@ -595,13 +581,7 @@ async def test_a_waiting_caller_gets_one_second_chance_only(
 async def test_refresh_margin_overrides_the_default_window(
     fake: FakePlainID, cache: pa.MemoryTokenCache
 ) -> None:
-    provider = pa.TokenProvider(
-        fake.client_id,
-        fake.client_secret,
-        base_url=str(fake.base_url),
-        cache=cache,
-        refresh_margin=20,
-    )
+    provider = provider_on(fake, cache, refresh_margin=20)
     async with provider:
         # 40 s left of 100 s is STALE by default (window 50 s) but FRESH with a 20 s margin
         await cache.store(provider.cache_key, token_with(remaining=40))
@@ -622,8 +602,7 @@ async def test_cancelled_caller_does_not_cancel_the_fetch_for_others(
     fake.latency = 0.2
     first = asyncio.ensure_future(provider.get_token())
     second = asyncio.ensure_future(provider.get_token())
-    while not fake.token_requests:  # noqa: ASYNC110 (wait for the request to arrive)
-        await asyncio.sleep(0.005)
+    await requests_seen(fake)
     first.cancel()
     token = await second
     assert first.cancelled()
@@ -741,8 +720,7 @@ async def test_rotation_during_a_fetch_fails_no_caller(
     # the fetch in flight is rejected because the secret was rotated under it
     fake.fail_next(FakeResponse(status=401, delay=0.2))
     callers = [asyncio.ensure_future(provider.get_token()) for _ in range(10)]
-    while not fake.token_requests:  # noqa: ASYNC110 (wait for the request to arrive)
-        await asyncio.sleep(0.005)
+    await requests_seen(fake)
     fake.rotate_secret(fake.client_id, "rotated-secret")
     provider.rotate_secret("rotated-secret")
     tokens = await asyncio.gather(*callers)
@@ -793,13 +771,7 @@ async def test_a_session_passed_in_is_used_and_never_closed(fake: FakePlainID) -
         return await handler(request)
 
     async with aiohttp.ClientSession(middlewares=(recorder,)) as session:
-        provider = pa.TokenProvider(
-            fake.client_id,
-            fake.client_secret,
-            base_url=str(fake.base_url),
-            cache=pa.MemoryTokenCache(),
-            session=session,
-        )
+        provider = provider_on(fake, pa.MemoryTokenCache(), session=session)
         async with provider:
             await provider.get_token()
         assert not session.closed

@@ -12,13 +12,12 @@ served until the provider learns the new secret.
 from __future__ import annotations
 
 import asyncio
-import logging
 import secrets
 from typing import TYPE_CHECKING
 
 import aiohttp
 import pytest
-from _reliability import InFlightFake, LoopWatch, Redaction, open_fds, record
+from _reliability import InFlightFake, LoopWatch, Redaction, open_fds, record, watch_redaction
 from aiohttp import hdrs
 
 import plainid_async as pa
@@ -45,10 +44,7 @@ POLICY = pa.RetryPolicy(attempts=4, backoff_base=0.02, backoff_max=0.1, deadline
 
 @pytest.fixture
 def redaction(caplog: pytest.LogCaptureFixture) -> Iterator[Redaction]:
-    caplog.set_level(logging.DEBUG)
-    watch = Redaction(caplog, secrets={FIRST_SECRET})
-    yield watch
-    watch.check()
+    yield from watch_redaction(caplog, FIRST_SECRET)
 
 
 async def test_rotating_the_secret_under_load_fails_no_call(redaction: Redaction) -> None:  # noqa: C901, PLR0915 (one scenario, told in order)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import logging
 import secrets
 import ssl
 from typing import TYPE_CHECKING, Any
@@ -17,10 +16,9 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import pytest
 import trustme
-from _reliability import LoopWatch, Redaction, record
+from _reliability import LoopWatch, Redaction, record, watch_redaction
 
 import plainid_async as pa
-from plainid_async import _provider
 from plainid_async.testing import FakePlainID
 
 if TYPE_CHECKING:
@@ -55,23 +53,7 @@ def client_context(ca: trustme.CA) -> ssl.SSLContext:
 
 @pytest.fixture
 def redaction(caplog: pytest.LogCaptureFixture) -> Iterator[Redaction]:
-    caplog.set_level(logging.DEBUG)
-    watch = Redaction(caplog, secrets={SECRET})
-    yield watch
-    watch.check()
-
-
-@pytest.fixture
-async def loop_watch() -> AsyncIterator[LoopWatch]:
-    watch = LoopWatch.start()
-    yield watch
-    await asyncio.gather(
-        *(f.task for f in list(_provider._FLIGHTS.values())), return_exceptions=True
-    )
-    seen = await watch.finish()
-    assert seen["leaked_tasks"] == 0, watch.leaked_tasks()
-    assert seen["loop_errors"] == 0, watch.contexts
-    _provider._EPISODES.clear()
+    yield from watch_redaction(caplog, SECRET)
 
 
 @pytest.fixture
