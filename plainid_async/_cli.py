@@ -22,7 +22,16 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Final, NoReturn
 
 from ._endpoint import RetryPolicy
-from ._provider import ENV_BASE_URL, ENV_CLIENT_ID, ENV_CLIENT_SECRET, ENV_REGION, TokenProvider
+from ._provider import (
+    ENV_BASE_URL,
+    ENV_CLIENT_ID,
+    ENV_CLIENT_SECRET,
+    ENV_CLIENT_SECRET_FILE,
+    ENV_REGION,
+    TokenProvider,
+    read_secret_file,
+    strip_one_newline,
+)
 from .exceptions import (
     ConfigurationError,
     InvalidCredentialsError,
@@ -72,7 +81,8 @@ _SECRET_FLAG_REFUSED: Final = (
 _TOKEN_EPILOG: Final = f"""\
 configuration (flags win over the environment):
   {ENV_CLIENT_ID}      or --client-id ID
-  {ENV_CLIENT_SECRET}  or --client-secret-file PATH, or --client-secret-stdin
+  {ENV_CLIENT_SECRET}  or {ENV_CLIENT_SECRET_FILE} (a file holding it),
+                         or --client-secret-file PATH, or --client-secret-stdin
                          (never a flag value: other users can read process arguments)
   {ENV_REGION}         or --region REGION      (https://api.REGION.plainid.io)
   {ENV_BASE_URL}       or --base-url URL       (a customer-hosted deployment)
@@ -392,41 +402,33 @@ def _env(environ: Mapping[str, str], name: str) -> str | None:
     return value if value is not None and value.strip() else None
 
 
-def _strip_newline(text: str) -> str:
-    if text.endswith("\r\n"):
-        return text[:-2]
-    if text.endswith("\n"):
-        return text[:-1]
-    return text
-
-
 def _read_secret(args: argparse.Namespace, environ: Mapping[str, str], stdin: IO[str]) -> str:
-    if args.client_secret_file is not None:
-        path: Path = args.client_secret_file
-        try:
-            secret = _strip_newline(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "unreadable"
+    try:
+        if args.client_secret_file is not None:
+            return read_secret_file(args.client_secret_file, source="--client-secret-file")
+        if args.client_secret_stdin:
+            try:
+                secret = strip_one_newline(stdin.read())
+            except (OSError, UnicodeDecodeError):
+                raise _ExitError(EXIT_CONFIG, "cannot read the client secret from stdin") from None
+            if not secret.strip():
+                raise _ExitError(EXIT_CONFIG, "--client-secret-stdin: standard input is empty")
+            return secret
+        secret_env = _env(environ, ENV_CLIENT_SECRET)
+        secret_file = _env(environ, ENV_CLIENT_SECRET_FILE)
+        if secret_env is not None and secret_file is not None:
             raise _ExitError(
-                EXIT_CONFIG, f"cannot read --client-secret-file {str(path)!r}: {reason}"
-            ) from None
-        if not secret.strip():
-            raise _ExitError(EXIT_CONFIG, f"--client-secret-file {str(path)!r} is empty")
-        return secret
-    if args.client_secret_stdin:
-        try:
-            secret = _strip_newline(stdin.read())
-        except (OSError, UnicodeDecodeError):
-            raise _ExitError(EXIT_CONFIG, "cannot read the client secret from stdin") from None
-        if not secret.strip():
-            raise _ExitError(EXIT_CONFIG, "--client-secret-stdin: standard input is empty")
-        return secret
-    secret_env = _env(environ, ENV_CLIENT_SECRET)
+                EXIT_CONFIG, f"set only one of {ENV_CLIENT_SECRET} and {ENV_CLIENT_SECRET_FILE}"
+            )
+        if secret_file is not None:
+            return read_secret_file(secret_file, source=ENV_CLIENT_SECRET_FILE)
+    except ConfigurationError as exc:
+        raise _ExitError(EXIT_CONFIG, str(exc)) from None
     if secret_env is None:
         raise _ExitError(
             EXIT_CONFIG,
-            f"no client secret: set {ENV_CLIENT_SECRET}, or use --client-secret-file PATH or "
-            "--client-secret-stdin",
+            f"no client secret: set {ENV_CLIENT_SECRET} or {ENV_CLIENT_SECRET_FILE}, or use "
+            "--client-secret-file PATH or --client-secret-stdin",
         )
     return secret_env
 

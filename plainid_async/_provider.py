@@ -57,6 +57,7 @@ BACKGROUND_RETRY_FLOOR: Final = 0.25
 
 ENV_CLIENT_ID: Final = "PLAINID_CLIENT_ID"
 ENV_CLIENT_SECRET: Final = "PLAINID_CLIENT_SECRET"  # noqa: S105 (a variable name)
+ENV_CLIENT_SECRET_FILE: Final = "PLAINID_CLIENT_SECRET_FILE"  # noqa: S105 (a variable name)
 ENV_REGION: Final = "PLAINID_REGION"
 ENV_BASE_URL: Final = "PLAINID_BASE_URL"
 
@@ -139,6 +140,36 @@ def _check_text(name: str, value: object) -> str:
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
         raise ConfigurationError(f"{name} must not contain control characters")
     return value
+
+
+def strip_one_newline(text: str) -> str:
+    """Drop one trailing line break (LF or CRLF), as editors and ``echo`` add one."""
+    return text.removesuffix("\n").removesuffix("\r") if text.endswith("\n") else text
+
+
+def read_secret_file(path: str | os.PathLike[str], *, source: str) -> str:
+    """Read a client secret from a file, such as a mounted Kubernetes or Docker secret.
+
+    Args:
+        path: The file.
+        source: What named the file, for messages (an environment variable or a flag).
+
+    Returns:
+        The secret, without one trailing newline.
+
+    Raises:
+        ConfigurationError: The file cannot be read or holds no secret; the message names
+            ``source`` and the path, never the content.
+    """
+    try:
+        with open(path, encoding="utf-8") as file:  # noqa: PTH123 (str and PathLike alike)
+            secret = strip_one_newline(file.read())
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "unreadable"
+        raise ConfigurationError(f"cannot read {source} {os.fspath(path)!r}: {reason}") from None
+    if not secret.strip():
+        raise ConfigurationError(f"{source} {os.fspath(path)!r} is empty")
+    return secret
 
 
 def _check_seconds(name: str, value: object, *, allow_zero: bool) -> float:
@@ -264,6 +295,10 @@ class TokenProvider:
         """Build a provider from ``PLAINID_CLIENT_ID``, ``PLAINID_CLIENT_SECRET`` and one of
         ``PLAINID_REGION`` / ``PLAINID_BASE_URL``.
 
+        Instead of ``PLAINID_CLIENT_SECRET``, ``PLAINID_CLIENT_SECRET_FILE`` may name a file
+        that holds the secret (a mounted Kubernetes or Docker secret; one trailing newline is
+        dropped).
+
         Args:
             environ: Where to read the variables; defaults to :data:`os.environ`.
             refresh_margin: As for the constructor.
@@ -284,13 +319,21 @@ class TokenProvider:
 
         client_id, client_secret = read(ENV_CLIENT_ID), read(ENV_CLIENT_SECRET)
         region, base_url = read(ENV_REGION), read(ENV_BASE_URL)
-        for name, value in ((ENV_CLIENT_ID, client_id), (ENV_CLIENT_SECRET, client_secret)):
-            if value is None:
-                raise ConfigurationError(f"environment variable {name} is not set")
+        secret_file = read(ENV_CLIENT_SECRET_FILE)
+        if client_secret is not None and secret_file is not None:
+            raise ConfigurationError(
+                f"set only one of {ENV_CLIENT_SECRET} and {ENV_CLIENT_SECRET_FILE}"
+            )
+        if secret_file is not None:
+            client_secret = read_secret_file(secret_file, source=ENV_CLIENT_SECRET_FILE)
+        if client_id is None:
+            raise ConfigurationError(f"environment variable {ENV_CLIENT_ID} is not set")
+        if client_secret is None:
+            raise ConfigurationError(
+                f"environment variable {ENV_CLIENT_SECRET} (or {ENV_CLIENT_SECRET_FILE}) is not set"
+            )
         if (region is None) == (base_url is None):
             raise ConfigurationError(f"set exactly one of {ENV_REGION} and {ENV_BASE_URL}")
-        assert client_id is not None  # noqa: S101 (checked above; for the type checker)
-        assert client_secret is not None  # noqa: S101
         try:
             return cls(
                 client_id,

@@ -170,6 +170,30 @@ async def test_token_secret_from_file(
     result.assert_clean()
 
 
+async def test_token_secret_from_the_file_named_by_the_environment(
+    fake: FakePlainID, env: dict[str, str], tmp_path: Path
+) -> None:
+    del env["PLAINID_CLIENT_SECRET"]
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(SECRET + "\n")
+    env["PLAINID_CLIENT_SECRET_FILE"] = str(secret_file)
+    result = await run_cli("token", env=env)
+    assert result.returncode == 0, result
+    assert fake.is_valid(result.stdout.strip())
+    result.assert_clean()
+
+
+async def test_secret_and_secret_file_together_exit_2(
+    fake: FakePlainID, env: dict[str, str], tmp_path: Path
+) -> None:
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(SECRET)
+    env["PLAINID_CLIENT_SECRET_FILE"] = str(secret_file)
+    line = (await run_cli("token", env=env)).assert_error(2)
+    assert "PLAINID_CLIENT_SECRET_FILE" in line
+    assert fake.token_requests == []
+
+
 async def test_token_verbose_logs_on_stderr_without_secret_or_token(
     fake: FakePlainID, env: dict[str, str]
 ) -> None:

@@ -17,6 +17,7 @@ from plainid_async.testing import FakePlainID, FakeResponse
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
+    from pathlib import Path
 
 FAST_RETRY = pa.RetryPolicy(attempts=2, backoff_base=0.01, backoff_max=0.02, deadline=2.0)
 
@@ -192,6 +193,42 @@ def test_from_env_reads_the_four_variables() -> None:
 def test_from_env_names_the_missing_or_bad_variable(env: dict[str, str], named: str) -> None:
     with pytest.raises(pa.ConfigurationError, match=named):
         pa.TokenProvider.from_env(env)
+
+
+def test_from_env_reads_the_secret_from_a_file(tmp_path: Path) -> None:
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("file-secret\n")
+    env = {
+        "PLAINID_CLIENT_ID": "cid",
+        "PLAINID_CLIENT_SECRET_FILE": str(secret_file),
+        "PLAINID_REGION": "us1",
+    }
+    provider = pa.TokenProvider.from_env(env)
+    # one trailing newline dropped: the key is the one of the secret itself
+    expected = pa.TokenProvider("cid", "file-secret", region="us1")
+    assert provider.cache_key == expected.cache_key
+
+
+@pytest.mark.parametrize(
+    ("content", "named"),
+    [(None, "PLAINID_CLIENT_SECRET_FILE"), ("\n", "is empty"), ("ok", "only one")],
+)
+def test_from_env_secret_file_errors_name_the_variable_and_hide_the_content(
+    tmp_path: Path, content: str | None, named: str
+) -> None:
+    secret_file = tmp_path / "secret"
+    env = {
+        "PLAINID_CLIENT_ID": "cid",
+        "PLAINID_CLIENT_SECRET_FILE": str(secret_file),
+        "PLAINID_REGION": "us1",
+    }
+    if content is not None:
+        secret_file.write_text(content)
+    if content == "ok":
+        env["PLAINID_CLIENT_SECRET"] = "also-set"
+    with pytest.raises(pa.ConfigurationError, match=named) as info:
+        pa.TokenProvider.from_env(env)
+    assert "also-set" not in str(info.value)
 
 
 def test_repr_shows_no_secret() -> None:
