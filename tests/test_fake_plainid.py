@@ -575,3 +575,18 @@ async def test_repr_hides_secret_and_tokens(
     assert "sup3r-s3cret" in fake.token_requests[0].form["client_secret"]
     assert token not in repr(fake.resource_requests)
     assert "base_url=None" in repr(FakePlainID())
+
+
+async def test_records_keep_only_the_newest_max_records(session: aiohttp.ClientSession) -> None:
+    async with FakePlainID(max_records=10) as fake:
+        for _ in range(25):
+            async with session.get(fake.base_url / "x") as response:
+                assert response.status == 401
+        kept = len(fake.resource_requests)
+        assert 10 <= kept <= 11
+        assert len(fake.token_requests) == 0
+
+
+def test_max_records_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="max_records"):
+        FakePlainID(max_records=0)

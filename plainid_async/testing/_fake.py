@@ -15,7 +15,7 @@ import secrets
 import time
 import urllib.parse
 import uuid
-from typing import TYPE_CHECKING, Final, Self
+from typing import TYPE_CHECKING, Final, Self, TypeVar
 
 import attrs
 from aiohttp import WSCloseCode, WSMsgType, hdrs, web
@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     import ssl
     from collections.abc import Callable, Mapping
     from types import TracebackType
+
+_R = TypeVar("_R")
 
 __all__ = ["TOKEN_PATH", "FakePlainID", "FakeResponse", "ResourceRequest", "TokenRequest"]
 
@@ -279,6 +281,8 @@ class FakePlainID:
             arrival, failed ones included. You may clear it.
         resource_requests: Every request to the protected resource (and websocket
             handshake), in order. You may clear it.
+        max_records: How many requests each of the two lists keeps: past that, the oldest
+            are dropped (in batches of a tenth), so a long-running fake stays small.
     """
 
     def __init__(
@@ -293,6 +297,7 @@ class FakePlainID:
         path_prefix: str = "",
         ssl_context: ssl.SSLContext | None = None,
         clock: Callable[[], float] = time.monotonic,
+        max_records: int = 100_000,
     ) -> None:
         """Configure the fake; nothing listens until :meth:`start` or ``async with``.
 
@@ -307,6 +312,8 @@ class FakePlainID:
                 mimic a customer-hosted base URL with a path.
             ssl_context: Serve HTTPS with this server-side context instead of HTTP.
             clock: Monotonic clock used for token expiry and outage windows.
+            max_records: How many requests :attr:`token_requests` and
+                :attr:`resource_requests` keep each; the oldest go first.
 
         Raises:
             ValueError: If the prefix has characters other than unreserved ones and
@@ -328,6 +335,9 @@ class FakePlainID:
         self.clock: Callable[[], float] = clock
         self.token_requests: list[TokenRequest] = []
         self.resource_requests: list[ResourceRequest] = []
+        if isinstance(max_records, bool) or not isinstance(max_records, int) or max_records < 1:
+            raise ValueError("max_records must be an integer >= 1")
+        self.max_records: int = max_records
         self._host = host
         self._port = port
         self._prefix = prefix
@@ -636,7 +646,8 @@ class FakePlainID:
             status = 0
         else:
             status = 200 if rejection is None else rejection.status
-        self.token_requests.append(
+        self._record(
+            self.token_requests,
             TokenRequest(
                 client_id=form.get("client_id"),
                 grant_type=form.get("grant_type"),
@@ -646,7 +657,7 @@ class FakePlainID:
                 authorization_header=hdrs.AUTHORIZATION in request.headers,
                 status=status,
                 form=form,
-            )
+            ),
         )
         if hanging:
             if self._shutdown is not None:
@@ -688,11 +699,17 @@ class FakePlainID:
             headers={hdrs.WWW_AUTHENTICATE: _WWW_AUTHENTICATE},
         )
 
+    def _record(self, records: list[_R], record: _R) -> None:
+        records.append(record)
+        if len(records) > self.max_records + self.max_records // 10:
+            del records[: len(records) - self.max_records]
+
     async def _handle_resource(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         sent, authorized = self._bearer(request)
         status = 200 if authorized else 401
-        self.resource_requests.append(
+        self._record(
+            self.resource_requests,
             ResourceRequest(
                 method=request.method,
                 path=request.path,
@@ -700,7 +717,7 @@ class FakePlainID:
                 status=status,
                 authorization_header=sent,
                 body=body,
-            )
+            ),
         )
         if not authorized:
             return self._unauthorized()
@@ -711,14 +728,15 @@ class FakePlainID:
         ws = web.WebSocketResponse()
         upgrade = ws.can_prepare(request).ok
         status = 401 if not authorized else 101 if upgrade else 400
-        self.resource_requests.append(
+        self._record(
+            self.resource_requests,
             ResourceRequest(
                 method=request.method,
                 path=request.path,
                 authorized=authorized,
                 status=status,
                 authorization_header=sent,
-            )
+            ),
         )
         if not authorized:
             return self._unauthorized()
