@@ -91,8 +91,7 @@ class _Flight:
     loop: asyncio.AbstractEventLoop
     future: concurrent.futures.Future[Token]
     owner: TokenProvider
-    wake: asyncio.Event
-    background: bool  # no caller waits for it (yet)
+    wake: asyncio.Event  # set once callers wait for a background refresh
     started_in_background: bool
 
     def hurry(self) -> None:
@@ -101,9 +100,8 @@ class _Flight:
         A background refresh backs off at leisure while the cached token is usable; once
         callers wait, the next attempt should not wait out a long step.
         """
-        if not self.background:
+        if not self.started_in_background or self.wake.is_set():
             return
-        self.background = False
         if self.loop is asyncio.get_running_loop():
             self.wake.set()
         else:
@@ -532,7 +530,6 @@ class TokenProvider:
                 future=future,
                 owner=self,
                 wake=wake,
-                background=background,
                 started_in_background=background,
             )
             _FLIGHTS[flight_key] = flight
