@@ -440,6 +440,22 @@ class TokenProvider:
         """
         return self._discard(self._key, token)
 
+    def report_unauthorized(self, token: Token) -> bool:
+        """Report that PlainID's API answered 401 to a request that carried ``token``.
+
+        The integrations (:class:`~plainid_async.BearerAuthMiddleware`, the httpx
+        ``BearerAuth``) call this; so can your own code that sends the token some other way.
+        The token is dropped (compare-and-drop, as :meth:`invalidate`).
+
+        Args:
+            token: The token the API rejected.
+
+        Returns:
+            Whether a retry with a token from :meth:`get_token` is worth it.
+        """
+        self.invalidate(token)
+        return True
+
     def rotate_secret(self, client_secret: str) -> None:
         """Use a new client secret from now on, without failing calls in flight.
 
