@@ -23,6 +23,7 @@ import attrs
 
 from ._cache import MemoryTokenCache
 from ._endpoint import RetryPolicy
+from ._log import LOGGER_NAME
 from ._provider import TokenProvider
 from ._token import schedule_for
 from .testing import FakePlainID
@@ -660,7 +661,7 @@ async def run_demo(options: DemoOptions, out: IO[str] | None = None) -> int:
 @contextlib.contextmanager
 def _capture_library_log(handler: logging.Handler) -> Iterator[None]:
     """Send the library's INFO and above to ``handler`` only, for the duration."""
-    library = logging.getLogger("plainid_async")
+    library = logging.getLogger(LOGGER_NAME)
     saved = (library.level, library.propagate)
     library.addHandler(handler)
     library.setLevel(logging.INFO)

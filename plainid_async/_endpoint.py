@@ -21,6 +21,7 @@ import aiohttp
 import attrs
 from yarl import URL
 
+from ._log import LOGGER_NAME
 from ._token import MAX_LIFETIME, Token
 from .exceptions import (
     ConfigurationError,
@@ -46,7 +47,7 @@ __all__ = [
     "resolve_endpoint",
 ]
 
-logger = logging.getLogger("plainid_async")
+logger = logging.getLogger(LOGGER_NAME)
 
 #: Path of the token endpoint below the API base URL.
 TOKEN_PATH: Final = "api/1.0/api-key/token"  # noqa: S105 (a path, not a password)

@@ -30,6 +30,7 @@ import attrs
 
 from ._cache import CacheKey, TokenCache, default_cache
 from ._endpoint import RetryPolicy, request_token, resolve_endpoint
+from ._log import LOGGER_NAME
 from ._token import RefreshSchedule, Token, TokenState, schedule_for
 from .exceptions import (
     ConfigurationError,
@@ -47,7 +48,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ProviderStats", "TokenProvider"]
 
-logger = logging.getLogger("plainid_async")
+logger = logging.getLogger(LOGGER_NAME)
 
 #: First wait after a failed background refresh, doubled per failure up to the maximum.
 BACKGROUND_RETRY_BASE: Final = 1.0

@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Final, TypeVar
 
 import attrs
 
+from ._log import LOGGER_NAME
 from ._token import Token, is_valid_lifetime
 from .exceptions import ConfigurationError
 
@@ -72,7 +73,7 @@ if TYPE_CHECKING:
 
 __all__ = ["RedisTokenCache"]
 
-logger = logging.getLogger("plainid_async")
+logger = logging.getLogger(LOGGER_NAME)
 
 _T = TypeVar("_T")
 
