@@ -29,7 +29,7 @@ import redis.asyncio
 
 from plainid_async import TokenProvider
 from plainid_async.redis import RedisTokenCache
-from plainid_async.testing import FakePlainID
+from plainid_async.testing import FakePlainID, free_port
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -56,13 +56,6 @@ async def worker(mode: str, base_url: str, redis_url: str) -> None:
 
 
 # -- parent --------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @contextlib.contextmanager

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from plainid_async.testing import free_port
+
 if TYPE_CHECKING:
     from pathlib import Path
 
@@ -28,14 +30,6 @@ def redis_binary() -> str:
             pytest.fail(f"{reason}, and {REQUIRE_ENV} is set")
         pytest.skip(reason)
     return binary
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class RedisServer:

@@ -14,20 +14,18 @@ import hashlib
 import json
 import logging
 import os
-import socket
 import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
 import attrs
 
-from plainid_async.testing import FakePlainID
+from plainid_async.testing import FakePlainID, FakeResponse, TokenRequest
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterable, Iterator
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 
     import pytest
-    from aiohttp import web
 
 OUT_ENV = "PLAINID_RELIABILITY_OUT"
 
@@ -173,20 +171,14 @@ class LoopWatch:
 # -- servers -------------------------------------------------------------------------------
 
 
-def unused_port() -> int:
-    """A loopback TCP port nothing listens on (bound, then released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 class InFlightFake(FakePlainID):
-    """FakePlainID that counts the token requests it handles at once.
+    """FakePlainID that counts the token requests it handles at once, through its public
+    ``on_token_request`` hook.
 
     Per key, as the provider keys its single flight: client id and secret (shown as
     ``client/`` plus a short hash of the secret, so no secret lands in an assertion
-    message), and per client id.
+    message), and per client id. ``before``, when set, runs first for each token request
+    (and may be awaited), so it can script the answer with ``fail_next`` or an outage.
     """
 
     def __init__(self, **kwargs: Any) -> None:
@@ -195,22 +187,15 @@ class InFlightFake(FakePlainID):
         self.max_in_flight: dict[str, int] = {}
         self.max_in_flight_per_client: dict[str, int] = {}
         self.before: Callable[[], Awaitable[None] | None] | None = None
-        self.issued_to: dict[str, str] = {}
-
-    def _issue(self, client_id: str) -> web.Response:
-        response = super()._issue(client_id)
-        assert isinstance(response.body, bytes)
-        self.issued_to[json.loads(response.body)["access_token"]] = client_id
-        return response
+        self.on_token_request = self._counted
 
     def _count(self, name: str, step: int, highs: dict[str, int]) -> None:
         self.in_flight[name] = self.in_flight.get(name, 0) + step
         highs[name] = max(highs.get(name, 0), self.in_flight[name])
 
-    async def _handle_token(self, request: web.Request) -> web.StreamResponse:
-        # The form is read twice (here and by the fake); aiohttp caches the body.
-        form = await request.post() if request.content_type.endswith("urlencoded") else {}
-        client, secret = str(form.get("client_id")), str(form.get("client_secret"))
+    @contextlib.asynccontextmanager
+    async def _counted(self, request: TokenRequest) -> AsyncIterator[FakeResponse | None]:
+        client, secret = str(request.client_id), str(request.form.get("client_secret"))
         key = f"{client}/{hashlib.sha256(secret.encode()).hexdigest()[:12]}"
         self._count(key, 1, self.max_in_flight)
         self._count(f"client {client}", 1, self.max_in_flight_per_client)
@@ -219,7 +204,7 @@ class InFlightFake(FakePlainID):
                 pending = self.before()
                 if pending is not None:
                     await pending
-            return await super()._handle_token(request)
+            yield None
         finally:
             self.in_flight[key] -= 1
             self.in_flight[f"client {client}"] -= 1

@@ -84,7 +84,7 @@ async def test_ten_thousand_callers_across_expiry_with_cancellations_and_an_outa
             # unexpired there and with time left here.
             if not fake.is_valid(token.access_token):
                 wrong.append("invalid at the server")
-            elif fake.issued_to.get(token.access_token) != chosen.client_id:
+            elif fake.client_of(token.access_token) != chosen.client_id:
                 wrong.append("issued to another client")
             elif token.remaining() <= 0:
                 wrong.append("expired")

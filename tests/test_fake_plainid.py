@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import ssl
 from typing import TYPE_CHECKING, Any
@@ -12,7 +13,7 @@ import attrs
 import pytest
 import trustme
 
-from plainid_async.testing import TOKEN_PATH, FakePlainID, FakeResponse, TokenRequest
+from plainid_async.testing import TOKEN_PATH, FakePlainID, FakeResponse, TokenRequest, free_port
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Mapping
@@ -590,3 +591,97 @@ async def test_records_keep_only_the_newest_max_records(session: aiohttp.ClientS
 def test_max_records_must_be_positive() -> None:
     with pytest.raises(ValueError, match="max_records"):
         FakePlainID(max_records=0)
+
+
+# -- a token request on a wrong path, the scripting hook, free_port ---------------------------
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["plainid/api/1.0/api-key/token", "api/1.0/token", "api/1.0/api-key/token/extra"],
+    ids=["token-path-under-another-prefix", "another-path", "token-path-plus-a-segment"],
+)
+async def test_token_request_on_a_wrong_path_is_404_not_401(
+    fake: FakePlainID, session: aiohttp.ClientSession, path: str
+) -> None:
+    answer = await post_token(session, fake.base_url / path)
+    assert answer.status == 404
+    assert "bearer token" not in answer.text
+    assert SECRET not in answer.text
+    assert fake.token_requests == []
+    assert [r.status for r in fake.resource_requests] == [404]
+
+
+async def test_a_plain_post_to_another_path_is_still_the_protected_resource(
+    fake: FakePlainID, session: aiohttp.ClientSession
+) -> None:
+    answer = await call(session, fake.base_url / "api/1.0/policies-search/env", method="POST")
+    assert answer.status == 401
+
+
+async def test_hook_holds_token_requests_until_an_event_and_counts_them(
+    fake: FakePlainID, session: aiohttp.ClientSession
+) -> None:
+    release = asyncio.Event()
+    seen: list[TokenRequest] = []
+    in_flight = {"now": 0, "most": 0}
+    both_arrived = asyncio.Event()
+
+    @contextlib.asynccontextmanager
+    async def hold(request: TokenRequest) -> AsyncIterator[FakeResponse | None]:
+        seen.append(request)
+        in_flight["now"] += 1
+        in_flight["most"] = max(in_flight["most"], in_flight["now"])
+        if in_flight["now"] == 2:
+            both_arrived.set()
+        try:
+            await release.wait()
+            yield None
+        finally:
+            in_flight["now"] -= 1
+
+    fake.on_token_request = hold
+    calls = [asyncio.create_task(post_token(session, fake.token_url)) for _ in range(2)]
+    await asyncio.wait_for(both_arrived.wait(), 10)
+    assert not any(task.done() for task in calls)
+    assert fake.token_requests == []  # held: not answered, not recorded yet
+    release.set()
+    answers = await asyncio.wait_for(asyncio.gather(*calls), 10)
+    assert [a.status for a in answers] == [200, 200]
+    assert in_flight == {"now": 0, "most": 2}
+    assert [(r.client_id, r.status) for r in seen] == [("test-client", 0)] * 2
+    assert [r.status for r in fake.token_requests] == [200, 200]
+
+
+async def test_hook_answers_with_the_response_it_yields(
+    fake: FakePlainID, session: aiohttp.ClientSession
+) -> None:
+    @contextlib.asynccontextmanager
+    async def answer(_request: TokenRequest) -> AsyncIterator[FakeResponse | None]:
+        yield FakeResponse(status=429, headers={"Retry-After": "7"})
+
+    fake.fail_next(503)  # a queued answer is left for a request the hook lets through
+    fake.on_token_request = answer
+    scripted = await post_token(session, fake.token_url)
+    assert (scripted.status, scripted.headers["Retry-After"]) == (429, "7")
+    fake.on_token_request = None
+    assert (await post_token(session, fake.token_url)).status == 503
+    assert [r.status for r in fake.token_requests] == [429, 503]
+
+
+async def test_client_of_and_in_outage(fake: FakePlainID, session: aiohttp.ClientSession) -> None:
+    token = await get_token(session, fake)
+    assert fake.client_of(token) == "test-client"
+    assert fake.client_of("never-issued") is None
+    assert not fake.in_outage
+    fake.start_outage()
+    assert fake.in_outage
+    fake.end_outage()
+    assert not fake.in_outage
+
+
+async def test_free_port_refuses_connections() -> None:
+    port = free_port()
+    assert 0 < port < 65536
+    with pytest.raises(OSError, match=r"Connect call failed|refused"):
+        await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 10)

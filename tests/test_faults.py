@@ -24,14 +24,13 @@ from _reliability import (
     good_body,
     http_response,
     record,
-    unused_port,
     watch_redaction,
 )
 from aiohttp import web
 
 import plainid_async as pa
 from plainid_async import _provider
-from plainid_async.testing import FakePlainID, FakeResponse
+from plainid_async.testing import FakePlainID, FakeResponse, free_port
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterator
@@ -290,7 +289,7 @@ async def test_broken_answer_fails_every_caller_with_one_typed_error_then_recove
 
 
 async def test_connection_refused(redaction: Redaction, loop_watch: LoopWatch) -> None:
-    async with make_provider(f"http://127.0.0.1:{unused_port()}") as provider:
+    async with make_provider(f"http://127.0.0.1:{free_port()}") as provider:
         results = await callers(provider)
         redaction.objects.append(provider)
     error = one_shared_error(results, pa.TokenEndpointUnavailableError)

@@ -77,7 +77,7 @@ async def test_soak_under_failing_token_endpoint() -> None:  # noqa: C901, PLR09
     rng = random.Random(60)  # noqa: S311 (a load shape, not crypto)
     watch = LoopWatch.start()
     fake = InFlightFake(client_id="soak", client_secret=SECRET, expires_in=LIFETIME)
-    checker = StreamingRedaction({SECRET}, lambda: fake.issued_to)
+    checker = StreamingRedaction({SECRET}, lambda: fake.issued_tokens)
     tracemalloc.start(1)
     injected = {"random": 0, "burst": 0, "other": 0}
     bursts: list[float] = []
@@ -87,13 +87,13 @@ async def test_soak_under_failing_token_endpoint() -> None:  # noqa: C901, PLR09
     def maybe_fail() -> None:
         now = time.monotonic()
         # Half the bursts start with a refresh, so they hit it (timed bursts rarely do).
-        quiet = fake._current_outage() is None and now - last_burst[0] > BURST_EVERY[0]
+        quiet = not fake.in_outage and now - last_burst[0] > BURST_EVERY[0]
         if quiet and rng.random() < 0.5:
             length = rng.uniform(*BURST_LENGTH)
             fake.outage_between(0, length, rng.choice((502, 503)))
             bursts.append(length)
             last_burst[0] = now
-        if fake._current_outage() is not None:
+        if fake.in_outage:
             injected["burst"] += 1
         else:
             # Exactly one in five of the other token requests fails, of a random kind.
@@ -133,7 +133,7 @@ async def test_soak_under_failing_token_endpoint() -> None:  # noqa: C901, PLR09
                     while time.monotonic() < stop:
                         await asyncio.sleep(rng.uniform(*BURST_EVERY))
                         length = rng.uniform(*BURST_LENGTH)
-                        if fake._current_outage() is not None:
+                        if fake.in_outage:
                             continue
                         fake.start_outage(rng.choice((502, 503)))
                         last_burst[0] = time.monotonic()
@@ -167,9 +167,11 @@ async def test_soak_under_failing_token_endpoint() -> None:  # noqa: C901, PLR09
                 stats = provider.stats
                 final_token = await provider.get_token()
                 shown = [repr(o) + str(o) for o in (provider, stats, session, fake, final_token)]
-            issued = len(fake.issued_to)
+            issued = len(fake.issued_tokens)
             shown_leaks = [
-                text for text in shown if SECRET in text or any(t in text for t in fake.issued_to)
+                text
+                for text in shown
+                if SECRET in text or any(t in text for t in fake.issued_tokens)
             ]
             max_in_flight = max(fake.max_in_flight.values())
         seen = await watch.finish()

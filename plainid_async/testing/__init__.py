@@ -20,6 +20,16 @@ from plainid_async.testing._fake import (
     FakeResponse,
     ResourceRequest,
     TokenRequest,
+    TokenRequestHook,
+    free_port,
 )
 
-__all__ = ["TOKEN_PATH", "FakePlainID", "FakeResponse", "ResourceRequest", "TokenRequest"]
+__all__ = [
+    "TOKEN_PATH",
+    "FakePlainID",
+    "FakeResponse",
+    "ResourceRequest",
+    "TokenRequest",
+    "TokenRequestHook",
+    "free_port",
+]

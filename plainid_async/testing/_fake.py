@@ -12,10 +12,12 @@ import json
 import math
 import re
 import secrets
+import socket
 import time
 import urllib.parse
 import uuid
-from typing import TYPE_CHECKING, Final, Self, TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final, Self, TypeAlias, TypeVar
 
 import attrs
 from aiohttp import WSCloseCode, WSMsgType, hdrs, web
@@ -23,12 +25,20 @@ from yarl import URL
 
 if TYPE_CHECKING:
     import ssl
-    from collections.abc import Callable, Mapping
+    from collections.abc import Mapping
     from types import TracebackType
 
 _R = TypeVar("_R")
 
-__all__ = ["TOKEN_PATH", "FakePlainID", "FakeResponse", "ResourceRequest", "TokenRequest"]
+__all__ = [
+    "TOKEN_PATH",
+    "FakePlainID",
+    "FakeResponse",
+    "ResourceRequest",
+    "TokenRequest",
+    "TokenRequestHook",
+    "free_port",
+]
 
 #: Path of PlainID's token endpoint, relative to the base URL.
 TOKEN_PATH: Final = "api/1.0/api-key/token"  # noqa: S105 - a path, not a password
@@ -38,6 +48,26 @@ _REDIRECT_STATUSES: Final = frozenset({301, 302, 303, 307, 308})
 _PREFIX_RE: Final = re.compile(r"(/[A-Za-z0-9._~\-]+)*")
 _MAX_FORM_FIELDS: Final = 100
 _WWW_AUTHENTICATE: Final = 'Bearer error="invalid_token"'
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now (bound, then released).
+
+    For a server that must be told its port up front (a subprocess, a server restarted on
+    the same port) or for a port that refuses connections. Another process may take it in
+    between: prefer ``port=0`` where the server reports the port it got.
+
+    Args:
+        host: The loopback address to bind.
+
+    Returns:
+        The port number.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+    return port
 
 
 def _check_status(status: int) -> int:
@@ -134,7 +164,8 @@ class TokenRequest:
         query: The raw query string (empty when there was none).
         authorization_header: Whether an ``Authorization`` header was sent.
         status: The HTTP status the fake answered, or ``0`` for a request it never
-            answered because :attr:`FakePlainID.hang` was set.
+            answered because :attr:`FakePlainID.hang` was set (and, in the request an
+            :attr:`FakePlainID.on_token_request` hook receives, for one not answered yet).
         form: The decoded form fields (first value of each); empty unless the body was
             form-encoded. It holds the client secret, so it is left out of ``repr()``.
     """
@@ -173,6 +204,15 @@ class ResourceRequest:
     status: int
     authorization_header: bool = False
     body: bytes = attrs.field(default=b"", repr=False)
+
+
+#: The type of :attr:`FakePlainID.on_token_request`: given the token request (its status
+#: still ``0``), an async context manager that the fake enters before answering and exits
+#: once the answer is ready. What it yields is the answer: a :class:`FakeResponse`, or
+#: ``None`` to answer as usual (queued answers, outages, validation, in that order).
+TokenRequestHook: TypeAlias = Callable[
+    [TokenRequest], contextlib.AbstractAsyncContextManager[FakeResponse | None]
+]
 
 
 @attrs.frozen
@@ -254,9 +294,11 @@ class FakePlainID:
       body get 400, wrong credentials 401, both with a PlainID-style JSON error document
       ``{"id", "status", "name", "message"}`` that never echoes the secret. Success is
       ``{"access_token", "token_type", "expires_in"}``, ``expires_in`` an int when whole.
-      Before validating, the fake applies, in order: the answers queued by
-      :meth:`fail_next`, an outage (:meth:`start_outage`, :meth:`outage_between`),
-      :attr:`hang`, then :attr:`latency` (which delays every answer).
+      Before validating, the fake applies, in order: the :attr:`on_token_request` hook,
+      the answers queued by :meth:`fail_next`, an outage (:meth:`start_outage`,
+      :meth:`outage_between`), :attr:`hang`, then :attr:`latency` (which delays every
+      answer). A token request sent to any other path (a wrong ``base_url`` or path
+      prefix) gets 404, as an unknown path of PlainID would, not the resource's 401.
     * ``ws``: a websocket that needs a valid bearer token on the handshake (401 otherwise)
       and echoes text and binary messages.
     * ``redirect?to=<url>[&status=302]``: any method, no auth; answers a redirect (301,
@@ -275,6 +317,11 @@ class FakePlainID:
         token_type: The ``token_type`` it answers, ``"Bearer"`` by default.
         hang: When true, token requests are never answered (until the client gives up
             or the fake closes); they are recorded with status ``0``.
+        on_token_request: A hook for scripted behaviour, or ``None``: called with each
+            token request, it returns an async context manager (a
+            :data:`TokenRequestHook`) the fake holds while it answers. It may wait (hold
+            a request until an event), count the requests in flight, or yield a
+            :class:`FakeResponse` to answer with; yielding ``None`` answers as usual.
         clock: The monotonic clock for token expiry and outage windows; replace it to
             move time in tests.
         token_requests: Every request that reached the token endpoint, in order of
@@ -332,6 +379,7 @@ class FakePlainID:
         self.latency: float = latency
         self.token_type: str = "Bearer"  # noqa: S105 - a token type, not a password
         self.hang: bool = False
+        self.on_token_request: TokenRequestHook | None = None
         self.clock: Callable[[], float] = clock
         self.token_requests: list[TokenRequest] = []
         self.resource_requests: list[ResourceRequest] = []
@@ -514,6 +562,18 @@ class FakePlainID:
             and self.clock() < issued.expires_at
         )
 
+    def client_of(self, access_token: str) -> str | None:
+        """The client id a token was issued to.
+
+        Args:
+            access_token: The bearer token.
+
+        Returns:
+            The client id, or ``None`` if this fake never issued the token.
+        """
+        issued = self._tokens.get(access_token)
+        return None if issued is None else issued.client_id
+
     def revoke(self, access_token: str) -> None:
         """Make a token invalid at once; unknown tokens are ignored.
 
@@ -588,6 +648,11 @@ class FakePlainID:
         headers = {"Retry-After": retry_after} if retry_after is not None else {}
         return FakeResponse(status=_check_status(status), headers=headers)
 
+    @property
+    def in_outage(self) -> bool:
+        """Whether token requests arriving now get an outage answer."""
+        return self._current_outage() is not None
+
     def _current_outage(self) -> FakeResponse | None:
         if self._outage is not None:
             return self._outage
@@ -636,7 +701,26 @@ class FakePlainID:
             raw, rejection = b"", _Reject(413, "the request body is too large")
         is_form = request.content_type == _FORM_TYPE and hdrs.CONTENT_TYPE in request.headers
         form, form_error = _parse_form(raw) if is_form else ({}, None)
-        answer = self._scripted.popleft() if self._scripted else self._current_outage()
+        seen = _describe(request, form, status=0)
+        hook = self.on_token_request
+        if hook is None:
+            return await self._answer_token(request, seen, form_error, rejection, None)
+        async with hook(seen) as override:
+            return await self._answer_token(request, seen, form_error, rejection, override)
+
+    async def _answer_token(
+        self,
+        request: web.Request,
+        seen: TokenRequest,
+        form_error: str | None,
+        rejection: _Reject | None,
+        override: FakeResponse | None,
+    ) -> web.StreamResponse:
+        form = seen.form
+        if override is not None:
+            answer: FakeResponse | None = override
+        else:
+            answer = self._scripted.popleft() if self._scripted else self._current_outage()
         hanging = answer is None and self.hang
         if answer is None and not hanging and rejection is None:
             rejection = self._validate(request, form, form_error)
@@ -646,19 +730,7 @@ class FakePlainID:
             status = 0
         else:
             status = 200 if rejection is None else rejection.status
-        self._record(
-            self.token_requests,
-            TokenRequest(
-                client_id=form.get("client_id"),
-                grant_type=form.get("grant_type"),
-                content_type=request.content_type if hdrs.CONTENT_TYPE in request.headers else "",
-                accept=request.headers.get(hdrs.ACCEPT),
-                query=request.query_string,
-                authorization_header=hdrs.AUTHORIZATION in request.headers,
-                status=status,
-                form=form,
-            ),
-        )
+        self._record(self.token_requests, attrs.evolve(seen, status=status))
         if hanging:
             if self._shutdown is not None:
                 await self._shutdown.wait()
@@ -707,7 +779,8 @@ class FakePlainID:
     async def _handle_resource(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         sent, authorized = self._bearer(request)
-        status = 200 if authorized else 401
+        misdirected = _is_token_request(request, body)
+        status = 404 if misdirected else 200 if authorized else 401
         self._record(
             self.resource_requests,
             ResourceRequest(
@@ -719,6 +792,9 @@ class FakePlainID:
                 body=body,
             ),
         )
+        if misdirected:
+            # PlainID knows no such path: a wrong base_url must not look like bad credentials.
+            return _json_error(404, f"no such path: {request.path}")
         if not authorized:
             return self._unauthorized()
         return web.json_response({"ok": True, "method": request.method, "path": request.path})
@@ -765,6 +841,36 @@ class FakePlainID:
         if not raw_status.isdigit() or int(raw_status) not in _REDIRECT_STATUSES:
             return _json_error(400, "status must be one of 301, 302, 303, 307, 308")
         return web.Response(status=int(raw_status), headers={hdrs.LOCATION: target})
+
+
+def _describe(request: web.Request, form: Mapping[str, str], *, status: int) -> TokenRequest:
+    """A :class:`TokenRequest` record of ``request``."""
+    return TokenRequest(
+        client_id=form.get("client_id"),
+        grant_type=form.get("grant_type"),
+        content_type=request.content_type if hdrs.CONTENT_TYPE in request.headers else "",
+        accept=request.headers.get(hdrs.ACCEPT),
+        query=request.query_string,
+        authorization_header=hdrs.AUTHORIZATION in request.headers,
+        status=status,
+        form=form,
+    )
+
+
+def _is_token_request(request: web.Request, body: bytes) -> bool:
+    """Whether a request to some other path is meant for the token endpoint.
+
+    That is a POST to the token path under another prefix, or a form post with a
+    ``grant_type``: what a client with a wrong ``base_url`` sends.
+    """
+    if request.method != "POST":
+        return False
+    if request.path.rstrip("/").endswith(f"/{TOKEN_PATH}"):
+        return True
+    if request.content_type != _FORM_TYPE:
+        return False
+    form, _ = _parse_form(body)
+    return "grant_type" in form
 
 
 @attrs.frozen
