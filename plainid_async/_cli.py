@@ -21,7 +21,10 @@ import textwrap
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Final, NoReturn
 
+import attrs
+
 from ._endpoint import RetryPolicy
+from ._log import LOGGER_NAME
 from ._provider import (
     ENV_BASE_URL,
     ENV_CLIENT_ID,
@@ -46,6 +49,7 @@ if TYPE_CHECKING:
     from .testing import FakePlainID
 
 __all__ = [
+    "EXIT_CODES",
     "EXIT_CONFIG",
     "EXIT_CREDENTIALS",
     "EXIT_FAILURE",
@@ -72,6 +76,99 @@ EXIT_UNAVAILABLE: Final = 4
 #: Interrupted (SIGINT), as shells report it.
 EXIT_INTERRUPTED: Final = 130
 
+_COMMANDS: Final = ("token", "fake-server", "demo")
+
+
+@attrs.frozen
+class ExitCode:
+    """One row of the exit-code table: a status, what it means, and per command.
+
+    Attributes:
+        status: The exit status.
+        meaning: What it means for the command line as a whole (``--help``).
+        commands: What it means for each command whose ``--help`` lists it; a command
+            missing here never exits with this status.
+    """
+
+    status: int
+    meaning: str
+    commands: Mapping[str, str]
+
+
+_USAGE: Final = "usage or configuration error"
+_UNEXPECTED: Final = "an unexpected error (still one line on stderr)"
+
+#: Every exit status of every command, written once: the ``--help`` texts and
+#: docs/cli.md are built from it (tests/test_cli.py keeps the page in step).
+EXIT_CODES: Final = (
+    ExitCode(
+        EXIT_OK,
+        "success",
+        {
+            "token": "the token was printed",
+            "fake-server": "stopped by SIGINT (Ctrl-C) or SIGTERM",
+            "demo": "no request failed and none waited on a token refresh",
+        },
+    ),
+    ExitCode(
+        EXIT_FAILURE,
+        "the demo's claims did not hold, the fake server could not start, or an unexpected error",
+        {
+            "token": _UNEXPECTED,
+            "fake-server": "the server could not start (e.g. the port is in use)",
+            "demo": "some request failed or waited (the summary says which)",
+        },
+    ),
+    ExitCode(
+        EXIT_CONFIG,
+        f"{_USAGE}: unknown or invalid option, missing variable, invalid region or base "
+        "URL, unreadable secret file, a secret given as a flag",
+        dict.fromkeys(_COMMANDS, _USAGE),
+    ),
+    ExitCode(
+        EXIT_CREDENTIALS,
+        "PlainID rejected the client credentials (HTTP 400, 401 or 403)",
+        {"token": "PlainID rejected the client credentials"},
+    ),
+    ExitCode(
+        EXIT_UNAVAILABLE,
+        "the token endpoint was unavailable after the retries (connection error, timeout, "
+        "408, 429, 5xx), answered an error such as 404 (check region or base_url), or "
+        "answered a 200 that is not a valid token response",
+        {
+            "token": "the token endpoint was unavailable, answered an error such as 404 "
+            "(check region or base_url), or its answer was not a valid token response",
+        },
+    ),
+    ExitCode(
+        EXIT_INTERRUPTED,
+        "interrupted (SIGINT)",
+        dict.fromkeys(("token", "demo"), "interrupted (SIGINT)"),
+    ),
+)
+
+
+def exit_codes_help(command: str | None = None) -> str:
+    """The "exit codes:" section of ``--help``, from :data:`EXIT_CODES`.
+
+    Args:
+        command: A command name, or ``None`` for the program as a whole.
+
+    Returns:
+        The section, one line per status (long meanings wrapped and indented).
+    """
+    lines = ["exit codes:"]
+    for row in EXIT_CODES:
+        meaning = row.meaning if command is None else row.commands.get(command)
+        if meaning is None:
+            continue
+        prefix = f"  {row.status:<3} "
+        lines += textwrap.wrap(
+            meaning, width=88, initial_indent=prefix, subsequent_indent=" " * len(prefix)
+        )
+    return "\n".join(lines)
+
+
 _SECRET_FLAG_REFUSED: Final = (
     "--client-secret is not accepted: other users of this machine can read command-line "
     f"arguments; set {ENV_CLIENT_SECRET}, or use --client-secret-file PATH or "
@@ -87,11 +184,7 @@ configuration (flags win over the environment):
   {ENV_REGION}         or --region REGION      (https://api.REGION.plainid.io)
   {ENV_BASE_URL}       or --base-url URL       (a customer-hosted deployment)
 
-exit codes:
-  0  the token was printed
-  2  usage or configuration error
-  3  PlainID rejected the client credentials
-  4  the token endpoint was unavailable, or its answer was not a valid token response
+{exit_codes_help("token")}
 
 examples:
   export {ENV_CLIENT_ID}=... {ENV_REGION}=us1
@@ -104,24 +197,18 @@ It accepts client id "test-client" with secret "test-secret" (fake credentials) 
 ready "export {ENV_BASE_URL}=..." line. Any path other than the token endpoint is a
 protected resource: 200 with a valid bearer token, else 401.
 
-exit codes:
-  0  stopped by SIGINT (Ctrl-C) or SIGTERM
-  1  the server could not start (e.g. the port is in use)
-  2  usage error
+{exit_codes_help("fake-server")}
 
 example:
   {PROG} fake-server --port 8300 --expires-in 60 --outage 30 45
 """
 
-_DEMO_EPILOG: Final = """\
+_DEMO_EPILOG: Final = f"""\
 The demo never contacts PlainID and ignores PLAINID_* variables: it runs on an embedded
 FakePlainID. It uses rich for a live view when rich is installed (plainid-async[rich]) and
 stdout is a terminal; otherwise it prints one plain line per second.
 
-exit codes:
-  0  no request failed and none waited on a token refresh
-  1  some request failed or waited (the summary says which)
-  2  usage error
+{exit_codes_help("demo")}
 """
 
 
@@ -148,27 +235,34 @@ class _ExitError(Exception):
         self.code = code
 
 
+def _version() -> str:
+    from . import __version__  # noqa: PLC0415 (read from the package metadata on demand)
+
+    return __version__
+
+
 def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def _seconds(text: str) -> float:
-    """Argparse type: a finite number of seconds >= 0."""
+def _seconds(text: str, *, allow_zero: bool = True) -> float:
+    """Argparse type: a finite number of seconds >= 0 (> 0 unless ``allow_zero``).
+
+    Every value out of range gets the same message, which states the whole rule.
+    """
+    rule = f"must be a finite number of seconds {'>= 0' if allow_zero else '> 0'}"
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number >= 0")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number: it {rule}") from None
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        raise argparse.ArgumentTypeError(f"{text!r} {rule}")
     return value
 
 
 def _positive_seconds(text: str) -> float:
     """Argparse type: a finite number of seconds > 0."""
-    value = _seconds(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
-    return value
+    return _seconds(text, allow_zero=False)
 
 
 def _positive_int(text: str) -> int:
@@ -216,16 +310,10 @@ def build_parser() -> argparse.ArgumentParser:
         "and a demo of refresh-ahead token handling.",
         allow_abbrev=False,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=textwrap.dedent(f"""\
-            exit codes:
-              0  success
-              1  the demo's claims did not hold, the fake server could not start, or an
-                 unexpected error
-              2  usage or configuration error
-              3  PlainID rejected the client credentials
-              4  the token endpoint was unavailable or answered an invalid token response
-
-            Run "{PROG} COMMAND --help" for the options of a command."""),
+        epilog=f'{exit_codes_help()}\n\nRun "{PROG} COMMAND --help" for the options of a command.',
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {_version()}", help="print the version"
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -402,7 +490,10 @@ def _env(environ: Mapping[str, str], name: str) -> str | None:
     return value if value is not None and value.strip() else None
 
 
-def _read_secret(args: argparse.Namespace, environ: Mapping[str, str], stdin: IO[str]) -> str:
+def _read_secret(
+    args: argparse.Namespace, environ: Mapping[str, str], stdin: IO[str]
+) -> str | None:
+    """The client secret from the flags or the environment; ``None`` when none is given."""
     try:
         if args.client_secret_file is not None:
             return read_secret_file(args.client_secret_file, source="--client-secret-file")
@@ -424,36 +515,36 @@ def _read_secret(args: argparse.Namespace, environ: Mapping[str, str], stdin: IO
             return read_secret_file(secret_file, source=ENV_CLIENT_SECRET_FILE)
     except ConfigurationError as exc:
         raise _ExitError(EXIT_CONFIG, str(exc)) from None
-    if secret_env is None:
-        raise _ExitError(
-            EXIT_CONFIG,
-            f"no client secret: set {ENV_CLIENT_SECRET} or {ENV_CLIENT_SECRET_FILE}, or use "
-            "--client-secret-file PATH or --client-secret-stdin",
-        )
     return secret_env
 
 
 def _build_provider(
-    args: argparse.Namespace, environ: Mapping[str, str], secret: str
+    args: argparse.Namespace, environ: Mapping[str, str], secret: str | None
 ) -> TokenProvider:
     client_id = args.client_id if args.client_id is not None else _env(environ, ENV_CLIENT_ID)
-    if client_id is None:
-        raise _ExitError(EXIT_CONFIG, f"no client id: set {ENV_CLIENT_ID} or use --client-id")
     region: str | None = args.region
     base_url: str | None = args.base_url
     if region is None and base_url is None:
         region, base_url = _env(environ, ENV_REGION), _env(environ, ENV_BASE_URL)
-        if region is None and base_url is None:
-            raise _ExitError(
-                EXIT_CONFIG,
-                f"no region: set {ENV_REGION} or {ENV_BASE_URL}, or use --region or --base-url",
-            )
         if region is not None and base_url is not None:
             raise _ExitError(
                 EXIT_CONFIG,
                 f"both {ENV_REGION} and {ENV_BASE_URL} are set: unset one, or use --region "
                 "or --base-url",
             )
+    # Everything missing in one message, so one try shows all there is to set.
+    missing = []
+    if client_id is None:
+        missing.append(f"client id ({ENV_CLIENT_ID} or --client-id)")
+    if secret is None:
+        missing.append(
+            f"client secret ({ENV_CLIENT_SECRET} or {ENV_CLIENT_SECRET_FILE}, or "
+            "--client-secret-file PATH or --client-secret-stdin)"
+        )
+    if region is None and base_url is None:
+        missing.append(f"region ({ENV_REGION} or {ENV_BASE_URL}, or --region or --base-url)")
+    if client_id is None or secret is None or missing:
+        raise _ExitError(EXIT_CONFIG, "missing " + "; ".join(missing))
     # The timeout bounds the whole command; one attempt gets at most 10 s of it, so a hung
     # connection still leaves time for a retry.
     timeout: float = args.timeout
@@ -488,18 +579,23 @@ async def _fetch_token(provider: TokenProvider) -> Token:
         return await provider.get_token()
 
 
+class _CLIHandler(logging.StreamHandler[IO[str]]):
+    """The command line's log handler; ``main()`` replaces it rather than adding another."""
+
+
 def _configure_logging(verbosity: int) -> None:
-    library = logging.getLogger("plainid_async")
-    if verbosity <= 0:
-        # Failures are reported as one line by the command itself; without a handler,
-        # Python's last-resort handler would print the library's warnings too.
-        library.addHandler(logging.NullHandler())
-        library.propagate = False
-        return
-    handler = logging.StreamHandler(sys.stderr)
+    library = logging.getLogger(LOGGER_NAME)
+    for previous in [h for h in library.handlers if isinstance(h, _CLIHandler)]:
+        library.removeHandler(previous)
+    # Quiet, failures are reported as one line by the command itself; a handler that
+    # drops everything keeps Python's last-resort handler from printing the warnings too.
+    handler = _CLIHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(f"{PROG}: %(levelname)s: %(message)s"))
+    if verbosity <= 0:
+        handler.setLevel(logging.CRITICAL + 1)
+    else:
+        library.setLevel(logging.DEBUG if verbosity > 1 else logging.INFO)
     library.addHandler(handler)
-    library.setLevel(logging.DEBUG if verbosity > 1 else logging.INFO)
     library.propagate = False
 
 
@@ -528,6 +624,8 @@ def _run_token(args: argparse.Namespace) -> int:
             ) from None
     except _ExitError as exc:
         # Belt and braces: the library never puts the secret in a message, and we check.
+        if secret is None:
+            raise
         raise _ExitError(exc.code, str(exc).replace(secret, "***")) from None
     sys.stdout.write(_render_token(token, args.format) + "\n")
     sys.stdout.flush()
@@ -652,9 +750,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: The arguments after the program name; defaults to ``sys.argv[1:]``.
 
     Returns:
-        The exit status: 0 success; 1 the demo's claims did not hold or the fake server
-        could not start; 2 usage or configuration error; 3 credentials rejected; 4 token
-        endpoint unavailable or invalid token response.
+        The exit status, one of :data:`EXIT_CODES`.
     """
     parser = build_parser()
     try:

@@ -5,24 +5,27 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 import os
 import re
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import aiohttp
 import attrs
 import pytest
 
-from plainid_async import _demo
+import plainid_async as pa
+from plainid_async import _cli, _demo
 from plainid_async._demo import DemoOptions, run_demo
-from plainid_async.testing import FakePlainID, FakeResponse
+from plainid_async._log import LOGGER_NAME
+from plainid_async.testing import FakePlainID, FakeResponse, free_port
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Mapping
-    from pathlib import Path
+    from collections.abc import AsyncIterator, Iterator, Mapping
 
 SECRET = "s3cr3t-Zq9-never-shown"
 WRONG_SECRET = "wr0ng-Xy7-never-shown"
@@ -250,6 +253,7 @@ _NO = None  # an environment variable to unset
         pytest.param((), {"PLAINID_CLIENT_ID": _NO}, "PLAINID_CLIENT_ID", id="no-client-id"),
         pytest.param((), {"PLAINID_CLIENT_SECRET": _NO}, "PLAINID_CLIENT_SECRET", id="no-secret"),
         pytest.param((), {"PLAINID_BASE_URL": _NO}, "PLAINID_REGION", id="no-region"),
+        pytest.param(("--timeout", "0"), {}, "--timeout", id="zero-timeout"),
         pytest.param(("--region", "US1"), {}, "region", id="bad-region"),
         pytest.param(("--region", "evil.example/x"), {}, "region", id="region-changes-host"),
         pytest.param((), {"PLAINID_REGION": "us1"}, "both", id="region-and-base-url"),
@@ -302,7 +306,13 @@ async def test_secret_flag_before_the_command_is_not_echoed() -> None:
 async def test_help_documents_exit_codes() -> None:
     result = await run_cli("token", "--help")
     assert result.returncode == 0
-    for text in ("exit codes", "0  the token", "2  usage", "3  PlainID", "4  the token endpoint"):
+    for text in (
+        "exit codes",
+        "0   the token",
+        "2   usage",
+        "3   PlainID",
+        "4   the token endpoint",
+    ):
         assert text in result.stdout
     assert "--client-secret-stdin" in result.stdout
     assert "--client-secret " not in result.stdout
@@ -409,3 +419,89 @@ async def test_demo_live_view_on_a_terminal_uses_rich() -> None:
     assert "\x1b[" in text  # rich wrote terminal control sequences
     assert "waited on a token" in text
     assert "OK: no request failed" in text
+
+
+# -- version, missing configuration, one rule per option, the exit-code table --------------
+
+
+async def test_version_prints_the_package_version() -> None:
+    result = await run_cli("--version")
+    assert result.returncode == 0, result
+    assert result.stdout.strip() == f"plainid-async {pa.__version__}"
+
+
+async def test_every_missing_variable_is_named_in_one_message(fake: FakePlainID) -> None:
+    line = (await run_cli("token")).assert_error(2)
+    for name in ("PLAINID_CLIENT_ID", "PLAINID_CLIENT_SECRET", "PLAINID_REGION"):
+        assert name in line
+    assert fake.token_requests == []
+
+
+async def test_missing_id_and_region_are_named_together_when_the_secret_is_set() -> None:
+    line = (await run_cli("token", env={"PLAINID_CLIENT_SECRET": SECRET})).assert_error(2)
+    assert "PLAINID_CLIENT_ID" in line
+    assert "PLAINID_REGION" in line
+    assert "client secret" not in line
+
+
+async def test_timeout_minus_one_and_zero_state_the_same_rule(env: dict[str, str]) -> None:
+    messages = []
+    for value in ("-1", "0"):
+        line = (await run_cli("token", "--timeout", value, env=env)).assert_error(2)
+        messages.append(line.replace(f"'{value}'", "VALUE"))
+    assert messages[0] == messages[1]
+    assert "> 0" in messages[0]
+
+
+async def test_wrong_base_url_exits_4_and_says_check_region_or_base_url(
+    fake: FakePlainID, env: dict[str, str]
+) -> None:
+    env["PLAINID_BASE_URL"] = str(fake.base_url / "wrong-prefix")
+    line = (await run_cli("token", env=env)).assert_error(4)
+    assert "HTTP 404" in line
+    assert "check region or base_url" in line
+    assert "rejected the client credentials" not in line
+
+
+@pytest.fixture
+def library_logger() -> Iterator[logging.Logger]:
+    """The library's logger, put back as it was after the test."""
+    logger = logging.getLogger(LOGGER_NAME)
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    yield logger
+    logger.handlers[:] = saved[0]
+    logger.setLevel(saved[1])
+    logger.propagate = saved[2]
+
+
+def test_main_twice_leaves_one_log_handler(
+    library_logger: logging.Logger, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in [name for name in os.environ if name.startswith("PLAINID_")]:
+        monkeypatch.delenv(name)
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(SECRET)
+    before = len(library_logger.handlers)
+    args = ["token", "--client-id", CLIENT_ID, "--client-secret-file", str(secret_file)]
+    args += ["--base-url", f"http://127.0.0.1:{free_port()}", "--attempts", "1"]
+    for verbose in ([], ["-v"]):
+        assert _cli.main([*args, *verbose]) == _cli.EXIT_UNAVAILABLE
+    assert len(library_logger.handlers) == before + 1
+
+
+@pytest.mark.parametrize("command", [None, "token", "fake-server", "demo"])
+async def test_help_lists_the_exit_codes_from_the_one_table(command: str | None) -> None:
+    result = await run_cli(*([command] if command else []), "--help")
+    assert result.returncode == 0, result
+    assert _cli.exit_codes_help(command) in result.stdout
+    for row in _cli.EXIT_CODES:
+        listed = re.search(rf"^  {row.status} ", result.stdout, re.MULTILINE) is not None
+        assert listed == (command is None or command in row.commands), (command, row.status)
+
+
+def test_docs_exit_code_table_is_the_one_table() -> None:
+    """docs/cli.md shows EXIT_CODES, row for row (regenerate it from the table)."""
+    page = (Path(__file__).parent.parent / "docs" / "cli.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| `(\d+)` \| (.*) \|$", page, re.MULTILINE)
+    expected = [(str(row.status), row.meaning) for row in _cli.EXIT_CODES]
+    assert rows == expected
