@@ -15,6 +15,7 @@ import logging
 import math
 import random
 import sys
+import textwrap
 import time
 from typing import IO, TYPE_CHECKING, Final, Self
 
@@ -25,7 +26,7 @@ from ._cache import MemoryTokenCache
 from ._endpoint import RetryPolicy
 from ._log import LOGGER_NAME
 from ._provider import TokenProvider
-from ._token import schedule_for
+from ._token import min_remaining, schedule_for
 from .testing import FakePlainID
 
 if TYPE_CHECKING:
@@ -123,6 +124,32 @@ class _ServerSide:
         del resources[:count]
 
 
+#: Seconds of run kept after the targeted token stops being handed out: the recovery.
+_RECOVERY_SHOWN: Final = 0.5
+
+
+def outage_fits(options: DemoOptions) -> bool:
+    """Whether the run is long enough to show the outage and the recovery after it.
+
+    The outage goes where the refresh window of a token opens, and the run must last until
+    that token would stop being handed out (so the recovery shows): at least one token's
+    usable life from the start. Decided before the run, so the demo never announces an
+    outage it then skips.
+
+    Args:
+        options: What the demo runs.
+
+    Returns:
+        ``True`` when ``options.outage`` is set and the outage fits in ``options.seconds``.
+    """
+    return options.outage and options.seconds >= _outage_needs(options.expires_in)
+
+
+def _outage_needs(lifetime: float) -> float:
+    """Seconds of run a token fetched at the start needs to show an outage and recovery."""
+    return lifetime - min_remaining(lifetime) + _RECOVERY_SHOWN
+
+
 @attrs.frozen
 class _Outage:
     """The injected outage, on the monotonic clock."""
@@ -182,11 +209,12 @@ def _percentile(ordered: list[float], fraction: float) -> float:
 class _EventLog(logging.Handler):
     """Collects the library's log records and the demo's own events, stamped with time."""
 
-    def __init__(self, started: float, token_url: str) -> None:
+    def __init__(self, started: float, token_url: str, client_id: str) -> None:
         super().__init__(logging.INFO)
         self.started = started
         self.events: list[str] = []
         self._token_url = token_url
+        self._client_id = client_id
 
     def add(self, text: str) -> None:
         self.events.append(f"t={time.monotonic() - self.started:5.2f}s  {text}")
@@ -197,6 +225,9 @@ class _EventLog(logging.Handler):
         text = record.getMessage()
         text = text.replace(f"token endpoint {self._token_url}", "token endpoint")
         text = text.replace(f"from {self._token_url}", "from the token endpoint")
+        # One client and one fake: naming them in every line only makes lines wrap.
+        text = text.replace(f" for client {self._client_id}", "")
+        text = text.replace(" (scripted by FakePlainID)", "")
         self.add(f"{level}{text}")
 
 
@@ -370,12 +401,14 @@ class _RichView:
             ProgressBar(total=self._seconds, completed=min(s.elapsed, self._seconds), width=40),
             Text(f"{s.elapsed:4.1f} / {self._seconds:g} s"),
         )
-        log = Text("\n".join(events[-6:]) or "…", style="dim", overflow="ellipsis")
-        return Group(
-            progress,
-            Columns([workload, tokens]),
-            Panel(log, title="events", title_align="left", border_style="dim"),
-        )
+        top = Group(progress, Columns([workload, tokens]))
+        # The events panel gets the rows left on the screen: the newest events that fit
+        # whole, each wrapped at spaces, so the live view is never cut.
+        console = self._console
+        used = len(console.render_lines(top, console.options, pad=False))
+        lines = _fit_events(events, width=console.width - 4, rows=console.height - used - 3)
+        log = Text("\n".join(lines) or "…", style="dim", no_wrap=True, overflow="ellipsis")
+        return Group(top, Panel(log, title="events", title_align="left", border_style="dim"))
 
     def events(self, events: list[str]) -> None:
         pass  # shown inside the live panel
@@ -392,6 +425,28 @@ class _RichView:
         self._console.print(table)
         style = "bold green" if verdict.startswith("OK") else "bold red"
         self._console.print(verdict, style=style, highlight=False)
+
+
+def _fit_events(events: list[str], *, width: int, rows: int) -> list[str]:
+    """The newest events that fit in ``rows`` lines of ``width``, oldest first.
+
+    Each event is wrapped at spaces only, continuation lines indented under its text; an
+    event that does not fit whole is left out, with the older ones.
+    """
+    shown: list[str] = []
+    for event in reversed(events):
+        stamp, _, _ = event.partition("  ")
+        lines = textwrap.wrap(
+            event,
+            width=max(width, 20),
+            subsequent_indent=" " * (len(stamp) + 2),
+            break_long_words=False,
+            break_on_hyphens=False,
+        )
+        if len(shown) + len(lines) > rows:
+            break
+        shown[:0] = lines
+    return shown
 
 
 def _make_view(options: DemoOptions, out: IO[str]) -> _PlainView | _RichView:
@@ -450,8 +505,8 @@ async def _inject_outage(
             if schedule.refresh_at - now >= 0.3:
                 break
         await asyncio.sleep(0.05)
-    if schedule.usable_until + 0.5 > deadline:
-        log.add("the run is too short to show the outage and its recovery; no outage")
+    if schedule.usable_until + _RECOVERY_SHOWN > deadline:  # not expected: see _outage_start
+        log.add("the outage did not fit in the rest of the run; none was injected")
         return None
     span = schedule.usable_until - schedule.refresh_at
     outage = _Outage(
@@ -464,6 +519,17 @@ async def _inject_outage(
         "opens"
     )
     return outage
+
+
+def _outage_start(options: DemoOptions) -> float:
+    """Seconds into the run from which the outage looks for a refresh window to hit.
+
+    About 40 % in, so normal traffic shows first; but early enough that the token current
+    then, or the one after it, still has its whole usable life inside the run.
+    """
+    lifetime = options.expires_in
+    latest = options.seconds - _outage_needs(lifetime) - lifetime / 2 - _RECOVERY_SHOWN
+    return max(0.0, min(0.4 * options.seconds - 0.5, latest))
 
 
 async def _watch(
@@ -583,7 +649,20 @@ def _summary(
         (
             "tokens fetched",
             f"{final.tokens_fetched}",
-            f"1 cold + {refreshes_ok} refreshed in the background, while requests went on",
+            f"1 cold + {refreshes_ok} from background refreshes, while requests went on",
+        ),
+        (
+            "background refreshes",
+            f"{final.background_refreshes}",
+            (
+                "started ahead of expiry, as in the live view"
+                + (
+                    f"; of these, {final.refresh_failures} failed in the outage (tried "
+                    "again after a backoff)"
+                    if final.refresh_failures
+                    else ""
+                )
+            ),
         ),
         (
             "token requests answered with a token",
@@ -645,14 +724,22 @@ async def run_demo(options: DemoOptions, out: IO[str] | None = None) -> int:
             retry=PROVIDER_RETRY,
         )
         run = _Run(options, fake, provider)
+        if outage_fits(options):
+            outage_note = "; an outage of it is injected in a refresh window"
+        elif options.outage:
+            outage_note = (
+                f"; the run is too short for an outage of it (that needs --seconds "
+                f"{math.ceil(_outage_needs(options.expires_in)):d} or more), so none is injected"
+            )
+        else:
+            outage_note = ""
         view.note(
             f"plainid-async demo: {options.workers} workers for {options.seconds:g} s "
             f"through TokenProvider.session(), against an embedded FakePlainID at "
             f"{fake.base_url}\ntokens live {options.expires_in:g} s; the token endpoint "
-            f"answers in {TOKEN_LATENCY * 1000:.0f} ms"
-            + ("; an outage of it is injected in a refresh window" if options.outage else "")
+            f"answers in {TOKEN_LATENCY * 1000:.0f} ms{outage_note}"
         )
-        events = _EventLog(time.monotonic(), str(fake.token_url))
+        events = _EventLog(time.monotonic(), str(fake.token_url), fake.client_id)
         with _capture_library_log(events):
             async with provider, provider.session(timeout=aiohttp.ClientTimeout(total=5)) as s:
                 return await _drive(run, s, view, events)
@@ -689,12 +776,12 @@ async def _drive(
     run._last = (run.started, 0)  # noqa: SLF001 (the rate starts here)
     deadline = run.started + options.seconds
     outage_task = None
-    if options.outage:
+    if outage_fits(options):
         outage_task = asyncio.create_task(
             _inject_outage(
                 run.provider,
                 run.fake,
-                not_before=run.started + 0.4 * options.seconds - 0.5,
+                not_before=run.started + _outage_start(options),
                 deadline=deadline,
                 log=events,
             )
@@ -715,8 +802,8 @@ async def _drive(
         done.set()
         await watcher
         final = run.snapshot()
-        if isinstance(view, _RichView):
-            view.update(final, events.events)
+        # The last live line is the final state, so it agrees with the summary.
+        view.update(final, events.events)
     if outage_task is not None and not outage_task.done():
         outage_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

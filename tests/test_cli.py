@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 import attrs
 import pytest
+from rich.console import Console
 
 import plainid_async as pa
 from plainid_async import _cli, _demo
@@ -394,6 +395,21 @@ async def test_demo_finishes_with_no_failed_request() -> None:
     assert re.search(r"^tokens fetched +[2-9]", out, re.MULTILINE), out
     assert "OK: no request failed" in out
     assert result.stderr == ""
+    # The last live line and the summary count the same background refreshes.
+    live = [line for line in out.splitlines() if re.match(r" *\d+s +[\d,]+ ", line)]
+    summary = re.search(r"^background refreshes +(\d+) ", out, re.MULTILINE)
+    assert summary is not None, out
+    assert _live_cell(live[-1], "refreshes") == summary.group(1), out
+
+
+def _live_cell(line: str, column: str) -> str:
+    """One cell of a plain live line: the columns are right-justified, two spaces apart."""
+    start = 0
+    for name, width in _demo._LIVE_COLUMNS:
+        if name == column:
+            return line[start : start + width].strip()
+        start += width + 2
+    raise KeyError(column)
 
 
 async def test_demo_exits_1_when_requests_fail(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -505,3 +521,55 @@ def test_docs_exit_code_table_is_the_one_table() -> None:
     rows = re.findall(r"^\| `(\d+)` \| (.*) \|$", page, re.MULTILINE)
     expected = [(str(row.status), row.meaning) for row in _cli.EXIT_CODES]
     assert rows == expected
+
+
+# -- demo: a short run, the live view's layout ------------------------------------------------
+
+
+async def test_demo_too_short_for_the_outage_never_announces_one() -> None:
+    assert not _demo.outage_fits(DemoOptions(seconds=3))
+    assert _demo.outage_fits(DemoOptions(seconds=6))
+    out = io.StringIO()
+    assert await run_demo(DemoOptions(seconds=3, workers=2), out) == 0
+    text = out.getvalue()
+    assert "too short for an outage" in text
+    assert "an outage of it is injected" not in text
+    assert "scheduled" not in text
+    assert "failed in the outage" not in text
+
+
+def _snapshot() -> _demo.Snapshot:
+    return _demo.Snapshot(
+        elapsed=7.5, requests=12_345, rate=800.0, failures=0, waits=0, unauthorized=0,
+        token_requests=9, token_ok=6, token_errors=3, tokens_fetched=6,
+        background_refreshes=6, refresh_failures=1, p50=2.0, p99=7.0, max=17.0,
+        endpoint_down=True,
+    )  # fmt: skip
+
+
+LONG_EVENTS = [
+    f"t={i:5.2f}s  WARNING: token fetch failed: token endpoint answered HTTP 503: Service "
+    "Unavailable (gave up after 3 attempts); retrying with backoff"
+    for i in range(12)
+] + ["t=12.00s  token fetched from the token endpoint (expires in 5 s)"]
+
+
+def test_demo_live_view_fits_80x24_with_whole_events() -> None:
+    console = Console(file=io.StringIO(), width=80, height=24, force_terminal=True)
+    view = _demo._RichView(console, 15)
+    lines = console.render_lines(view._render(_snapshot(), LONG_EVENTS), pad=False)
+    text = ["".join(segment.text for segment in line).rstrip() for line in lines]
+    assert len(text) <= 24, "\n".join(text)
+    assert all(len(line) <= 80 for line in text)
+    assert text[-1].startswith("╰"), "the events panel is cut"
+    start = next(i for i, line in enumerate(text) if "events" in line)
+    inner = [line.strip("│ ").rstrip() for line in text[start + 1 : -1]]
+    assert inner[-1] == LONG_EVENTS[-1]  # the newest event shows, whole
+    shown: list[str] = []
+    for line in inner:  # continuation lines are indented under the text of their event
+        if line.startswith("t="):
+            shown.append(line)
+        else:
+            shown[-1] += " " + line.strip()
+    assert len(shown) >= 3
+    assert all(event in LONG_EVENTS for event in shown), shown  # never broken mid-word
