@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
+# The demo needs only the package and rich: a first `make demo` installs no dev tools.
+DEMO_STAMP := $(VENV)/.installed-demo
 
 .PHONY: demo test lint typecheck pytest docs bench clean
 
@@ -16,8 +18,12 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --group dev -e .
 	touch $@
 
+$(DEMO_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[rich]'
+	touch $@
+
 ## The main job: the demo on the embedded fake PlainID server.
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	$(BIN)/python -m plainid_async demo
 
 ## Every check: lint, format, types, docs, the whole test suite.
