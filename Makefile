@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	touch $@
 
 $(DEMO_STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[rich]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-compile -e '.[rich]'
 	touch $@
 
 ## The main job: the demo on the embedded fake PlainID server.
