@@ -802,7 +802,9 @@ async def _drive(
         done.set()
         await watcher
         final = run.snapshot()
-        # The last live line is the final state, so it agrees with the summary.
+        # The last live line is the final state, so it agrees with the summary; its rate is
+        # the whole run's (the last interval only drained what was in flight).
+        final = attrs.evolve(final, rate=final.requests / max(final.elapsed, 1e-9))
         view.update(final, events.events)
     if outage_task is not None and not outage_task.done():
         outage_task.cancel()
