@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import inspect
+import itertools
 import os
 import re
 import sys
@@ -25,6 +26,7 @@ import pytest
 from markdown_it import MarkdownIt
 
 import plainid_async as pa
+from plainid_async import testing as pa_testing
 from plainid_async._middleware import BearerAuthMiddleware
 from plainid_async.testing import FakePlainID
 
@@ -75,6 +77,11 @@ exec(compile("\n" * (first_line - 1) + source, path, "exec"), {"__name__": "__ma
 """
 
 
+# A fenced block right after this comment is an excerpt of a file that runs on its own (the
+# examples): it is checked against the file instead of being run as a script.
+EXCERPT = re.compile(r"<!-- excerpt of (\S+?):? ")
+
+
 @attrs.frozen
 class Block:
     """One fenced code block of a Markdown file."""
@@ -83,6 +90,7 @@ class Block:
     line: int  # 1-based line of the first line of code
     info: str
     source: str
+    excerpt_of: str | None = None
 
     @property
     def id(self) -> str:
@@ -92,15 +100,20 @@ class Block:
 def blocks(path: Path) -> list[Block]:
     """Every fenced code block of ``path``, parsed as MyST (CommonMark) parses it."""
     tokens = MarkdownIt("commonmark").parse(path.read_text(encoding="utf-8"))
-    return [
-        Block(path, token.map[0] + 2, token.info.strip(), token.content)
-        for token in tokens
-        if token.type == "fence" and token.map is not None
-    ]
+    found = []
+    for index, token in enumerate(tokens):
+        if token.type != "fence" or token.map is None:
+            continue
+        before = tokens[index - 1] if index else None
+        marker = EXCERPT.match(before.content) if before and before.type == "html_block" else None
+        excerpt_of = marker.group(1) if marker else None
+        found.append(Block(path, token.map[0] + 2, token.info.strip(), token.content, excerpt_of))
+    return found
 
 
 ALL_BLOCKS = [block for path in DOC_FILES for block in blocks(path)]
-PYTHON_BLOCKS = [block for block in ALL_BLOCKS if block.info == "python"]
+PYTHON_BLOCKS = [b for b in ALL_BLOCKS if b.info == "python" and b.excerpt_of is None]
+EXCERPTS = [block for block in ALL_BLOCKS if block.excerpt_of is not None]
 
 
 @attrs.frozen
@@ -250,3 +263,118 @@ def test_configuration_reference_lists_every_environment_variable() -> None:
     source = inspect.getsource(sys.modules["plainid_async._provider"])
     for variable in sorted(set(re.findall(r'"(PLAINID_[A-Z_]+)"', source))):
         assert variable in rows, f"{variable} is missing from configuration.md"
+
+
+# -- docs read the same on GitHub and in Sphinx -----------------------------------------------
+
+# MyST roles such as {meth}`x` or {class}`x`: GitHub shows them as raw text.
+ROLE = re.compile(r"\{[a-z][\w:+-]*\}$")
+# Inside an {eval-rst} block only autodoc directives and their options: GitHub shows the
+# block as code, so it must say no more than which object the reference is generated from.
+AUTODOC_LINE = re.compile(
+    r"(\.\. auto(class|exception|function|data|module|method)::\s+\S+|\s+:[\w-]+:.*)"
+)
+
+
+def github_unreadable(path: Path) -> list[str]:
+    """What in ``path`` shows badly on GitHub: empty links, roles, literalinclude."""
+    problems = []
+    for token in MarkdownIt("commonmark").parse(path.read_text(encoding="utf-8")):
+        line = (token.map[0] + 1) if token.map else 0
+        if token.type == "fence":
+            info = token.info.strip()
+            if info.startswith("{literalinclude}") or "literalinclude::" in token.content:
+                problems.append(f"{line}: literalinclude (GitHub shows no code): paste the code")
+            if info == "{eval-rst}":
+                problems += [
+                    f"{line}: {text!r} in an eval-rst block (only autodoc directives)"
+                    for text in token.content.splitlines()
+                    if text.strip() and not AUTODOC_LINE.fullmatch(text)
+                ]
+            continue
+        children = token.children or []
+        for here, after in itertools.pairwise(children):
+            if here.type == "link_open" and after.type == "link_close":
+                problems.append(f"{line}: empty link to {here.attrGet('href')}: give it text")
+            if here.type == "text" and after.type == "code_inline" and ROLE.search(here.content):
+                problems.append(f"{line}: role {here.content.split()[-1]}`{after.content}`")
+    return problems
+
+
+@pytest.mark.parametrize("path", DOC_FILES, ids=lambda path: str(path.relative_to(ROOT)))
+def test_docs_source_reads_well_on_github(path: Path) -> None:
+    """No empty link, MyST role or literalinclude: GitHub would show them raw or empty."""
+    assert github_unreadable(path) == []
+
+
+def test_the_github_check_finds_each_kind_of_problem(tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text(
+        "See [](cli.md#x) and {meth}`TokenProvider.get_token`.\n\n"
+        "```{literalinclude} ../examples/aiohttp_service.py\n```\n\n"
+        "```{eval-rst}\n.. autoclass:: plainid_async.Token\n   :members:\n:class:`Token`\n```\n",
+        encoding="utf-8",
+    )
+    problems = "\n".join(github_unreadable(page))
+    for kind in ("empty link to cli.md#x", "role {meth}", "literalinclude", "eval-rst"):
+        assert kind in problems
+    assert len(github_unreadable(page)) == 4
+
+
+@pytest.mark.parametrize("block", EXCERPTS, ids=lambda block: block.id)
+def test_excerpt_matches_its_file(block: Block) -> None:
+    """A pasted excerpt of an example is, line for line, in the file the tests run."""
+    assert block.excerpt_of is not None
+    source = (ROOT / block.excerpt_of).read_text(encoding="utf-8")
+    assert block.source in source, (
+        f"{block.id} no longer matches {block.excerpt_of}: paste it again"
+    )
+
+
+def test_frameworks_page_shows_both_examples() -> None:
+    assert {block.excerpt_of for block in EXCERPTS} >= {
+        "examples/aiohttp_service.py",
+        "examples/fastapi_service.py",
+    }
+
+
+def test_api_reference_documents_every_public_name() -> None:
+    """docs/api.md has an autodoc entry for every name of the public modules."""
+    page = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
+    documented = set(re.findall(r"\.\. auto\w+:: (\S+)", page))
+    public = {f"plainid_async.{name}" for name in pa.__all__}
+    public |= {f"plainid_async.testing.{name}" for name in pa_testing.__all__}
+    assert public - documented == set()
+
+
+def test_api_reference_puts_the_provider_first_and_cache_key_last() -> None:
+    page = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
+    order = re.findall(r"\.\. auto\w+:: plainid_async\.(\w+)$", page, re.MULTILINE)
+    assert order[0] == "TokenProvider"
+    assert order.index("Token") < order.index("BearerAuthMiddleware") < order.index("PlainIDError")
+    assert order.index("PlainIDError") < order.index("MemoryTokenCache") < order.index("CacheKey")
+    assert order[-1] == "CacheKey"
+
+
+def test_api_reference_describes_every_stats_field_and_token_state() -> None:
+    page = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
+    for field in attrs.fields(pa.ProviderStats):
+        assert f"| `{field.name}` |" in page, field.name
+    for state in pa.TokenState:
+        assert f"| `TokenState.{state.name}` |" in page, state
+
+
+# With docs/_static/tables.css, ten columns fit the content column at 1280 px (checked with
+# a headless Chromium screenshot of the built benchmarks page); more overflow it.
+MAX_TABLE_COLUMNS = 10
+
+
+@pytest.mark.parametrize("path", DOC_FILES, ids=lambda path: str(path.relative_to(ROOT)))
+def test_docs_tables_are_narrow_enough_for_a_page(path: Path) -> None:
+    """No table has so many columns it must overflow the content column (split it instead)."""
+    wide = [
+        f"{number}: {line.count('|') - 1} columns"
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if line.startswith("|---") and line.count("|") - 1 > MAX_TABLE_COLUMNS
+    ]
+    assert wide == []
