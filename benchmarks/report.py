@@ -120,13 +120,18 @@ def _leak(record: Record | None) -> str:
 
 
 def summary_table(records: list[Record]) -> str:
+    """The summary, as two tables of a few columns each, so each fits a page's width.
+
+    The first is the load scenarios (stampede, steady, expiry), the second the failures
+    (outage, bad credentials) and the fleet (N processes).
+    """
     stampede = _by(records, "cold_stampede")
     steady = _by(records, "steady_overhead")
     expiry = _by(records, "expiry_under_load")
     outage = _by(records, "outage_in_refresh_window")
     bad = _by(records, "bad_credentials")
     procs = _by(records, "many_processes")
-    header = (
+    load_header = (
         "contender",
         "stampede: token req",
         "stampede: wall s",
@@ -135,21 +140,25 @@ def summary_table(records: list[Record]) -> str:
         "expiry: 401",
         "expiry: >250 ms",
         "expiry: p99 / max ms",
+    )
+    failure_header = (
+        "contender",
         "outage: failed",
         "outage: 401",
         "outage: token req",
         "bad creds: secret leaked",
         "N processes: token req",
     )
-    rows = []
+    load_rows = []
+    failure_rows = []
     for label in _labels(records):
         if label not in stampede and label not in steady and label not in expiry:
             continue
         e = expiry.get(label)
-        leak = bad.get(label)
-        rows.append(
+        name = _bold_if_plainid(label)
+        load_rows.append(
             (
-                _bold_if_plainid(label),
+                name,
                 _get(stampede, label, "token_requests"),
                 _get(stampede, label, "wall_s", "{:.2f}"),
                 _get(steady, label, "ratio", "{:.3f}"),
@@ -157,14 +166,19 @@ def summary_table(records: list[Record]) -> str:
                 _get(expiry, label, "server_401"),
                 _get(expiry, label, "slow"),
                 "-" if e is None else f"{e['p99_ms']:g} / {e['max_ms']:g}",
+            )
+        )
+        failure_rows.append(
+            (
+                name,
                 _get(outage, label, "failed"),
                 _get(outage, label, "server_401"),
                 _get(outage, label, "token_requests"),
-                _leak(leak),
+                _leak(bad.get(label)),
                 _get(procs, label, "token_requests"),
             )
         )
-    return _table(header, rows)
+    return _table(load_header, load_rows) + "\n\n" + _table(failure_header, failure_rows)
 
 
 def stampede_table(records: list[Record]) -> str:

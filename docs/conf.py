@@ -32,7 +32,9 @@ root_doc = "index"
 
 html_theme = "furo"
 html_title = "plainid-async"
-html_static_path: list[str] = []
+html_static_path = ["_static"]
+# Wide tables wrap to the content column instead of overflowing it (docs/_static/tables.css).
+html_css_files = ["tables.css"]
 
 myst_enable_extensions = ["colon_fence", "deflist"]
 myst_heading_anchors = 3
