@@ -195,7 +195,8 @@ examples:
 _FAKE_EPILOG: Final = f"""\
 It accepts client id "test-client" with secret "test-secret" (fake credentials) and prints a
 ready "export {ENV_BASE_URL}=..." line. Any path other than the token endpoint is a
-protected resource: 200 with a valid bearer token, else 401.
+protected resource: 200 with a valid bearer token, else 401; a token request sent to
+another path gets 404, as a wrong base URL would.
 
 {exit_codes_help("fake-server")}
 

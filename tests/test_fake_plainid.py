@@ -673,11 +673,12 @@ async def test_client_of_and_in_outage(fake: FakePlainID, session: aiohttp.Clien
     token = await get_token(session, fake)
     assert fake.client_of(token) == "test-client"
     assert fake.client_of("never-issued") is None
-    assert not fake.in_outage
+    states = [fake.in_outage]
     fake.start_outage()
-    assert fake.in_outage
+    states.append(fake.in_outage)
     fake.end_outage()
-    assert not fake.in_outage
+    states.append(fake.in_outage)
+    assert states == [False, True, False]
 
 
 async def test_free_port_refuses_connections() -> None:
