@@ -406,7 +406,10 @@ class _RichView:
         # whole, each wrapped at spaces, so the live view is never cut.
         console = self._console
         used = len(console.render_lines(top, console.options, pad=False))
-        lines = _fit_events(events, width=console.width - 4, rows=console.height - used - 3)
+        rows = console.height - used - 3
+        if rows < 1:  # a terminal too small for the events: show the figures only
+            return top
+        lines = _fit_events(events, width=console.width - 4, rows=rows)
         log = Text("\n".join(lines) or "…", style="dim", no_wrap=True, overflow="ellipsis")
         return Group(top, Panel(log, title="events", title_align="left", border_style="dim"))
 
