@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -13,7 +12,7 @@ import pytest
 
 import plainid_async as pa
 from plainid_async import _provider
-from plainid_async.testing import FakePlainID, FakeResponse
+from plainid_async.testing import FakePlainID, FakeResponse, free_port
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -662,9 +661,7 @@ async def test_cancelling_every_caller_leaves_the_fetch_to_fill_the_cache(
 
 
 def test_one_provider_works_across_successive_event_loops_under_contention() -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     provider = pa.TokenProvider(
         "test-client",
         "test-secret",
