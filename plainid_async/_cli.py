@@ -32,6 +32,7 @@ from ._provider import (
     read_secret_file,
     strip_one_newline,
 )
+from ._secret import Secret, redact
 from .exceptions import (
     ConfigurationError,
     InvalidCredentialsError,
@@ -86,6 +87,7 @@ configuration (flags win over the environment):
                          (never a flag value: other users can read process arguments)
   {ENV_REGION}         or --region REGION      (https://api.REGION.plainid.io)
   {ENV_BASE_URL}       or --base-url URL       (a customer-hosted deployment)
+  HTTPS_PROXY, HTTP_PROXY, NO_PROXY  as curl reads them, or --proxy URL ('' for none)
 
 exit codes:
   0  the token was printed
@@ -279,6 +281,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="give up after this long, retries included (default: %(default)g)",
     )
     token.add_argument(
+        "--proxy",
+        metavar="URL",
+        default=None,
+        help="HTTP proxy for the token request, http://[USER:PASSWORD@]HOST:PORT; an empty "
+        "value connects directly (default: HTTPS_PROXY / HTTP_PROXY unless NO_PROXY lists "
+        "the host, as curl does)",
+    )
+    token.add_argument(
         "--attempts",
         metavar="N",
         type=_positive_int,
@@ -402,26 +412,29 @@ def _env(environ: Mapping[str, str], name: str) -> str | None:
     return value if value is not None and value.strip() else None
 
 
-def _read_secret(args: argparse.Namespace, environ: Mapping[str, str], stdin: IO[str]) -> str:
+def _read_secret(args: argparse.Namespace, environ: Mapping[str, str], stdin: IO[str]) -> Secret:
     try:
         if args.client_secret_file is not None:
-            return read_secret_file(args.client_secret_file, source="--client-secret-file")
+            return Secret(read_secret_file(args.client_secret_file, source="--client-secret-file"))
         if args.client_secret_stdin:
             try:
-                secret = strip_one_newline(stdin.read())
+                secret = Secret(strip_one_newline(stdin.read()))
             except (OSError, UnicodeDecodeError):
                 raise _ExitError(EXIT_CONFIG, "cannot read the client secret from stdin") from None
-            if not secret.strip():
+            if not secret.reveal().strip():
                 raise _ExitError(EXIT_CONFIG, "--client-secret-stdin: standard input is empty")
             return secret
-        secret_env = _env(environ, ENV_CLIENT_SECRET)
+        # Wrapped at once: no frame here holds the secret in a plain local.
+        secret_env = (
+            None if _env(environ, ENV_CLIENT_SECRET) is None else Secret(environ[ENV_CLIENT_SECRET])
+        )
         secret_file = _env(environ, ENV_CLIENT_SECRET_FILE)
         if secret_env is not None and secret_file is not None:
             raise _ExitError(
                 EXIT_CONFIG, f"set only one of {ENV_CLIENT_SECRET} and {ENV_CLIENT_SECRET_FILE}"
             )
         if secret_file is not None:
-            return read_secret_file(secret_file, source=ENV_CLIENT_SECRET_FILE)
+            return Secret(read_secret_file(secret_file, source=ENV_CLIENT_SECRET_FILE))
     except ConfigurationError as exc:
         raise _ExitError(EXIT_CONFIG, str(exc)) from None
     if secret_env is None:
@@ -434,7 +447,7 @@ def _read_secret(args: argparse.Namespace, environ: Mapping[str, str], stdin: IO
 
 
 def _build_provider(
-    args: argparse.Namespace, environ: Mapping[str, str], secret: str
+    args: argparse.Namespace, environ: Mapping[str, str], secret: Secret
 ) -> TokenProvider:
     client_id = args.client_id if args.client_id is not None else _env(environ, ENV_CLIENT_ID)
     if client_id is None:
@@ -458,6 +471,8 @@ def _build_provider(
     # connection still leaves time for a retry.
     timeout: float = args.timeout
     retry = RetryPolicy(attempts=args.attempts, deadline=timeout)
+    # As curl: --proxy wins ('' meaning none), else the environment's proxy variables.
+    proxy: str | None = args.proxy or None
     return TokenProvider(
         client_id,
         secret,
@@ -465,6 +480,8 @@ def _build_provider(
         base_url=base_url,
         timeout=min(timeout, 10.0),
         retry=retry,
+        proxy=proxy,
+        trust_env=args.proxy is None,
     )
 
 
@@ -527,8 +544,9 @@ def _run_token(args: argparse.Namespace) -> int:
                 EXIT_FAILURE, f"unexpected error: {type(exc).__name__}: {exc}"
             ) from None
     except _ExitError as exc:
-        # Belt and braces: the library never puts the secret in a message, and we check.
-        raise _ExitError(exc.code, str(exc).replace(secret, "***")) from None
+        # Belt and braces: the library never puts the secret in a message, and we check
+        # with the library's own redaction (literal and URL-encoded, never mangling words).
+        raise _ExitError(exc.code, redact(str(exc), (secret,))) from None
     sys.stdout.write(_render_token(token, args.format) + "\n")
     sys.stdout.flush()
     return EXIT_OK

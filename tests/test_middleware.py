@@ -533,7 +533,7 @@ async def test_session_base_url_can_be_turned_off(provider: _TokenProvider) -> N
         assert client._base_url is None
 
 
-async def test_session_passes_options_through(provider: _TokenProvider) -> None:
+async def test_session_passes_options_through(provider: _TokenProvider, fake: FakePlainID) -> None:
     recording = Recording()
     timeout = aiohttp.ClientTimeout(total=5)
     connector = aiohttp.TCPConnector(limit=3)
@@ -543,12 +543,12 @@ async def test_session_passes_options_through(provider: _TokenProvider) -> None:
         headers={"X-Trace": "1"},
         timeout=timeout,
         connector=connector,
-        base_url="http://127.0.0.1:1/other/",
+        base_url=fake.base_url / "other/",
     ) as client:
         assert client.headers["X-Trace"] == "1"
         assert client.timeout is timeout
         assert client.connector is connector
-        assert client._base_url == URL("http://127.0.0.1:1/other/")
+        assert client._base_url == fake.base_url / "other/"
         first, second = client._middlewares
         assert isinstance(first, BearerAuthMiddleware)
         assert second is recording
