@@ -214,10 +214,13 @@ async def test_post_steered_to_the_api_by_a_foreign_redirect_gets_no_token(
     fake: FakePlainID, session: aiohttp.ClientSession, status: int
 ) -> None:
     api_path = str(fake.base_url / "api/1.0/policies-search/env-1")
-    async with Redirector(status, api_path) as foreign:
-        async with session.post(foreign.url / "hook", data=b'{"delete": "everything"}') as resp:
-            assert resp.status == 401  # reached the API, without a token
-            assert [r.url.origin() for r in resp.history] == [foreign.url.origin()]
+    body = b'{"delete": "everything"}'
+    async with (
+        Redirector(status, api_path) as foreign,
+        session.post(foreign.url / "hook", data=body) as resp,
+    ):
+        assert resp.status == 401  # reached the API, without a token
+        assert [r.url.origin() for r in resp.history] == [foreign.url.origin()]
     assert foreign.bodies == [b'{"delete": "everything"}']
     [reached] = fake.resource_requests
     assert reached.authorized is False
@@ -231,9 +234,11 @@ async def test_foreign_redirect_chain_through_the_api_gets_no_token_on_any_hop(
     # foreign -> api/redirect -> api/x: the second API hop came through a foreign origin too.
     target = str(fake.base_url / "api/1.0/x")
     via_api = fake.base_url.with_path("/redirect").with_query(to=target, status=str(status))
-    async with Redirector(status, str(via_api)) as foreign:
-        async with session.post(foreign.url / "hook", data=b"body") as resp:
-            assert resp.status == 401
+    async with (
+        Redirector(status, str(via_api)) as foreign,
+        session.post(foreign.url / "hook", data=b"body") as resp,
+    ):
+        assert resp.status == 401
     assert [r.authorized for r in fake.resource_requests] == [False]
 
 
