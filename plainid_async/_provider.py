@@ -141,6 +141,11 @@ def _check_text(name: str, value: object) -> str:
     return value
 
 
+def _read_env(environ: Mapping[str, str], name: str) -> str | None:
+    value = environ.get(name)
+    return value if value is not None and value.strip() else None
+
+
 def _secret_or_none(value: str | None) -> Secret | None:
     return None if value is None else Secret(value)
 
@@ -340,17 +345,15 @@ class TokenProvider:
         Raises:
             ConfigurationError: A variable is missing, blank or invalid; the message names it.
         """  # noqa: D205 (the summary names four variables and needs two lines)
-
-        # No local of this frame holds the environment or the secret in plain text: a
-        # traceback with locals (Sentry's default) would show them.
-        def read(name: str) -> str | None:
-            value = (os.environ if environ is None else environ).get(name)
-            return value if value is not None and value.strip() else None
-
-        client_id = read(ENV_CLIENT_ID)
-        client_secret = _secret_or_none(read(ENV_CLIENT_SECRET))
-        region, base_url = read(ENV_REGION), read(ENV_BASE_URL)
-        secret_file = read(ENV_CLIENT_SECRET_FILE)
+        # No local of this frame holds the environment or the secret in plain text once
+        # they are read: a traceback with locals (Sentry's default) would show them.
+        env = os.environ if environ is None else environ
+        client_id, region, base_url = (
+            _read_env(env, name) for name in (ENV_CLIENT_ID, ENV_REGION, ENV_BASE_URL)
+        )
+        client_secret = _secret_or_none(_read_env(env, ENV_CLIENT_SECRET))
+        secret_file = _read_env(env, ENV_CLIENT_SECRET_FILE)
+        del env, environ
         if client_secret is not None and secret_file is not None:
             raise ConfigurationError(
                 f"set only one of {ENV_CLIENT_SECRET} and {ENV_CLIENT_SECRET_FILE}"
@@ -418,8 +421,10 @@ class TokenProvider:
 
     def __repr__(self) -> str:
         """Show the client id and API URL; never the secret or a token."""
-        state = "closed" if self._closed else "open"
-        return f"<TokenProvider client_id={self._client_id!r} api_url='{self._api_url}' {state}>"
+        # getattr: tracebacks with locals show a provider whose __init__ raised, half made.
+        state = "closed" if getattr(self, "_closed", False) else "open"
+        client_id, api_url = getattr(self, "_client_id", None), getattr(self, "_api_url", None)
+        return f"<TokenProvider client_id={client_id!r} api_url='{api_url}' {state}>"
 
     # -- tokens ------------------------------------------------------------------------
 
