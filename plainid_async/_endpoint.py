@@ -7,6 +7,7 @@ plain functions; :func:`request_token` is the only I/O.
 from __future__ import annotations
 
 import asyncio
+import base64
 import email.utils
 import ipaddress
 import json
@@ -542,15 +543,17 @@ def _error_for_status(  # noqa: PLR0911 (one answer per kind of status)
     )
 
 
-def _proxy_wants_credentials(proxy: Proxy | None, *, error: str | None = None) -> TokenRequestError:
+def _proxy_wants_credentials(
+    proxy: Proxy | None, *, status: int = 407, error: str | None = None
+) -> TokenRequestError:
     where = f"proxy {proxy.url}" if proxy is not None else "the proxy"
     if proxy is not None and proxy.login is not None:
         advice = "it refused the credentials in proxy="
     else:
         advice = "give them in proxy= as http://USER:PASSWORD@HOST:PORT"
     return TokenEndpointUnavailableError(
-        f"{where} wants credentials (HTTP 407 Proxy Authentication Required): {advice}",
-        status=407,
+        f"{where} wants credentials (HTTP {status} to the proxy request): {advice}",
+        status=status,
         retryable=False,
         error=error,
     )
@@ -591,11 +594,15 @@ def _form_body(client_id: str, client_secret: Secret) -> _FormBody:
     )
 
 
-def _proxy_auth(proxy: Proxy | None) -> aiohttp.BasicAuth | None:
-    if proxy is None or proxy.login is None:
-        return None
+def _proxy_headers(proxy: Proxy | None, url: URL, *, tunnel: bool) -> dict[str, str]:
+    """``Proxy-Authorization`` for the proxy, where aiohttp sends it on: the CONNECT of a
+    tunnel (https) or the forwarded request itself (http). Empty without credentials.
+    """  # noqa: D205 (the summary is the two places)
+    if proxy is None or proxy.login is None or tunnel != (url.scheme == "https"):
+        return {}
     password = "" if proxy.password is None else proxy.password.reveal()
-    return aiohttp.BasicAuth(proxy.login, password)
+    basic = base64.b64encode(f"{proxy.login}:{password}".encode()).decode("ascii")
+    return {"Proxy-Authorization": f"Basic {basic}"}
 
 
 def _secrets_of(client_secret: Secret, proxy: Proxy | None) -> tuple[Secret | None, ...]:
@@ -619,13 +626,17 @@ async def _attempt(
             data=_form_body(client_id, client_secret),
             # Explicit, so no default header of a session (Content-Type: application/json)
             # relabels the form.
-            headers={"Accept": "application/json", "Content-Type": _FORM_CONTENT_TYPE},
+            headers={
+                "Accept": "application/json",
+                "Content-Type": _FORM_CONTENT_TYPE,
+                **_proxy_headers(proxy, url, tunnel=False),
+            },
             allow_redirects=False,
             raise_for_status=False,
             timeout=aiohttp.ClientTimeout(total=timeout),
             ssl=True if ssl is None else ssl,
             proxy=None if proxy is None else proxy.url,
-            proxy_auth=_proxy_auth(proxy),
+            proxy_headers=_proxy_headers(proxy, url, tunnel=True) or None,
             middlewares=(),
         ) as response:
             status = response.status
@@ -662,9 +673,10 @@ def _error_for_exception(  # noqa: PLR0911 (one answer per kind of failure)
             f"TLS connection to {url.host} failed: {type(exc).__name__}", retryable=False
         )
     if isinstance(exc, aiohttp.ClientHttpProxyError):
-        # The proxy refused the CONNECT tunnel of an https token URL.
-        if exc.status == 407:
-            return _proxy_wants_credentials(proxy)
+        # The proxy refused the CONNECT tunnel of an https token URL. Some proxies
+        # (tinyproxy) answer wrong credentials with 401 rather than 407.
+        if exc.status in {401, 407}:
+            return _proxy_wants_credentials(proxy, status=exc.status)
         return TokenEndpointUnavailableError(
             f"proxy {'' if proxy is None else proxy.url} answered HTTP {exc.status} to the "
             f"tunnel to {url.host}",

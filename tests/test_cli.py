@@ -15,16 +15,18 @@ from typing import TYPE_CHECKING
 import aiohttp
 import attrs
 import pytest
+from _proxy import PROXY_VARIABLES, TinyProxy, TokenServer
 
 from plainid_async import _demo
 from plainid_async._demo import DemoOptions, run_demo
 from plainid_async.testing import FakePlainID, FakeResponse
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Mapping
+    from collections.abc import AsyncIterator, Iterator, Mapping
     from pathlib import Path
 
 SECRET = "s3cr3t-Zq9-never-shown"
+PROXY_PASSWORD = "cl1-pr0xy-Pa55"
 WRONG_SECRET = "wr0ng-Xy7-never-shown"
 CLIENT_ID = "cli-client"
 
@@ -55,7 +57,12 @@ class Result:
 
 
 def _base_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("PLAINID_")}
+    # The CLI honours proxy variables as curl does: the machine's own must not steer tests.
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("PLAINID_") and k not in PROXY_VARIABLES
+    }
 
 
 async def run_cli(
@@ -409,3 +416,77 @@ async def test_demo_live_view_on_a_terminal_uses_rich() -> None:
     assert "\x1b[" in text  # rich wrote terminal control sequences
     assert "waited on a token" in text
     assert "OK: no request failed" in text
+
+
+# -- token: proxies, as curl reads them ------------------------------------------------------
+
+
+@pytest.fixture
+def proxy(tmp_path: Path) -> Iterator[TinyProxy]:
+    running = TinyProxy(tmp_path, login="cli-proxy", password=PROXY_PASSWORD)
+    running.start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[TokenServer]:
+    async with TokenServer() as running:
+        yield running
+
+
+@pytest.fixture
+def server_env(server: TokenServer) -> dict[str, str]:
+    return {
+        "PLAINID_CLIENT_ID": CLIENT_ID,
+        "PLAINID_CLIENT_SECRET": SECRET,
+        "PLAINID_BASE_URL": str(server.base_url),
+    }
+
+
+@pytest.mark.parametrize("variable", ["HTTP_PROXY", "http_proxy"])
+async def test_token_goes_through_the_proxy_the_environment_names(
+    server: TokenServer, server_env: dict[str, str], proxy: TinyProxy, variable: str
+) -> None:
+    result = await run_cli("token", env={**server_env, variable: proxy.url_with_credentials})
+    assert result.returncode == 0, result
+    assert server.via_proxy == [True]
+    result.assert_clean(PROXY_PASSWORD)
+
+
+async def test_token_skips_the_proxy_for_a_host_no_proxy_lists(
+    server: TokenServer, server_env: dict[str, str], proxy: TinyProxy
+) -> None:
+    proxy_env = {"HTTP_PROXY": proxy.url_with_credentials, "NO_PROXY": "localhost,127.0.0.1"}
+    result = await run_cli("token", env={**server_env, **proxy_env})
+    assert result.returncode == 0, result
+    assert server.via_proxy == [False]
+
+
+async def test_token_proxy_flag_wins_and_empty_means_direct(
+    server: TokenServer, server_env: dict[str, str], proxy: TinyProxy
+) -> None:
+    result = await run_cli("token", "--proxy", proxy.url_with_credentials, env=server_env)
+    assert result.returncode == 0, result
+    unreachable = {"HTTP_PROXY": "http://127.0.0.1:1"}
+    result = await run_cli("token", "--proxy", "", env={**server_env, **unreachable})
+    assert result.returncode == 0, result
+    assert server.via_proxy == [True, False]  # the second went direct
+
+
+async def test_proxy_asking_for_credentials_exits_4_with_one_clear_line(
+    server: TokenServer, server_env: dict[str, str], proxy: TinyProxy
+) -> None:
+    result = await run_cli(
+        "token", env={**server_env, "HTTPS_PROXY": proxy.url, "HTTP_PROXY": proxy.url}
+    )
+    line = result.assert_error(4)
+    assert "wants credentials" in line
+    assert server.headers == []
+
+
+async def test_invalid_proxy_flag_exits_2_without_its_password(env: dict[str, str]) -> None:
+    result = await run_cli("token", "--proxy", f"socks5://u:{PROXY_PASSWORD}@127.0.0.1:1", env=env)
+    line = result.assert_error(2)
+    assert "proxy" in line
+    result.assert_clean(PROXY_PASSWORD)
