@@ -342,7 +342,7 @@ class RedisTokenCache:
         self._tasks: set[asyncio.Task[None]] = set()
         self._down = False
         self._skip_until = 0.0
-        self._refusals: set[tuple[str, str]] = set()
+        self._refusals: set[str] = set()
 
     @property
     def namespace(self) -> str:
@@ -598,11 +598,11 @@ class RedisTokenCache:
     def _log_refusal(self, what: str, refusal: str) -> None:
         # Not an outage but a misconfiguration that fails the same way on every call: say
         # so once per cache and kind of refusal, at ERROR, with what to fix.
-        kind = (what.partition(" on ")[0], refusal)  # not per key: once per cause
+        # Once per cause (Redis's text: the command, or "one of the keys"), not per key.
         with self._mutex:
-            if kind in self._refusals:
+            if refusal in self._refusals:
                 return
-            self._refusals.add(kind)
+            self._refusals.add(refusal)
         logger.error(
             "Redis refused %s for this user (%s): its ACL lacks a command or key pattern the "
             "token cache needs (see %s); each process now fetches its own tokens",
