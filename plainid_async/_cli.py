@@ -21,7 +21,7 @@ import textwrap
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Final, NoReturn
 
-from ._endpoint import RetryPolicy
+from ._endpoint import RetryPolicy, proxy_from_env
 from ._provider import (
     ENV_BASE_URL,
     ENV_CLIENT_ID,
@@ -473,7 +473,7 @@ def _build_provider(
     retry = RetryPolicy(attempts=args.attempts, deadline=timeout)
     # As curl: --proxy wins ('' meaning none), else the environment's proxy variables.
     proxy: str | None = args.proxy or None
-    return TokenProvider(
+    provider = TokenProvider(
         client_id,
         secret,
         region=region,
@@ -483,6 +483,9 @@ def _build_provider(
         proxy=proxy,
         trust_env=args.proxy is None,
     )
+    if args.proxy is None:
+        proxy_from_env(provider.token_url)  # a bad HTTPS_PROXY is a configuration error (2)
+    return provider
 
 
 def _render_token(token: Token, output_format: str) -> str:

@@ -490,3 +490,11 @@ async def test_invalid_proxy_flag_exits_2_without_its_password(env: dict[str, st
     line = result.assert_error(2)
     assert "proxy" in line
     result.assert_clean(PROXY_PASSWORD)
+
+
+async def test_invalid_proxy_variable_exits_2_naming_it_without_its_password(
+    env: dict[str, str],
+) -> None:
+    bad = {"HTTP_PROXY": f"ftp://u:{PROXY_PASSWORD}@127.0.0.1:1"}
+    line = (await run_cli("token", env={**env, **bad})).assert_error(2)
+    assert "HTTP_PROXY" in line

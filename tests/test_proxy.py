@@ -6,6 +6,7 @@ import logging
 import ssl
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 import pytest
 import trustme
 from _proxy import GOOD, PROXY_VARIABLES, TinyProxy, TokenServer
@@ -13,11 +14,13 @@ from yarl import URL
 
 from plainid_async import (
     ConfigurationError,
+    InvalidCredentialsError,
     MemoryTokenCache,
     RetryPolicy,
     TokenEndpointUnavailableError,
     TokenProvider,
 )
+from plainid_async.testing import FakePlainID
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -234,3 +237,27 @@ def test_invalid_proxy_is_a_configuration_error(proxy: object) -> None:
 def test_trust_env_must_be_a_bool() -> None:
     with pytest.raises(ConfigurationError, match="trust_env"):
         TokenProvider("id", SECRET, region="us1", trust_env="yes")  # type: ignore[arg-type]
+
+
+async def test_a_session_made_with_trust_env_takes_the_environments_proxy(
+    server: TokenServer, proxy: TinyProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    async with aiohttp.ClientSession(trust_env=True) as theirs:
+        await token_of(provider_for(server.base_url, session=theirs))
+    async with aiohttp.ClientSession() as plain:
+        await token_of(provider_for(server.base_url, session=plain))
+    assert server.via_proxy == [True, False]
+
+
+async def test_a_raise_for_status_session_gets_bad_credentials_without_retries() -> None:
+    async with FakePlainID(client_secret="the-real-secret") as fake:
+        async with aiohttp.ClientSession(
+            raise_for_status=True, headers={"Content-Type": "application/json"}
+        ) as theirs:
+            provider = provider_for(fake.base_url, session=theirs)
+            async with provider:
+                with pytest.raises(InvalidCredentialsError):
+                    await provider.get_token()
+        assert len(fake.token_requests) == 1
+        assert fake.token_requests[0].content_type == "application/x-www-form-urlencoded"
