@@ -194,15 +194,18 @@ class BearerAuthMiddleware:
         headers = request.headers
         if hdrs.AUTHORIZATION in headers:
             return await handler(request)
-        chain = _chain_of(request)
-        if not _is_allowed(self._allowed, request.url) or (
-            chain is not None and _FOREIGN_REDIRECT.get() is chain
-        ):
+        foreign = _FOREIGN_REDIRECT.get()  # None on the hot path: nothing more to look up
+        if foreign is not None and foreign is not _chain_of(request):
+            foreign = None
+            _FOREIGN_REDIRECT.set(None)  # another request: forget the last one's redirect
+        if foreign is not None or not _is_allowed(self._allowed, request.url):
             response = await handler(request)
-            if chain is not None and response.status in _REDIRECT_STATUSES:
+            if response.status in _REDIRECT_STATUSES:
                 # aiohttp follows this redirect, if at all, with its next hop in this same
                 # task and request (chain): that hop must not get the token.
-                _FOREIGN_REDIRECT.set(chain)
+                chain = _chain_of(request)
+                if chain is not None:
+                    _FOREIGN_REDIRECT.set(chain)
             return response
         provider = self._provider
         for attempt in range(2):
@@ -225,7 +228,7 @@ class BearerAuthMiddleware:
         return response
 
 
-def _chain_of(request: ClientRequest) -> object | None:
+def _chain_of(request: ClientRequest) -> list[object] | None:
     """What the hops of one aiohttp request share, and no other request does.
 
     aiohttp builds a new :class:`~aiohttp.ClientRequest` per redirect hop, but hands every
