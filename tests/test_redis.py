@@ -499,7 +499,9 @@ async def test_a_waiter_takes_the_token_stored_by_the_lock_owner(
 async def test_closing_a_provider_that_waits_for_the_lock_leaves_it_alone(
     client: redis.asyncio.Redis, cache_client: redis.asyncio.Redis, fake: FakePlainID
 ) -> None:
-    cache = RedisTokenCache(cache_client, timeout=0.3, lock_timeout=30.0, lock_poll_interval=0.02)
+    # A generous Redis timeout: on a loaded machine a slow answer must not count as Redis
+    # being down (the provider would then fetch without the lock).
+    cache = RedisTokenCache(cache_client, timeout=5.0, lock_timeout=30.0, lock_poll_interval=0.02)
     provider = provider_for(fake, cache)
     name = cache.lock_key(provider.cache_key)
     await client.set(name, "another-process", px=30_000)
