@@ -56,6 +56,8 @@ nitpick_ignore = [
     ("py:class", "Self"),
     ("py:class", "TracebackType"),
     ("py:class", "types.TracebackType"),
+    # The client secret's wrapper is internal: CacheKey.client_secret's type names it.
+    ("py:class", "plainid_async._secret.Secret"),
 ]
 
 # -- intersphinx, offline -------------------------------------------------------------------

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import attrs
 
+from ._secret import Secret
+
 if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
 
@@ -24,6 +26,10 @@ if TYPE_CHECKING:
 __all__ = ["CacheKey", "MemoryTokenCache", "TokenCache", "default_cache"]
 
 _FINGERPRINT_LABEL = b"plainid-async/v1/cache-key"
+
+
+def _as_secret(value: Secret | str) -> Secret:
+    return value if isinstance(value, Secret) else Secret(value)
 
 
 @attrs.frozen(cache_hash=True)
@@ -40,23 +46,26 @@ class CacheKey:
         client_id: The API client id.
         fingerprint: Hex HMAC-SHA256 of the token URL and client id, keyed by a hash of
             the secret.
-        client_secret: The secret itself (excluded from repr, equality and hashing).
+        client_secret: The secret, wrapped (excluded from repr, equality and hashing).
     """
 
     token_url: str
     client_id: str
     fingerprint: str
-    client_secret: str = attrs.field(repr=False, eq=False)
+    client_secret: Secret = attrs.field(repr=False, eq=False, converter=_as_secret)
 
     @classmethod
-    def for_credentials(cls, token_url: str, client_id: str, client_secret: str) -> CacheKey:
+    def for_credentials(
+        cls, token_url: str, client_id: str, client_secret: Secret | str
+    ) -> CacheKey:
         """Build the key for these credentials at this token endpoint."""
+        secret = _as_secret(client_secret)
         message = b"\0".join((_FINGERPRINT_LABEL, token_url.encode(), client_id.encode()))
         # HMAC pads short keys with zero bytes and hashes long ones, so "s" and "s\0" would
         # share a key; a fixed-size key derived from the secret keeps every secret distinct.
-        key = hashlib.sha256(_FINGERPRINT_LABEL + b"\0" + client_secret.encode()).digest()
+        key = hashlib.sha256(_FINGERPRINT_LABEL + b"\0" + secret.reveal().encode()).digest()
         fingerprint = hmac.new(key, message, hashlib.sha256).hexdigest()
-        return cls(token_url, client_id, fingerprint, client_secret)
+        return cls(token_url, client_id, fingerprint, secret)
 
     def digest(self) -> str:
         """A stable opaque name for this key, safe to show or to use in a shared store."""

@@ -23,7 +23,7 @@ from typing import IO, TYPE_CHECKING, Final, NoReturn
 
 import attrs
 
-from ._endpoint import RetryPolicy
+from ._endpoint import RetryPolicy, proxy_from_env
 from ._log import LOGGER_NAME
 from ._provider import (
     ENV_BASE_URL,
@@ -35,6 +35,7 @@ from ._provider import (
     read_secret_file,
     strip_one_newline,
 )
+from ._secret import Secret, redact
 from .exceptions import (
     ConfigurationError,
     InvalidCredentialsError,
@@ -127,17 +128,19 @@ EXIT_CODES: Final = (
     ),
     ExitCode(
         EXIT_CREDENTIALS,
-        "PlainID rejected the client credentials (HTTP 400, 401 or 403)",
-        {"token": "PlainID rejected the client credentials"},
+        "PlainID rejected the client credentials or refused the request (HTTP 400, 401 or "
+        "403; the message quotes the server's code)",
+        {"token": "PlainID rejected the client credentials or refused the request"},
     ),
     ExitCode(
         EXIT_UNAVAILABLE,
         "the token endpoint was unavailable after the retries (connection error, timeout, "
-        "408, 429, 5xx), answered an error such as 404 (check region or base_url), or "
-        "answered a 200 that is not a valid token response",
+        "408, 429, 5xx), a proxy wants credentials (407), answered an error such as 404 "
+        "(check region or base_url), or answered a 200 that is not a valid token response",
         {
-            "token": "the token endpoint was unavailable, answered an error such as 404 "
-            "(check region or base_url), or its answer was not a valid token response",
+            "token": "the token endpoint was unavailable, a proxy wants credentials (407), "
+            "it answered an error such as 404 (check region or base_url), or its answer was "
+            "not a valid token response",
         },
     ),
     ExitCode(
@@ -183,6 +186,7 @@ configuration (flags win over the environment):
                          (never a flag value: other users can read process arguments)
   {ENV_REGION}         or --region REGION      (https://api.REGION.plainid.io)
   {ENV_BASE_URL}       or --base-url URL       (a customer-hosted deployment)
+  HTTPS_PROXY, HTTP_PROXY, NO_PROXY  as curl reads them, or --proxy URL ('' for none)
 
 {exit_codes_help("token")}
 
@@ -368,6 +372,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="give up after this long, retries included (default: %(default)g)",
     )
     token.add_argument(
+        "--proxy",
+        metavar="URL",
+        default=None,
+        help="HTTP proxy for the token request, http://[USER:PASSWORD@]HOST:PORT; an empty "
+        "value connects directly (default: HTTPS_PROXY / HTTP_PROXY unless NO_PROXY lists "
+        "the host, as curl does)",
+    )
+    token.add_argument(
         "--attempts",
         metavar="N",
         type=_positive_int,
@@ -493,34 +505,37 @@ def _env(environ: Mapping[str, str], name: str) -> str | None:
 
 def _read_secret(
     args: argparse.Namespace, environ: Mapping[str, str], stdin: IO[str]
-) -> str | None:
+) -> Secret | None:
     """The client secret from the flags or the environment; ``None`` when none is given."""
     try:
         if args.client_secret_file is not None:
-            return read_secret_file(args.client_secret_file, source="--client-secret-file")
+            return Secret(read_secret_file(args.client_secret_file, source="--client-secret-file"))
         if args.client_secret_stdin:
             try:
-                secret = strip_one_newline(stdin.read())
+                secret = Secret(strip_one_newline(stdin.read()))
             except (OSError, UnicodeDecodeError):
                 raise _ExitError(EXIT_CONFIG, "cannot read the client secret from stdin") from None
-            if not secret.strip():
+            if not secret.reveal().strip():
                 raise _ExitError(EXIT_CONFIG, "--client-secret-stdin: standard input is empty")
             return secret
-        secret_env = _env(environ, ENV_CLIENT_SECRET)
+        # Wrapped at once: no frame here holds the secret in a plain local.
+        secret_env = (
+            None if _env(environ, ENV_CLIENT_SECRET) is None else Secret(environ[ENV_CLIENT_SECRET])
+        )
         secret_file = _env(environ, ENV_CLIENT_SECRET_FILE)
         if secret_env is not None and secret_file is not None:
             raise _ExitError(
                 EXIT_CONFIG, f"set only one of {ENV_CLIENT_SECRET} and {ENV_CLIENT_SECRET_FILE}"
             )
         if secret_file is not None:
-            return read_secret_file(secret_file, source=ENV_CLIENT_SECRET_FILE)
+            return Secret(read_secret_file(secret_file, source=ENV_CLIENT_SECRET_FILE))
     except ConfigurationError as exc:
         raise _ExitError(EXIT_CONFIG, str(exc)) from None
     return secret_env
 
 
 def _build_provider(
-    args: argparse.Namespace, environ: Mapping[str, str], secret: str | None
+    args: argparse.Namespace, environ: Mapping[str, str], secret: Secret | None
 ) -> TokenProvider:
     client_id = args.client_id if args.client_id is not None else _env(environ, ENV_CLIENT_ID)
     region: str | None = args.region
@@ -550,14 +565,21 @@ def _build_provider(
     # connection still leaves time for a retry.
     timeout: float = args.timeout
     retry = RetryPolicy(attempts=args.attempts, deadline=timeout)
-    return TokenProvider(
+    # As curl: --proxy wins ('' meaning none), else the environment's proxy variables.
+    proxy: str | None = args.proxy or None
+    provider = TokenProvider(
         client_id,
         secret,
         region=region,
         base_url=base_url,
         timeout=min(timeout, 10.0),
         retry=retry,
+        proxy=proxy,
+        trust_env=args.proxy is None,
     )
+    if args.proxy is None:
+        proxy_from_env(provider.token_url)  # a bad HTTPS_PROXY is a configuration error (2)
+    return provider
 
 
 def _render_token(token: Token, output_format: str) -> str:
@@ -624,10 +646,11 @@ def _run_token(args: argparse.Namespace) -> int:
                 EXIT_FAILURE, f"unexpected error: {type(exc).__name__}: {exc}"
             ) from None
     except _ExitError as exc:
-        # Belt and braces: the library never puts the secret in a message, and we check.
+        # Belt and braces: the library never puts the secret in a message, and we check
+        # with the library's own redaction (literal and URL-encoded, never mangling words).
         if secret is None:
             raise
-        raise _ExitError(exc.code, str(exc).replace(secret, "***")) from None
+        raise _ExitError(exc.code, redact(str(exc), (secret,))) from None
     sys.stdout.write(_render_token(token, args.format) + "\n")
     sys.stdout.flush()
     return EXIT_OK

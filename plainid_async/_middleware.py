@@ -9,6 +9,7 @@ aiohttp would otherwise let a middleware re-add the header it stripped.
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
@@ -27,6 +28,17 @@ if TYPE_CHECKING:
     from ._token import Token
 
 __all__ = ["BearerAuthMiddleware", "provider_session"]
+
+#: Statuses aiohttp follows as redirects.
+_REDIRECT_STATUSES: Final = frozenset({301, 302, 303, 307, 308})
+
+#: The request (see _chain_of) whose next hop a redirect from an origin that gets no token
+#: chose. Middlewares run in the caller's task, once per hop, so the hop after a foreign
+#: redirect sees what the hop before it set; concurrent requests run in other tasks (or
+#: are other requests) and see nothing of it.
+_FOREIGN_REDIRECT: Final[contextvars.ContextVar[object | None]] = contextvars.ContextVar(
+    "plainid_async_foreign_redirect", default=None
+)
 
 #: WebSocket handshakes are requests to ws:// and wss:// URLs; they share the http(s) origin.
 _WS_SCHEMES: Final = {"http": "ws", "https": "wss"}
@@ -174,10 +186,27 @@ class BearerAuthMiddleware:
         return _is_allowed(self._allowed, url)
 
     async def __call__(self, request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
-        """Add the token to ``request`` if its origin is allowed; retry once on a 401."""
+        """Add the token to ``request`` if its origin is allowed; retry once on a 401.
+
+        A hop that a redirect from an origin that gets no token led here gets no token
+        either, whatever its origin: that origin chose its method, path and body.
+        """
         headers = request.headers
-        if hdrs.AUTHORIZATION in headers or not _is_allowed(self._allowed, request.url):
+        if hdrs.AUTHORIZATION in headers:
             return await handler(request)
+        foreign = _FOREIGN_REDIRECT.get()  # None on the hot path: nothing more to look up
+        if foreign is not None and foreign is not _chain_of(request):
+            foreign = None
+            _FOREIGN_REDIRECT.set(None)  # another request: forget the last one's redirect
+        if foreign is not None or not _is_allowed(self._allowed, request.url):
+            response = await handler(request)
+            if response.status in _REDIRECT_STATUSES:
+                # aiohttp follows this redirect, if at all, with its next hop in this same
+                # task and request (chain): that hop must not get the token.
+                chain = _chain_of(request)
+                if chain is not None:
+                    _FOREIGN_REDIRECT.set(chain)
+            return response
         provider = self._provider
         for attempt in range(2):
             token = await provider.get_token()
@@ -189,35 +218,84 @@ class BearerAuthMiddleware:
             if response.status != 401 or attempt or not self._retry_on_401:
                 break
             # The token was rejected: drop it, if it is still the cached one, so this retry
-            # or else the caller's next request gets a new one.
+            # or else the caller's next request gets a new one. When the guard holds or a
+            # streamed body cannot be sent again, the caller gets the 401.
             if not provider.report_unauthorized(token) or not _can_replay(request.body):
-                break  # guard held, or a streamed body cannot be sent again: the caller gets the 401
+                break
             # Free the connection first: the retry (or, with a shared session, the token
             # request) may need it from a small pool.
             response.release()
         return response
 
 
-def provider_session(provider: TokenProvider, **kwargs: Any) -> aiohttp.ClientSession:  # noqa: ANN401 (aiohttp.ClientSession options)
+def _chain_of(request: ClientRequest) -> list[object] | None:
+    """What the hops of one aiohttp request share, and no other request does.
+
+    aiohttp builds a new :class:`~aiohttp.ClientRequest` per redirect hop, but hands every
+    hop of one ``session.request()`` call the same list of its trace contexts (a new list
+    per call, even without ``trace_configs``). ``None`` if aiohttp stops doing so; then
+    redirect steering is off and the origin check of each hop still holds.
+    """
+    chain = getattr(request, "_traces", None)
+    return chain if isinstance(chain, list) else None
+
+
+def provider_session(
+    provider: TokenProvider,
+    *,
+    origins: Iterable[str | URL] | None = None,
+    **kwargs: Any,  # noqa: ANN401 (aiohttp.ClientSession options)
+) -> aiohttp.ClientSession:
     """Open an :class:`aiohttp.ClientSession` for PlainID's APIs, sending the provider's tokens.
 
     ``base_url`` defaults to the provider's API URL, with a trailing ``/`` as aiohttp
-    requires. aiohttp joins request paths to it as RFC 3986 says: a path without a leading
-    ``/`` (``"api/1.0/..."``) goes under a path prefix of the API URL, a path with one
+    requires (an encoded ``/``, ``%2F``, in its path prefix stays encoded). aiohttp joins
+    request paths to it as RFC 3986 says: a path without a leading ``/``
+    (``"api/1.0/..."``) goes under a path prefix of the API URL, a path with one
     (``"/api/1.0/..."``) replaces that prefix. Without a prefix both are the same.
-    A :class:`BearerAuthMiddleware` comes first in the middleware chain, before the
-    ``middlewares`` given; all other keyword arguments (``headers``, ``timeout``,
-    ``connector``, …) go to :class:`aiohttp.ClientSession` as they are.
+    A :class:`BearerAuthMiddleware` with ``origins`` comes first in the middleware chain,
+    before the ``middlewares`` given; all other keyword arguments (``headers``,
+    ``timeout``, ``connector``, …) go to :class:`aiohttp.ClientSession` as they are.
 
     Args:
         provider: Where tokens come from.
+        origins: More origins that get the token, as for :class:`BearerAuthMiddleware`.
         **kwargs: Options of :class:`aiohttp.ClientSession`.
 
     Returns:
         The session; close it (``async with``) when done.
+
+    Raises:
+        ConfigurationError: ``origins`` is invalid, or ``base_url`` is on an origin that
+            gets no token (its requests would silently go without one).
     """
+    middleware = BearerAuthMiddleware(provider, origins=origins)
     if "base_url" not in kwargs:
         api_url = provider.api_url
-        kwargs["base_url"] = api_url.with_path(api_url.path.rstrip("/") + "/")
-    kwargs["middlewares"] = (BearerAuthMiddleware(provider), *(kwargs.get("middlewares") or ()))
+        kwargs["base_url"] = api_url.with_path(api_url.raw_path.rstrip("/") + "/", encoded=True)
+    elif kwargs["base_url"] is not None:
+        base_url = kwargs["base_url"]
+        try:
+            url = URL(base_url) if isinstance(base_url, str) else base_url
+            allowed = isinstance(url, URL) and url.absolute and middleware.allows(url)
+        except (TypeError, ValueError):
+            allowed = False
+        if not allowed:
+            shown = ", ".join(str(origin) for origin in middleware.origins)
+            raise ConfigurationError(
+                f"base_url={_shown_url(base_url)!r} is not on an origin that gets the token "
+                f"({shown}): add its origin to origins=, or use aiohttp.ClientSession for "
+                "requests that need no token"
+            )
+    kwargs["middlewares"] = (middleware, *(kwargs.get("middlewares") or ()))
     return aiohttp.ClientSession(**kwargs)
+
+
+def _shown_url(value: object) -> str:
+    if isinstance(value, (str, URL)):
+        try:
+            url = URL(value) if isinstance(value, str) else value
+            return str(url.with_user(None)) if url.host else "(not a URL)"
+        except (TypeError, ValueError):
+            return "(not a URL)"
+    return f"({type(value).__name__})"

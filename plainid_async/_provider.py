@@ -29,8 +29,9 @@ import aiohttp
 import attrs
 
 from ._cache import CacheKey, TokenCache, default_cache
-from ._endpoint import RetryPolicy, request_token, resolve_endpoint
+from ._endpoint import RetryPolicy, request_token, resolve_endpoint, resolve_proxy
 from ._log import LOGGER_NAME
+from ._secret import Secret
 from ._token import RefreshSchedule, Token, TokenState, schedule_for
 from .exceptions import (
     ConfigurationError,
@@ -41,7 +42,7 @@ from .exceptions import (
 
 if TYPE_CHECKING:
     import ssl
-    from collections.abc import Mapping
+    from collections.abc import Iterable, Mapping
     from types import TracebackType
 
     from yarl import URL
@@ -141,6 +142,22 @@ def _check_text(name: str, value: object) -> str:
     return value
 
 
+def _read_env(environ: Mapping[str, str], name: str) -> str | None:
+    value = environ.get(name)
+    return value if value is not None and value.strip() else None
+
+
+def _secret_or_none(value: str | None) -> Secret | None:
+    return None if value is None else Secret(value)
+
+
+def _wrap_secret(client_secret: object) -> Secret:
+    if isinstance(client_secret, Secret):
+        _check_text("client_secret", client_secret.reveal())
+        return client_secret
+    return Secret(_check_text("client_secret", client_secret))
+
+
 def strip_one_newline(text: str) -> str:
     """Drop one trailing line break (LF or CRLF), as editors and ``echo`` add one."""
     return text.removesuffix("\n").removesuffix("\r") if text.endswith("\n") else text
@@ -207,6 +224,11 @@ class TokenProvider:
         retry: Retry policy for token requests (attempts, backoff, deadline).
         ssl: TLS verification for token requests, as aiohttp's ``ssl=``: an
             :class:`ssl.SSLContext` for a private CA, or ``None`` for the default trust store.
+        proxy: An HTTP proxy for token requests, such as ``"http://proxy.internal:3128"``
+            (credentials as ``http://user:password@host:port``; they never show).
+        trust_env: Without ``proxy``, take the proxy for token requests from
+            ``HTTPS_PROXY`` / ``HTTP_PROXY`` / ``NO_PROXY``. ``~/.netrc`` is never read.
+            A ``session`` created with ``trust_env=True`` counts as ``True`` here.
 
     Raises:
         ConfigurationError: A parameter is missing or invalid; the message names it.
@@ -220,19 +242,21 @@ class TokenProvider:
         "_closed",
         "_hot",
         "_key",
+        "_proxy",
         "_refresh_margin",
         "_retry",
         "_session",
         "_ssl",
         "_timeout",
         "_token_url",
+        "_trust_env",
         "stats",
     )
 
     def __init__(
         self,
         client_id: str,
-        client_secret: str,
+        client_secret: str | Secret,
         *,
         region: str | None = None,
         base_url: str | URL | None = None,
@@ -242,10 +266,18 @@ class TokenProvider:
         timeout: float = 10.0,
         retry: RetryPolicy | None = None,
         ssl: ssl.SSLContext | bool | None = None,
+        proxy: str | URL | None = None,
+        trust_env: bool = False,
     ) -> None:
         """Validate the configuration; do no I/O."""
+        self._client_secret = _wrap_secret(client_secret)
+        # From here on no frame holds the secret in a plain local (tracebacks with locals).
+        del client_secret
         self._client_id = _check_text("client_id", client_id)
-        self._client_secret = _check_text("client_secret", client_secret)
+        self._proxy = resolve_proxy(proxy)
+        if not isinstance(trust_env, bool):
+            raise ConfigurationError(f"trust_env must be a bool, not {type(trust_env).__name__}")
+        self._trust_env = trust_env
         endpoint = resolve_endpoint(region=region, base_url=base_url)
         self._api_url = endpoint.api_url
         self._token_url = endpoint.token_url
@@ -273,7 +305,7 @@ class TokenProvider:
             raise ConfigurationError("retry must be a plainid_async.RetryPolicy")
         self._retry = RetryPolicy() if retry is None else retry
         self._ssl = ssl
-        self._key = CacheKey.for_credentials(str(self._token_url), client_id, client_secret)
+        self._key = CacheKey.for_credentials(str(self._token_url), client_id, self._client_secret)
         # (token, refresh_at, usable_until) of the token this provider last handed out.
         self._hot: tuple[Token, float, float] | None = None
         self._closed = False
@@ -290,6 +322,8 @@ class TokenProvider:
         timeout: float = 10.0,
         retry: RetryPolicy | None = None,
         ssl: ssl.SSLContext | bool | None = None,
+        proxy: str | URL | None = None,
+        trust_env: bool = False,
     ) -> TokenProvider:
         """Build a provider from ``PLAINID_CLIENT_ID``, ``PLAINID_CLIENT_SECRET`` and one of
         ``PLAINID_REGION`` / ``PLAINID_BASE_URL``.
@@ -306,25 +340,27 @@ class TokenProvider:
             timeout: As for the constructor.
             retry: As for the constructor.
             ssl: As for the constructor.
+            proxy: As for the constructor.
+            trust_env: As for the constructor.
 
         Raises:
             ConfigurationError: A variable is missing, blank or invalid; the message names it.
         """  # noqa: D205 (the summary names four variables and needs two lines)
+        # No local of this frame holds the environment or the secret in plain text once
+        # they are read: a traceback with locals (Sentry's default) would show them.
         env = os.environ if environ is None else environ
-
-        def read(name: str) -> str | None:
-            value = env.get(name)
-            return value if value is not None and value.strip() else None
-
-        client_id, client_secret = read(ENV_CLIENT_ID), read(ENV_CLIENT_SECRET)
-        region, base_url = read(ENV_REGION), read(ENV_BASE_URL)
-        secret_file = read(ENV_CLIENT_SECRET_FILE)
+        client_id, region, base_url = (
+            _read_env(env, name) for name in (ENV_CLIENT_ID, ENV_REGION, ENV_BASE_URL)
+        )
+        client_secret = _secret_or_none(_read_env(env, ENV_CLIENT_SECRET))
+        secret_file = _read_env(env, ENV_CLIENT_SECRET_FILE)
+        del env, environ
         if client_secret is not None and secret_file is not None:
             raise ConfigurationError(
                 f"set only one of {ENV_CLIENT_SECRET} and {ENV_CLIENT_SECRET_FILE}"
             )
         if secret_file is not None:
-            client_secret = read_secret_file(secret_file, source=ENV_CLIENT_SECRET_FILE)
+            client_secret = Secret(read_secret_file(secret_file, source=ENV_CLIENT_SECRET_FILE))
         if client_id is None:
             raise ConfigurationError(f"environment variable {ENV_CLIENT_ID} is not set")
         if client_secret is None:
@@ -345,6 +381,8 @@ class TokenProvider:
                 timeout=timeout,
                 retry=retry,
                 ssl=ssl,
+                proxy=proxy,
+                trust_env=trust_env,
             )
         except ConfigurationError as exc:
             source = ENV_REGION if region is not None else ENV_BASE_URL
@@ -384,8 +422,10 @@ class TokenProvider:
 
     def __repr__(self) -> str:
         """Show the client id and API URL; never the secret or a token."""
-        state = "closed" if self._closed else "open"
-        return f"<TokenProvider client_id={self._client_id!r} api_url='{self._api_url}' {state}>"
+        # getattr: tracebacks with locals show a provider whose __init__ raised, half made.
+        state = "closed" if getattr(self, "_closed", False) else "open"
+        client_id, api_url = getattr(self, "_client_id", None), getattr(self, "_api_url", None)
+        return f"<TokenProvider client_id={client_id!r} api_url='{api_url}' {state}>"
 
     # -- tokens ------------------------------------------------------------------------
 
@@ -457,7 +497,7 @@ class TokenProvider:
         self.invalidate(token)
         return True
 
-    def rotate_secret(self, client_secret: str) -> None:
+    def rotate_secret(self, client_secret: str | Secret) -> None:
         """Use a new client secret from now on, without failing calls in flight.
 
         The next call fetches a token with the new secret; a fetch still running with the
@@ -466,8 +506,11 @@ class TokenProvider:
         Raises:
             ConfigurationError: The new secret is empty or blank.
         """
-        self._client_secret = _check_text("client_secret", client_secret)
-        self._key = CacheKey.for_credentials(str(self._token_url), self._client_id, client_secret)
+        self._client_secret = _wrap_secret(client_secret)
+        del client_secret  # no plain local holds it from here on
+        self._key = CacheKey.for_credentials(
+            str(self._token_url), self._client_id, self._client_secret
+        )
         self._hot = None
         logger.info("client secret of client %s replaced", self._client_id)
 
@@ -630,6 +673,9 @@ class TokenProvider:
                 timeout=self._timeout,
                 retry=self._retry,
                 ssl=self._ssl,
+                proxy=self._proxy,
+                # A session the caller made with trust_env=True asked for the env's proxy.
+                trust_env=self._trust_env or (self._session is not None and session.trust_env),
                 on_attempt=count,
                 sleep=backoff,
             )
@@ -685,7 +731,12 @@ class TokenProvider:
 
     # -- aiohttp -----------------------------------------------------------------------
 
-    def session(self, **kwargs: Any) -> aiohttp.ClientSession:  # noqa: ANN401 (aiohttp.ClientSession options)
+    def session(
+        self,
+        *,
+        origins: Iterable[str | URL] | None = None,
+        **kwargs: Any,  # noqa: ANN401 (aiohttp.ClientSession options)
+    ) -> aiohttp.ClientSession:
         """Open an :class:`aiohttp.ClientSession` that calls PlainID's APIs with this provider.
 
         ``base_url`` defaults to :attr:`api_url` and a
@@ -693,12 +744,20 @@ class TokenProvider:
         other keyword arguments (``middlewares``, ``headers``, ``timeout``, ``connector``, …)
         go to :class:`aiohttp.ClientSession`.
 
+        Args:
+            origins: More origins that get the token, as for the middleware.
+            **kwargs: Options of :class:`aiohttp.ClientSession`.
+
         Returns:
             The session; close it (``async with``) when done.
+
+        Raises:
+            ConfigurationError: ``origins`` is invalid, or ``base_url`` is on an origin that
+                gets no token.
         """
         from ._middleware import provider_session  # noqa: PLC0415 (the middleware imports us)
 
-        return provider_session(self, **kwargs)
+        return provider_session(self, origins=origins, **kwargs)
 
     # -- lifecycle ---------------------------------------------------------------------
 

@@ -48,13 +48,21 @@ class TokenRequestError(PlainIDError):
         status: The HTTP status of the last response, or ``None`` when there was none
             (connection error, timeout).
         retryable: Whether trying again later may succeed.
+        error: The error code the server gave: OAuth's ``error`` (``invalid_client``,
+            ``unsupported_grant_type``, …) or ``name`` from PlainID's error body
+            ``{"id", "status", "name", "message"}``; ``None`` when it gave none.
     """
 
     #: Whether errors of this class are worth retrying, unless the instance says otherwise.
     default_retryable: bool = False
 
     def __init__(
-        self, message: str, *, status: int | None = None, retryable: bool | None = None
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        retryable: bool | None = None,
+        error: str | None = None,
     ) -> None:
         """Create the error.
 
@@ -63,14 +71,17 @@ class TokenRequestError(PlainIDError):
             status: The HTTP status of the last response, if there was one.
             retryable: Whether trying again may help; defaults to the class's
                 :attr:`default_retryable`.
+            error: The server's error code, if it gave one.
         """
         super().__init__(message)
         self.status: int | None = status
         self.retryable: bool = self.default_retryable if retryable is None else retryable
+        self.error: str | None = error
 
     def __repr__(self) -> str:
-        """Show the class, message and status."""
-        return f"{type(self).__name__}({str(self)!r}, status={self.status!r})"
+        """Show the class, message, status and error code."""
+        shown = f"{type(self).__name__}({str(self)!r}, status={self.status!r}"
+        return shown + (f", error={self.error!r})" if self.error is not None else ")")
 
 
 class InvalidCredentialsError(TokenRequestError):

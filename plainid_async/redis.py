@@ -42,6 +42,7 @@ import logging
 import math
 import os
 import random
+import re
 import secrets
 import threading
 import time
@@ -70,6 +71,7 @@ if TYPE_CHECKING:
     import redis.asyncio
 
     from ._cache import CacheKey
+    from ._secret import Secret
 
 __all__ = ["RedisTokenCache"]
 
@@ -88,6 +90,9 @@ _NONCE_BYTES: Final = 12
 _TAG_BYTES: Final = 16
 _TOKEN_ID_BYTES: Final = 16
 _MAX_VALUE_CHARS: Final = 64 * 1024
+_CONTROL_CHARS: Final = re.compile(r"[\x00-\x1f\x7f]+")
+#: Where the Redis permissions the cache needs are documented.
+ACL_DOCS: Final = "docs/many-processes.md, 'Redis permissions'"
 
 # Value and remaining TTL in one round trip; nil when the key does not exist.
 _LOAD_SCRIPT: Final = """
@@ -137,9 +142,9 @@ class _Entry:
     token_id: str
 
 
-def _derive(secret: str, info: bytes) -> bytes:
+def _derive(secret: Secret, info: bytes) -> bytes:
     hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=_HKDF_SALT, info=info)
-    return hkdf.derive(secret.encode())
+    return hkdf.derive(secret.reveal().encode())
 
 
 def _b64(data: bytes) -> str:
@@ -260,6 +265,19 @@ def _positive(name: str, value: object) -> float:
     return seconds
 
 
+def _permission_refusal(error: BaseException) -> str | None:
+    """Redis's text when ``error`` is an ACL refusal (``NOPERM``), else ``None``.
+
+    redis-py raises ``NoPermissionError`` for a refused command, and a ``ResponseError``
+    that quotes ``NOPERM`` when a script's own call is refused; other clients (Valkey's)
+    follow suit. Recognised by the text, so the module imports no client library.
+    """
+    text = _CONTROL_CHARS.sub(" ", str(error)).strip()
+    if type(error).__name__ != "NoPermissionError" and "NOPERM" not in text:
+        return None
+    return text[:200] or "NOPERM"
+
+
 def _describe(error: Exception, timeout: float) -> str:
     if isinstance(error, TimeoutError):
         return f"no answer within {timeout:g} s"
@@ -325,6 +343,7 @@ class RedisTokenCache:
         self._tasks: set[asyncio.Task[None]] = set()
         self._down = False
         self._skip_until = 0.0
+        self._refusals: set[str] = set()
 
     @property
     def namespace(self) -> str:
@@ -363,7 +382,10 @@ class RedisTokenCache:
         A token read from Redis becomes the local one. A token passed to :meth:`discard` is
         never returned. When Redis is unavailable this is the local token.
         """
-        reply = await self._call(lambda: self._client.eval(_LOAD_SCRIPT, 1, self.token_key(key)))
+        name = self.token_key(key)
+        reply = await self._call(
+            lambda: self._client.eval(_LOAD_SCRIPT, 1, name), f"EVAL (GET, PTTL) on {name}"
+        )
         shared = None if isinstance(reply, _Unavailable) else self._decode(key, reply)
         with self._mutex:
             current = self._entries.get(key)
@@ -394,7 +416,8 @@ class RedisTokenCache:
         if ttl_ms <= 0:
             return
         value = _seal(key, token, token_id)
-        await self._call(lambda: self._client.set(self.token_key(key), value, px=ttl_ms))
+        name = self.token_key(key)
+        await self._call(lambda: self._client.set(name, value, px=ttl_ms), f"SET on {name}")
 
     def discard(self, key: CacheKey, token: Token) -> bool:
         """Drop ``token`` if it is still the current one, here at once and in Redis soon.
@@ -461,7 +484,10 @@ class RedisTokenCache:
 
     async def _unlock(self, key: CacheKey, owner: str) -> None:
         name = self.lock_key(key)
-        await self._call(lambda: self._client.eval(_UNLOCK_SCRIPT, 1, name, owner))
+        await self._call(
+            lambda: self._client.eval(_UNLOCK_SCRIPT, 1, name, owner),
+            f"EVAL (GET, DEL) on {name}",
+        )
 
     async def _acquire(self, key: CacheKey, owner: str) -> bool:
         """Take the lock for ``owner``; ``False`` means go on without it."""
@@ -472,6 +498,7 @@ class RedisTokenCache:
         while True:
             reply = await self._call(
                 lambda: self._client.eval(_LOCK_SCRIPT, 2, *names, owner, ttl_ms),
+                f"EVAL (SET, GET) on {names[0]} and {names[1]}",
             )
             if isinstance(reply, _Unavailable):
                 return False
@@ -499,7 +526,10 @@ class RedisTokenCache:
     async def _delete_if(self, key: CacheKey, token_id: str) -> None:
         prefix = f"{_FORMAT}.{token_id}."
         name = self.token_key(key)
-        await self._call(lambda: self._client.eval(_DISCARD_SCRIPT, 1, name, prefix))
+        await self._call(
+            lambda: self._client.eval(_DISCARD_SCRIPT, 1, name, prefix),
+            f"EVAL (GET, DEL) on {name}",
+        )
 
     def _decode(self, key: CacheKey, reply: object) -> _Entry | None:
         if not isinstance(reply, list) or len(reply) != 2:
@@ -535,8 +565,11 @@ class RedisTokenCache:
         if error is not None:
             logger.debug("background Redis delete failed: %s", type(error).__name__)
 
-    async def _call(self, command: Callable[[], Awaitable[_T]]) -> _T | _Unavailable:
-        """Run one Redis command within ``timeout``; on any failure, mark Redis down."""
+    async def _call(self, command: Callable[[], Awaitable[_T]], what: str) -> _T | _Unavailable:
+        """Run one Redis command within ``timeout``; on any failure, mark Redis down.
+
+        ``what`` names the command and keys, for the error a refused permission logs.
+        """
         if time.monotonic() < self._skip_until:
             return _UNAVAILABLE
         try:
@@ -544,7 +577,11 @@ class RedisTokenCache:
                 result = await command()
         except Exception as error:  # noqa: BLE001 (whatever Redis does, the call must not fail)
             self._skip_until = time.monotonic() + self._retry_interval
-            if not self._down:
+            refusal = _permission_refusal(error)
+            if refusal is not None:
+                self._log_refusal(what, refusal)
+                self._down = True  # the ERROR says it all: no WARNING about an outage
+            elif not self._down:
                 self._down = True
                 logger.warning(
                     "Redis token cache unavailable (%s): using this process's memory and "
@@ -558,3 +595,19 @@ class RedisTokenCache:
             self._down = False
             logger.info("Redis token cache answers again")
         return result
+
+    def _log_refusal(self, what: str, refusal: str) -> None:
+        # Not an outage but a misconfiguration that fails the same way on every call: say
+        # so once per cache and kind of refusal, at ERROR, with what to fix.
+        # Once per cause (Redis's text: the command, or "one of the keys"), not per key.
+        with self._mutex:
+            if refusal in self._refusals:
+                return
+            self._refusals.add(refusal)
+        logger.error(
+            "Redis refused %s for this user (%s): its ACL lacks a command or key pattern the "
+            "token cache needs (see %s); each process now fetches its own tokens",
+            what,
+            refusal,
+            ACL_DOCS,
+        )

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 import attrs
 import pytest
+from _proxy import PROXY_VARIABLES, TinyProxy, TokenServer
 from rich.console import Console
 
 import plainid_async as pa
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator, Mapping
 
 SECRET = "s3cr3t-Zq9-never-shown"
+PROXY_PASSWORD = "cl1-pr0xy-Pa55"
 WRONG_SECRET = "wr0ng-Xy7-never-shown"
 CLIENT_ID = "cli-client"
 
@@ -59,7 +61,12 @@ class Result:
 
 
 def _base_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("PLAINID_")}
+    # The CLI honours proxy variables as curl does: the machine's own must not steer tests.
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("PLAINID_") and k not in PROXY_VARIABLES
+    }
 
 
 async def run_cli(
@@ -573,3 +580,85 @@ def test_demo_live_view_fits_80x24_with_whole_events() -> None:
             shown[-1] += " " + line.strip()
     assert len(shown) >= 3
     assert all(event in LONG_EVENTS for event in shown), shown  # never broken mid-word
+
+
+# -- token: proxies, as curl reads them ------------------------------------------------------
+
+
+@pytest.fixture
+def proxy(tmp_path: Path) -> Iterator[TinyProxy]:
+    running = TinyProxy(tmp_path, login="cli-proxy", password=PROXY_PASSWORD)
+    running.start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[TokenServer]:
+    async with TokenServer() as running:
+        yield running
+
+
+@pytest.fixture
+def server_env(server: TokenServer) -> dict[str, str]:
+    return {
+        "PLAINID_CLIENT_ID": CLIENT_ID,
+        "PLAINID_CLIENT_SECRET": SECRET,
+        "PLAINID_BASE_URL": str(server.base_url),
+    }
+
+
+@pytest.mark.parametrize("variable", ["HTTP_PROXY", "http_proxy"])
+async def test_token_goes_through_the_proxy_the_environment_names(
+    server: TokenServer, server_env: dict[str, str], proxy: TinyProxy, variable: str
+) -> None:
+    result = await run_cli("token", env={**server_env, variable: proxy.url_with_credentials})
+    assert result.returncode == 0, result
+    assert server.via_proxy == [True]
+    result.assert_clean(PROXY_PASSWORD)
+
+
+async def test_token_skips_the_proxy_for_a_host_no_proxy_lists(
+    server: TokenServer, server_env: dict[str, str], proxy: TinyProxy
+) -> None:
+    proxy_env = {"HTTP_PROXY": proxy.url_with_credentials, "NO_PROXY": "localhost,127.0.0.1"}
+    result = await run_cli("token", env={**server_env, **proxy_env})
+    assert result.returncode == 0, result
+    assert server.via_proxy == [False]
+
+
+async def test_token_proxy_flag_wins_and_empty_means_direct(
+    server: TokenServer, server_env: dict[str, str], proxy: TinyProxy
+) -> None:
+    result = await run_cli("token", "--proxy", proxy.url_with_credentials, env=server_env)
+    assert result.returncode == 0, result
+    unreachable = {"HTTP_PROXY": "http://127.0.0.1:1"}
+    result = await run_cli("token", "--proxy", "", env={**server_env, **unreachable})
+    assert result.returncode == 0, result
+    assert server.via_proxy == [True, False]  # the second went direct
+
+
+async def test_proxy_asking_for_credentials_exits_4_with_one_clear_line(
+    server: TokenServer, server_env: dict[str, str], proxy: TinyProxy
+) -> None:
+    result = await run_cli(
+        "token", env={**server_env, "HTTPS_PROXY": proxy.url, "HTTP_PROXY": proxy.url}
+    )
+    line = result.assert_error(4)
+    assert "wants credentials" in line
+    assert server.headers == []
+
+
+async def test_invalid_proxy_flag_exits_2_without_its_password(env: dict[str, str]) -> None:
+    result = await run_cli("token", "--proxy", f"socks5://u:{PROXY_PASSWORD}@127.0.0.1:1", env=env)
+    line = result.assert_error(2)
+    assert "proxy" in line
+    result.assert_clean(PROXY_PASSWORD)
+
+
+async def test_invalid_proxy_variable_exits_2_naming_it_without_its_password(
+    env: dict[str, str],
+) -> None:
+    bad = {"HTTP_PROXY": f"ftp://u:{PROXY_PASSWORD}@127.0.0.1:1"}
+    line = (await run_cli("token", env={**env, **bad})).assert_error(2)
+    assert "HTTP_PROXY" in line

@@ -13,6 +13,7 @@ import logging
 import math
 import ssl
 import time
+import urllib.parse
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -32,9 +33,12 @@ from plainid_async._endpoint import (
     is_loopback_host,
     parse_retry_after,
     parse_token_response,
+    proxy_from_env,
     request_token,
     resolve_endpoint,
+    resolve_proxy,
 )
+from plainid_async._secret import Secret
 from plainid_async.exceptions import (
     ConfigurationError,
     InvalidCredentialsError,
@@ -567,7 +571,7 @@ async def fetch(
         session,
         url,
         client_id=CLIENT_ID,
-        client_secret=SECRET,
+        client_secret=Secret(SECRET),
         timeout=5.0,
         retry=RetryPolicy() if retry is None else retry,
         ssl=ssl,
@@ -596,13 +600,17 @@ async def test_token_request_shape(
     assert all_requests(mocked) == [("POST", TOKEN_URL)]
     [call] = sent(mocked)
     kwargs = call.kwargs
-    assert kwargs["data"] == {
-        "grant_type": "client_credentials",
-        "client_id": CLIENT_ID,
-        "client_secret": SECRET,
+    assert urllib.parse.parse_qs(kwargs["data"]._value.decode()) == {
+        "grant_type": ["client_credentials"],
+        "client_id": [CLIENT_ID],
+        "client_secret": [SECRET],
     }
+    assert SECRET not in repr(kwargs["data"])
     headers = {k.lower(): v for k, v in kwargs["headers"].items()}
-    assert headers == {"accept": "application/json"}
+    assert headers == {
+        "accept": "application/json",
+        "content-type": "application/x-www-form-urlencoded",
+    }
     assert kwargs.get("auth") is None
     assert kwargs.get("params") is None
     assert kwargs["allow_redirects"] is False
@@ -1108,7 +1116,7 @@ async def test_untrusted_certificate_is_not_retried(
                 session,
                 url,
                 client_id=CLIENT_ID,
-                client_secret=SECRET,
+                client_secret=Secret(SECRET),
                 timeout=5.0,
                 retry=RetryPolicy(),
                 on_attempt=lambda: attempts.append(None),
@@ -1124,3 +1132,293 @@ async def test_untrusted_certificate_is_not_retried(
         assert token.access_token == ACCESS
     finally:
         await runner.cleanup()
+
+
+# -- token requests isolated from the session they run on ---------------------------------
+
+
+def wire_view(request: dict[str, Any]) -> dict[str, Any]:
+    """What of a recorded request must not depend on the session (Host has the port)."""
+    headers = {k.lower(): v for k, v in request["headers"].items() if k.lower() != "host"}
+    return {**request, "headers": headers}
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"raise_for_status": True},
+        {"headers": {"Content-Type": "application/json", "X-Tenant": "t1"}},
+        {"headers": {"Accept": "text/html"}},
+        {"cookies": {"session-id": "abc"}},
+        {"base_url": "http://127.0.0.1:1/elsewhere/"},
+        {"skip_auto_headers": ("Content-Type", "User-Agent")},
+        {"version": aiohttp.HttpVersion10},
+        {"auto_decompress": False},
+    ],
+    ids=lambda options: next(iter(options)),
+)
+async def test_token_request_is_the_same_whatever_the_session_carries(
+    server: tuple[Recorder, URL], sleep: FakeSleep, options: dict[str, Any]
+) -> None:
+    recorder, url = server
+    async with aiohttp.ClientSession() as plain:
+        await fetch(plain, sleep, url=url)
+    async with aiohttp.ClientSession(**options) as theirs:
+        token = await fetch(theirs, sleep, url=url)
+        assert not theirs.closed  # its connector was borrowed, not closed
+    assert token.access_token == ACCESS
+    mine, with_theirs = recorder.requests
+    assert wire_view(with_theirs) == wire_view(mine)
+
+
+async def test_raise_for_status_session_still_reports_a_401_as_bad_credentials_once(
+    server: tuple[Recorder, URL], sleep: FakeSleep
+) -> None:
+    recorder, url = server
+
+    async def rejected(_request: web.Request) -> web.StreamResponse:
+        return web.json_response({"error": "invalid_client"}, status=401)
+
+    recorder.handler = rejected
+    async with aiohttp.ClientSession(raise_for_status=True) as theirs:
+        with pytest.raises(InvalidCredentialsError) as info:
+            await fetch(theirs, sleep, url=url)
+    assert info.value.retryable is False
+    assert len(recorder.requests) == 1
+    assert sleep.delays == []
+
+
+async def test_cookies_the_token_endpoint_sets_stay_out_of_the_users_session(
+    server: tuple[Recorder, URL], sleep: FakeSleep
+) -> None:
+    recorder, url = server
+
+    async def with_cookie(_request: web.Request) -> web.StreamResponse:
+        response = web.json_response(GOOD)
+        response.set_cookie("tracker", "1")
+        return response
+
+    recorder.handler = with_cookie
+    async with aiohttp.ClientSession() as theirs:
+        await fetch(theirs, sleep, url=url)
+        assert len(theirs.cookie_jar) == 0
+
+
+async def test_session_closed_during_a_backoff_is_unavailable_with_the_cause_chained(
+    server: tuple[Recorder, URL],
+) -> None:
+    recorder, url = server
+
+    async def unavailable(_request: web.Request) -> web.StreamResponse:
+        return web.json_response({}, status=503)
+
+    recorder.handler = unavailable
+    theirs = aiohttp.ClientSession()
+
+    async def close_while_waiting(_delay: float) -> None:
+        await theirs.close()
+
+    with pytest.raises(TokenEndpointUnavailableError, match="closed") as info:
+        await fetch(theirs, close_while_waiting, url=url)
+    assert isinstance(info.value.__cause__, RuntimeError)
+    assert info.value.retryable is False
+    assert len(recorder.requests) == 1
+
+
+# -- what the server said: error codes and messages ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "error", "says"),
+    [
+        (
+            401,
+            {"error": "invalid_client", "error_description": "client authentication failed"},
+            "invalid_client",
+            "rejected the client credentials (HTTP 401 invalid_client: client authentication",
+        ),
+        (400, {"error": "invalid_client"}, "invalid_client", "rejected the client credentials"),
+        (401, None, None, "rejected the client credentials (HTTP 401)"),
+        (
+            400,
+            {"error": "unsupported_grant_type"},
+            "unsupported_grant_type",
+            "refused the token request (HTTP 400 unsupported_grant_type)",
+        ),
+        (
+            400,
+            {"error": "unauthorized_client", "error_description": "grant not allowed"},
+            "unauthorized_client",
+            "refused the token request (HTTP 400 unauthorized_client: grant not allowed)",
+        ),
+        (
+            400,
+            {"error": "invalid_request", "error_description": "Missing client_id"},
+            "invalid_request",
+            "refused the token request (HTTP 400 invalid_request: Missing client_id)",
+        ),
+        (
+            403,
+            {"id": "e1", "status": 403, "name": "forbiddenTenant", "message": "tenant is off"},
+            "forbiddenTenant",
+            "refused the token request (HTTP 403 forbiddenTenant: tenant is off)",
+        ),
+    ],
+)
+async def test_refusals_carry_the_servers_code_and_say_what_it_said(  # noqa: PLR0917 (cases)
+    session: aiohttp.ClientSession,
+    mocked: aioresponses,
+    sleep: FakeSleep,
+    status: int,
+    body: dict[str, Any] | None,
+    error: str | None,
+    says: str,
+) -> None:
+    mocked.post(TOKEN_URL, status=status, payload=body, repeat=True)
+    with pytest.raises(InvalidCredentialsError) as info:
+        await fetch(session, sleep)
+    assert info.value.error == error
+    assert info.value.status == status
+    assert says in str(info.value)
+    if "rejected" not in says:
+        assert "rejected the client credentials" not in str(info.value)
+    assert len(sent(mocked)) == 1
+
+
+async def test_code_of_a_retried_failure_is_kept_after_the_retries(
+    session: aiohttp.ClientSession, mocked: aioresponses, sleep: FakeSleep
+) -> None:
+    mocked.post(TOKEN_URL, status=503, payload={"error": "temporarily_unavailable"}, repeat=True)
+    with pytest.raises(TokenEndpointUnavailableError) as info:
+        await fetch(session, sleep, retry=RetryPolicy(attempts=2))
+    assert info.value.error == "temporarily_unavailable"
+    assert "HTTP 503 temporarily_unavailable" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"error": 42}, {"error": "a\nb"}, {"error": "x" * 500}, {"error": 'q"uote'}, [1], "text"],
+)
+async def test_a_code_that_is_not_a_short_printable_token_is_none(
+    session: aiohttp.ClientSession, mocked: aioresponses, sleep: FakeSleep, body: object
+) -> None:
+    mocked.post(TOKEN_URL, status=400, payload=body)
+    with pytest.raises(InvalidCredentialsError) as info:
+        await fetch(session, sleep)
+    assert info.value.error is None
+
+
+async def test_407_is_not_retried_and_says_the_proxy_wants_credentials(
+    session: aiohttp.ClientSession, mocked: aioresponses, sleep: FakeSleep
+) -> None:
+    mocked.post(TOKEN_URL, status=407, repeat=True)
+    with pytest.raises(TokenEndpointUnavailableError) as info:
+        await fetch(session, sleep)
+    assert info.value.status == 407
+    assert info.value.retryable is False
+    assert "proxy" in str(info.value)
+    assert "wants credentials" in str(info.value)
+    assert "region" not in str(info.value)
+    assert len(sent(mocked)) == 1
+
+
+async def test_an_echoed_url_encoded_secret_is_redacted(server: tuple[Recorder, URL]) -> None:
+    recorder, url = server
+    secret = "b64+Secret/Value=="
+
+    async def echo(request: web.Request) -> web.StreamResponse:
+        raw = urllib.parse.urlencode(dict(await request.post()))
+        answer = {"error": "invalid_request", "message": f"bad body {raw}"}
+        return web.json_response(answer, status=400)
+
+    recorder.handler = echo
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(InvalidCredentialsError) as info:
+            await request_token(
+                session,
+                url,
+                client_id=CLIENT_ID,
+                client_secret=Secret(secret),
+                timeout=5.0,
+                retry=RetryPolicy(),
+            )
+    text = f"{info.value} {info.value!r}"
+    assert "client_secret=[redacted]" in text
+    assert secret not in text
+    assert "b64%2BSecret%2FValue%3D%3D" not in text
+
+
+# -- proxies: settings ----------------------------------------------------------------------
+
+
+def test_proxy_credentials_are_split_off_and_never_shown() -> None:
+    proxy = resolve_proxy("http://user:pa55-word@proxy.internal:3128")
+    assert proxy is not None
+    assert proxy.url == URL("http://proxy.internal:3128")
+    assert proxy.login == "user"
+    assert proxy.password is not None
+    assert proxy.password.reveal() == "pa55-word"
+    assert "pa55-word" not in repr(proxy)
+    assert "user" not in repr(proxy)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "proxy.internal:3128",
+        "socks5://u:pa55-word@proxy.internal:1080",
+        "http://u:pa55-word@proxy.internal:3128/path",
+        "http://u:pa55-word@proxy.internal:3128/?q=1",
+        "http://u:pa55-word@",
+        "",
+        42,
+    ],
+)
+def test_invalid_proxy_is_a_configuration_error_without_its_password(value: object) -> None:
+    with pytest.raises(ConfigurationError, match="proxy") as info:
+        resolve_proxy(value)
+    assert "pa55-word" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("environ", "url", "expected"),
+    [
+        ({"HTTPS_PROXY": "http://p:1"}, "https://api.us1.plainid.io/t", "http://p:1"),
+        ({"https_proxy": "http://p:1"}, "https://api.us1.plainid.io/t", "http://p:1"),
+        ({"https_proxy": "http://p:1", "HTTPS_PROXY": "http://q:2"}, "https://a.io/", "http://p:1"),
+        ({"HTTP_PROXY": "http://p:1"}, "https://api.us1.plainid.io/t", None),
+        ({"HTTP_PROXY": "http://p:1"}, "http://127.0.0.1:8080/t", "http://p:1"),
+        ({"HTTPS_PROXY": "p:1"}, "https://a.io/", "http://p:1"),
+        (
+            {"HTTPS_PROXY": "http://p:1", "NO_PROXY": "plainid.io"},
+            "https://api.us1.plainid.io/",
+            None,
+        ),
+        (
+            {"HTTPS_PROXY": "http://p:1", "no_proxy": ".plainid.io"},
+            "https://api.us1.plainid.io/",
+            None,
+        ),
+        ({"HTTPS_PROXY": "http://p:1", "NO_PROXY": "x.io, *"}, "https://a.io/", None),
+        (
+            {"HTTPS_PROXY": "http://p:1", "NO_PROXY": "plainid.io.evil"},
+            "https://plainid.io/",
+            "http://p:1",
+        ),
+        ({"HTTPS_PROXY": "http://p:1", "NO_PROXY": "id.io"}, "https://plainid.io/", "http://p:1"),
+        ({"HTTP_PROXY": "http://p:1", "NO_PROXY": "127.0.0.1"}, "http://127.0.0.1:9/t", None),
+        ({}, "https://a.io/", None),
+        ({"HTTPS_PROXY": " "}, "https://a.io/", None),
+    ],
+)
+def test_proxy_from_the_environment_as_curl_reads_it(
+    environ: dict[str, str], url: str, expected: str | None
+) -> None:
+    proxy = proxy_from_env(URL(url), environ)
+    assert (None if proxy is None else str(proxy.url)) == expected
+
+
+def test_bad_proxy_variable_names_the_variable_not_the_password() -> None:
+    with pytest.raises(ConfigurationError, match="HTTPS_PROXY") as info:
+        proxy_from_env(URL("https://a.io/"), {"HTTPS_PROXY": "ftp://u:pa55-word@p:1"})
+    assert "pa55-word" not in str(info.value)

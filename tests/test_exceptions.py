@@ -89,12 +89,13 @@ def test_repr_shows_class_message_and_status() -> None:
 
 @pytest.mark.parametrize("cls", REQUEST_ERRORS)
 def test_request_errors_survive_pickling_and_copying(cls: type[TokenRequestError]) -> None:
-    error = cls("boom", status=429, retryable=True)
+    error = cls("boom", status=429, retryable=True, error="slow_down")
     for clone in (pickle.loads(pickle.dumps(error)), copy.copy(error)):  # noqa: S301
         assert type(clone) is cls
         assert str(clone) == "boom"
         assert clone.status == 429
         assert clone.retryable is True
+        assert clone.error == "slow_down"
 
 
 @pytest.mark.parametrize("name", exceptions.__all__)
@@ -117,3 +118,12 @@ def test_module_docstring_draws_every_error() -> None:
     doc = exceptions.__doc__ or ""
     for name in exceptions.__all__:
         assert name in doc
+
+
+def test_error_code_defaults_to_none_and_is_kept() -> None:
+    assert TokenRequestError("x").error is None
+    error = InvalidCredentialsError("refused", status=400, error="unsupported_grant_type")
+    assert error.error == "unsupported_grant_type"
+    assert repr(error) == (
+        "InvalidCredentialsError('refused', status=400, error='unsupported_grant_type')"
+    )

@@ -177,14 +177,92 @@ async def test_redirect_within_the_origin_keeps_the_token(
     assert fake.resource_requests[0].path == "/api/1.0/after"
 
 
-async def test_redirect_from_another_origin_to_the_api_gets_the_token(
+class Redirector:
+    """A server on another loopback port that answers every request with a redirect."""
+
+    def __init__(self, status: int, location: str) -> None:
+        self.status = status
+        self.location = location
+        self.bodies: list[bytes] = []
+        self._runner: web.AppRunner | None = None
+        self.url = URL()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        self.bodies.append(await request.read())
+        return web.Response(status=self.status, headers={hdrs.LOCATION: self.location})
+
+    async def __aenter__(self) -> Self:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        port = self._runner.addresses[0][1]
+        self.url = URL.build(scheme="http", host="127.0.0.1", port=port)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._runner is not None
+        await self._runner.cleanup()
+
+
+REDIRECTS = [301, 302, 303, 307, 308]
+
+
+@pytest.mark.parametrize("status", REDIRECTS)
+async def test_post_steered_to_the_api_by_a_foreign_redirect_gets_no_token(
+    fake: FakePlainID, session: aiohttp.ClientSession, status: int
+) -> None:
+    api_path = str(fake.base_url / "api/1.0/policies-search/env-1")
+    body = b'{"delete": "everything"}'
+    async with (
+        Redirector(status, api_path) as foreign,
+        session.post(foreign.url / "hook", data=body) as resp,
+    ):
+        assert resp.status == 401  # reached the API, without a token
+        assert [r.url.origin() for r in resp.history] == [foreign.url.origin()]
+    assert foreign.bodies == [b'{"delete": "everything"}']
+    [reached] = fake.resource_requests
+    assert reached.authorized is False
+    assert fake.token_requests == []  # nobody even asked for a token
+
+
+@pytest.mark.parametrize("status", REDIRECTS)
+async def test_foreign_redirect_chain_through_the_api_gets_no_token_on_any_hop(
+    fake: FakePlainID, session: aiohttp.ClientSession, status: int
+) -> None:
+    # foreign -> api/redirect -> api/x: the second API hop came through a foreign origin too.
+    target = str(fake.base_url / "api/1.0/x")
+    via_api = fake.base_url.with_path("/redirect").with_query(to=target, status=str(status))
+    async with (
+        Redirector(status, str(via_api)) as foreign,
+        session.post(foreign.url / "hook", data=b"body") as resp,
+    ):
+        assert resp.status == 401
+    assert [r.authorized for r in fake.resource_requests] == [False]
+
+
+async def test_a_new_request_after_a_foreign_redirect_that_was_not_followed_gets_the_token(
     fake: FakePlainID, session: aiohttp.ClientSession
 ) -> None:
-    async with FakePlainID() as elsewhere:
-        target = str(fake.base_url / "api/1.0/x")
-        response = session.get(elsewhere.base_url / "redirect", params={"to": target})
-        assert await status_of(response) == 200
+    async with Redirector(307, str(fake.base_url / "api/1.0/x")) as foreign:
+        async with session.post(foreign.url / "hook", data=b"x", allow_redirects=False) as resp:
+            assert resp.status == 307
+        assert await status_of(session.get("api/1.0/x")) == 200
     assert [r.authorized for r in fake.resource_requests] == [True]
+
+
+async def test_concurrent_requests_are_not_steered_by_each_others_redirects(
+    fake: FakePlainID, session: aiohttp.ClientSession
+) -> None:
+    async with Redirector(307, str(fake.base_url / "api/1.0/steered")) as foreign:
+        statuses = await asyncio.gather(
+            *(status_of(session.post(foreign.url / "hook", data=b"x")) for _ in range(5)),
+            *(status_of(session.get("api/1.0/direct")) for _ in range(5)),
+        )
+    assert statuses == [401] * 5 + [200] * 5
+    seen = {(r.path, r.authorized) for r in fake.resource_requests}
+    assert seen == {("/api/1.0/steered", False), ("/api/1.0/direct", True)}
 
 
 async def test_extra_origin_gets_the_token(
@@ -533,7 +611,7 @@ async def test_session_base_url_can_be_turned_off(provider: _TokenProvider) -> N
         assert client._base_url is None
 
 
-async def test_session_passes_options_through(provider: _TokenProvider) -> None:
+async def test_session_passes_options_through(provider: _TokenProvider, fake: FakePlainID) -> None:
     recording = Recording()
     timeout = aiohttp.ClientTimeout(total=5)
     connector = aiohttp.TCPConnector(limit=3)
@@ -543,12 +621,12 @@ async def test_session_passes_options_through(provider: _TokenProvider) -> None:
         headers={"X-Trace": "1"},
         timeout=timeout,
         connector=connector,
-        base_url="http://127.0.0.1:1/other/",
+        base_url=fake.base_url / "other/",
     ) as client:
         assert client.headers["X-Trace"] == "1"
         assert client.timeout is timeout
         assert client.connector is connector
-        assert client._base_url == URL("http://127.0.0.1:1/other/")
+        assert client._base_url == fake.base_url / "other/"
         first, second = client._middlewares
         assert isinstance(first, BearerAuthMiddleware)
         assert second is recording
@@ -739,3 +817,68 @@ async def test_json_replay_is_byte_identical(
     fake.revoke(token.access_token)
     assert await status_of(session.put("api/1.0/x", json={"k": "v"})) == 200
     assert [json.loads(r.body) for r in fake.resource_requests] == [{"k": "v"}] * 2
+
+
+# -- provider.session(origins=..., base_url=...) -------------------------------------------
+
+
+async def test_session_origins_reach_the_middleware(
+    fake: FakePlainID, other: Server, provider: _TokenProvider
+) -> None:
+    async with provider.session(origins=[str(other.url)]) as client:
+        assert await status_of(client.get(other.url / "x")) == 200
+        assert await status_of(client.get("api/1.0/y")) == 200
+    assert [s.authorization for s in other.seen] == [f"Bearer {fake.issued_tokens[0]}"]
+
+
+async def test_session_base_url_on_an_extra_origin_gets_the_token(
+    fake: FakePlainID, other: Server, provider: _TokenProvider
+) -> None:
+    async with provider.session(base_url=other.url / "v1/", origins=[other.url]) as client:
+        assert await status_of(client.get("x")) == 200
+    assert [s.authorization for s in other.seen] == [f"Bearer {fake.issued_tokens[0]}"]
+
+
+@pytest.mark.parametrize(
+    "base_url",
+    ["http://127.0.0.1:1/api/", URL("https://example.org/"), "not a url", 42],
+    ids=["other-port", "other-host", "garbage", "not-a-string"],
+)
+def test_session_base_url_on_an_origin_that_gets_no_token_is_a_clear_error(
+    provider: _TokenProvider, base_url: object
+) -> None:
+    with pytest.raises(ConfigurationError, match="base_url") as info:
+        provider.session(base_url=base_url)
+    assert "origins=" in str(info.value)
+
+
+def test_session_with_invalid_origins_is_a_configuration_error(provider: _TokenProvider) -> None:
+    with pytest.raises(ConfigurationError, match="origins"):
+        provider.session(origins="https://pap.example.com")
+
+
+async def test_encoded_slash_in_the_base_url_prefix_stays_encoded() -> None:
+    seen: list[str] = []
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        if request.raw_path.endswith("api-key/token"):
+            return web.json_response(
+                {"access_token": "tok-1", "token_type": "Bearer", "expires_in": 600}
+            )
+        seen.append(request.raw_path)
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        port = runner.addresses[0][1]
+        base = f"http://127.0.0.1:{port}/tenant%2Fa"
+        provider = _TokenProvider("id", "secret-x", base_url=base, cache=MemoryTokenCache())
+        async with provider, provider.session() as client:
+            assert await status_of(client.get("api/1.0/x")) == 200
+    finally:
+        await runner.cleanup()
+    assert seen == ["/tenant%2Fa/api/1.0/x"]

@@ -33,6 +33,7 @@ from yarl import URL
 
 import plainid_async as pa
 from plainid_async._endpoint import MAX_BODY_SIZE, TOKEN_PATH, request_token
+from plainid_async._secret import Secret
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -162,7 +163,7 @@ async def exchange(server: Server, session: aiohttp.ClientSession, script: Scrip
             session,
             server.url,
             client_id="prop-client",
-            client_secret=SECRET,
+            client_secret=Secret(SECRET),
             timeout=5.0,
             retry=POLICY,
             sleep=sleep,

@@ -6,8 +6,10 @@ import asyncio
 import hashlib
 import logging
 import os
+import re
 import signal
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -27,7 +29,6 @@ from plainid_async.testing import FakePlainID
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
-    from pathlib import Path
 
 
 # One "process" of the fleet: waits for "go" on stdin, gets a token, prints its hash and how
@@ -93,6 +94,39 @@ async def client(redis_server: RedisServer) -> AsyncIterator[redis.asyncio.Redis
         yield connection
     finally:
         await connection.aclose()
+
+
+def documented_acl() -> list[str]:
+    """The ACL rules docs/many-processes.md gives for the cache's Redis user, as they are."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "many-processes.md").read_text()
+    [line] = re.findall(r"^ACL SETUSER plainid-cache (.+)$", text, flags=re.MULTILINE)
+    rules: list[str] = line.split()
+    return rules
+
+
+@pytest.fixture(params=["default-user", "documented-acl"])
+async def cache_client(
+    request: pytest.FixtureRequest, redis_server: RedisServer, client: redis.asyncio.Redis
+) -> AsyncIterator[redis.asyncio.Redis]:
+    """The client the caches use: the default user, or one with exactly the documented ACL.
+
+    Tests inspect and tamper with Redis through ``client`` (the default user).
+    """
+    if request.param == "default-user":
+        yield client
+        return
+    rules = documented_acl()
+    password = next(rule[1:] for rule in rules if rule.startswith(">"))
+    await client.execute_command(  # type: ignore[no-untyped-call]
+        "ACL", "SETUSER", "plainid-cache", "reset", *rules
+    )
+    restricted = redis.asyncio.Redis(
+        host="127.0.0.1", port=redis_server.port, username="plainid-cache", password=password
+    )
+    try:
+        yield restricted
+    finally:
+        await restricted.aclose()
 
 
 @pytest.fixture
@@ -165,11 +199,11 @@ async def test_eight_cold_processes_make_one_token_request(redis_server: RedisSe
 
 
 async def test_a_second_provider_reads_the_token_from_redis(
-    client: redis.asyncio.Redis, fake: FakePlainID
+    client: redis.asyncio.Redis, cache_client: redis.asyncio.Redis, fake: FakePlainID
 ) -> None:
-    async with provider_for(fake, fast(client)) as first:
+    async with provider_for(fake, fast(cache_client)) as first:
         token = await first.get_token()
-    async with provider_for(fake, fast(client)) as second:
+    async with provider_for(fake, fast(cache_client)) as second:
         again = await second.get_token()
     assert again.access_token == token.access_token
     assert abs(again.expires_at - token.expires_at) < 1
@@ -177,9 +211,9 @@ async def test_a_second_provider_reads_the_token_from_redis(
 
 
 async def test_invalidate_in_one_process_is_seen_by_another(
-    client: redis.asyncio.Redis, fake: FakePlainID
+    client: redis.asyncio.Redis, cache_client: redis.asyncio.Redis, fake: FakePlainID
 ) -> None:
-    cache_a, cache_b = fast(client), fast(client)
+    cache_a, cache_b = fast(cache_client), fast(cache_client)
     async with provider_for(fake, cache_a) as a, provider_for(fake, cache_b) as b:
         first = await a.get_token()
         assert (await b.get_token()).access_token == first.access_token
@@ -198,10 +232,10 @@ async def test_invalidate_in_one_process_is_seen_by_another(
 
 
 async def test_redis_holds_nothing_readable_and_every_key_expires(
-    client: redis.asyncio.Redis, fake: FakePlainID
+    client: redis.asyncio.Redis, cache_client: redis.asyncio.Redis, fake: FakePlainID
 ) -> None:
     fake.add_client("other-client", "other-secret")
-    cache = fast(client)
+    cache = fast(cache_client)
     async with (
         provider_for(fake, cache) as one,
         TokenProvider(
@@ -237,7 +271,7 @@ async def test_redis_holds_nothing_readable_and_every_key_expires(
 
 
 async def test_namespace_prefixes_every_key(client: redis.asyncio.Redis) -> None:
-    cache = fast(client, namespace="team-a")
+    cache = fast(client, namespace="team-a")  # the documented ACL covers "plainid:" only
     key = CacheKey.for_credentials("http://127.0.0.1:1/t", "c", "s")
     await cache.store(key, made("tok"))
     async with cache.fetch_lock(key):
@@ -248,22 +282,26 @@ async def test_namespace_prefixes_every_key(client: redis.asyncio.Redis) -> None
     ]
 
 
-async def test_expired_token_is_not_written(client: redis.asyncio.Redis) -> None:
-    cache = fast(client)
+async def test_expired_token_is_not_written(
+    client: redis.asyncio.Redis, cache_client: redis.asyncio.Redis
+) -> None:
+    cache = fast(cache_client)
     key = CacheKey.for_credentials("http://127.0.0.1:1/t", "c", "s")
     await cache.store(key, Token.issued("old", expires_in=10, sent_at_monotonic=0.0))
     assert await client.dbsize() == 0
 
 
-async def test_value_under_another_secret_or_key_is_ignored(client: redis.asyncio.Redis) -> None:
-    writer = fast(client)
+async def test_value_under_another_secret_or_key_is_ignored(
+    client: redis.asyncio.Redis, cache_client: redis.asyncio.Redis
+) -> None:
+    writer = fast(cache_client)
     url = "http://127.0.0.1:1/t"
     key = CacheKey.for_credentials(url, "client", "secret-one")
     await writer.store(key, made("tok"))
     value = await client.get(writer.token_key(key))
     assert isinstance(value, bytes)
 
-    reader = fast(client)
+    reader = fast(cache_client)
     # Same Redis key, another secret (as after a rotation): unreadable, ignored.
     assert await reader.load(CacheKey(url, "client", key.fingerprint, "secret-two")) is None
     # The value copied under another key's name: the associated data does not match.
@@ -301,8 +339,10 @@ async def test_works_with_decode_responses(redis_server: RedisServer) -> None:
 # -- local layer -------------------------------------------------------------------------
 
 
-async def test_get_returns_the_same_object_until_it_changes(client: redis.asyncio.Redis) -> None:
-    cache, elsewhere = fast(client), fast(client)
+async def test_get_returns_the_same_object_until_it_changes(
+    client: redis.asyncio.Redis, cache_client: redis.asyncio.Redis
+) -> None:
+    cache, elsewhere = fast(cache_client), fast(cache_client)
     assert isinstance(cache, TokenCache)
     key = CacheKey.for_credentials("http://127.0.0.1:1/t", "c", "s")
     assert cache.get(key) is None
@@ -321,8 +361,10 @@ async def test_get_returns_the_same_object_until_it_changes(client: redis.asynci
     assert await cache.load(key) is loaded
 
 
-async def test_load_keeps_a_newer_local_token(client: redis.asyncio.Redis) -> None:
-    cache, elsewhere = fast(client), fast(client)
+async def test_load_keeps_a_newer_local_token(
+    client: redis.asyncio.Redis, cache_client: redis.asyncio.Redis
+) -> None:
+    cache, elsewhere = fast(cache_client), fast(cache_client)
     key = CacheKey.for_credentials("http://127.0.0.1:1/t", "c", "s")
     newer = made("newer", expires_in=900)
     await cache.store(key, newer)
@@ -330,8 +372,10 @@ async def test_load_keeps_a_newer_local_token(client: redis.asyncio.Redis) -> No
     assert await cache.load(key) is newer
 
 
-async def test_discard_is_compare_and_delete(client: redis.asyncio.Redis) -> None:
-    mine, theirs = fast(client), fast(client)
+async def test_discard_is_compare_and_delete(
+    client: redis.asyncio.Redis, cache_client: redis.asyncio.Redis
+) -> None:
+    mine, theirs = fast(cache_client), fast(cache_client)
     key = CacheKey.for_credentials("http://127.0.0.1:1/t", "c", "s")
     old, new = made("old"), made("new", expires_in=900)
     await mine.store(key, old)
@@ -340,7 +384,7 @@ async def test_discard_is_compare_and_delete(client: redis.asyncio.Redis) -> Non
     assert mine.get(key) is None
     assert not mine.discard(key, old)  # already gone here
     await mine.flush()
-    assert (await fast(client).load(key)) == new  # survived
+    assert (await fast(cache_client).load(key)) == new  # survived
     assert theirs.discard(key, new)
     await theirs.flush()
     assert await client.exists(theirs.token_key(key)) == 0
@@ -348,8 +392,9 @@ async def test_discard_is_compare_and_delete(client: redis.asyncio.Redis) -> Non
 
 async def test_discard_of_a_replaced_token_keeps_the_current_one(
     client: redis.asyncio.Redis,
+    cache_client: redis.asyncio.Redis,
 ) -> None:
-    cache = fast(client)
+    cache = fast(cache_client)
     key = CacheKey.for_credentials("http://127.0.0.1:1/t", "c", "s")
     old, new = made("old"), made("new")
     await cache.store(key, old)
@@ -361,9 +406,9 @@ async def test_discard_of_a_replaced_token_keeps_the_current_one(
 
 
 async def test_load_never_returns_a_discarded_token(
-    client: redis.asyncio.Redis, redis_server: RedisServer
+    client: redis.asyncio.Redis, cache_client: redis.asyncio.Redis, redis_server: RedisServer
 ) -> None:
-    cache, elsewhere = fast(client), fast(client)
+    cache, elsewhere = fast(cache_client), fast(cache_client)
     key = CacheKey.for_credentials("http://127.0.0.1:1/t", "c", "s")
     token = made("rejected")
     await cache.store(key, token)
@@ -393,8 +438,10 @@ def test_discard_without_a_running_loop_drops_locally() -> None:
 # -- the fleet lock ----------------------------------------------------------------------
 
 
-async def test_lock_is_released_only_by_its_owner(client: redis.asyncio.Redis) -> None:
-    cache = fast(client)
+async def test_lock_is_released_only_by_its_owner(
+    client: redis.asyncio.Redis, cache_client: redis.asyncio.Redis
+) -> None:
+    cache = fast(cache_client)
     key = CacheKey.for_credentials("http://127.0.0.1:1/t", "c", "s")
     name = cache.lock_key(key)
     async with cache.fetch_lock(key):
@@ -405,8 +452,10 @@ async def test_lock_is_released_only_by_its_owner(client: redis.asyncio.Redis) -
     assert await client.get(name) == b"someone-else"
 
 
-async def test_waiters_take_the_lock_when_it_is_released(client: redis.asyncio.Redis) -> None:
-    cache, other = fast(client), fast(client)
+async def test_waiters_take_the_lock_when_it_is_released(
+    client: redis.asyncio.Redis, cache_client: redis.asyncio.Redis
+) -> None:
+    cache, other = fast(cache_client), fast(cache_client)
     key = CacheKey.for_credentials("http://127.0.0.1:1/t", "c", "s")
     order: list[str] = []
     entered = asyncio.Event()
@@ -428,9 +477,9 @@ async def test_waiters_take_the_lock_when_it_is_released(client: redis.asyncio.R
 
 
 async def test_a_waiter_takes_the_token_stored_by_the_lock_owner(
-    client: redis.asyncio.Redis, fake: FakePlainID
+    client: redis.asyncio.Redis, cache_client: redis.asyncio.Redis, fake: FakePlainID
 ) -> None:
-    patient = RedisTokenCache(client, timeout=0.3, lock_timeout=30.0, lock_poll_interval=0.02)
+    patient = RedisTokenCache(cache_client, timeout=0.3, lock_timeout=30.0, lock_poll_interval=0.02)
     async with provider_for(fake, patient) as provider:
         key = provider.cache_key
         await client.set(patient.lock_key(key), "another-process", px=30_000)
@@ -439,7 +488,7 @@ async def test_a_waiter_takes_the_token_stored_by_the_lock_owner(
         assert not waiting.done()
         # The other process got its token and stored it; it still holds the lock.
         stored = made("fetched-elsewhere")
-        await fast(client).store(key, stored)
+        await fast(cache_client).store(key, stored)
         async with asyncio.timeout(10):  # far below the 30 s lock timeout
             token = await waiting
     assert token == stored
@@ -448,9 +497,11 @@ async def test_a_waiter_takes_the_token_stored_by_the_lock_owner(
 
 
 async def test_closing_a_provider_that_waits_for_the_lock_leaves_it_alone(
-    client: redis.asyncio.Redis, fake: FakePlainID
+    client: redis.asyncio.Redis, cache_client: redis.asyncio.Redis, fake: FakePlainID
 ) -> None:
-    cache = RedisTokenCache(client, timeout=0.3, lock_timeout=30.0, lock_poll_interval=0.02)
+    # A generous Redis timeout: on a loaded machine a slow answer must not count as Redis
+    # being down (the provider would then fetch without the lock).
+    cache = RedisTokenCache(cache_client, timeout=5.0, lock_timeout=30.0, lock_poll_interval=0.02)
     provider = provider_for(fake, cache)
     name = cache.lock_key(provider.cache_key)
     await client.set(name, "another-process", px=30_000)
@@ -465,9 +516,9 @@ async def test_closing_a_provider_that_waits_for_the_lock_leaves_it_alone(
 
 
 async def test_a_stale_lock_blocks_no_longer_than_the_lock_timeout(
-    client: redis.asyncio.Redis, fake: FakePlainID
+    client: redis.asyncio.Redis, cache_client: redis.asyncio.Redis, fake: FakePlainID
 ) -> None:
-    cache = fast(client)
+    cache = fast(cache_client)
     async with provider_for(fake, cache) as provider:
         # A process took the lock and vanished without releasing it.
         await client.set(cache.lock_key(provider.cache_key), "dead-owner", px=60_000)
@@ -477,14 +528,17 @@ async def test_a_stale_lock_blocks_no_longer_than_the_lock_timeout(
 
 
 async def test_a_lock_owner_killed_mid_fetch_blocks_nobody_for_long(
-    client: redis.asyncio.Redis, redis_server: RedisServer, fake: FakePlainID
+    client: redis.asyncio.Redis,
+    cache_client: redis.asyncio.Redis,
+    redis_server: RedisServer,
+    fake: FakePlainID,
 ) -> None:
     holder = await run_python(LOCK_HOLDER, str(fake.token_url), redis_server.url)
     assert holder.stdout is not None
     assert (await holder.stdout.readline()).strip() == b"locked"
     os.kill(holder.pid, signal.SIGKILL)
     await holder.wait()
-    cache = RedisTokenCache(client, timeout=0.3, lock_timeout=30.0, lock_poll_interval=0.02)
+    cache = RedisTokenCache(cache_client, timeout=0.3, lock_timeout=30.0, lock_poll_interval=0.02)
     async with provider_for(fake, cache) as provider:
         assert await client.exists(cache.lock_key(provider.cache_key)) == 1
         token = await provider.get_token()  # the dead owner's lock expires (1 s)
@@ -497,12 +551,13 @@ async def test_a_lock_owner_killed_mid_fetch_blocks_nobody_for_long(
 
 async def test_redis_stopped_mid_run_fails_no_call_and_warns_once(
     client: redis.asyncio.Redis,
+    cache_client: redis.asyncio.Redis,
     redis_server: RedisServer,
     fake: FakePlainID,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="plainid_async")
-    cache = fast(client)
+    cache = fast(cache_client)
     async with provider_for(fake, cache) as provider:
         first = await provider.get_token()
         redis_server.stop()
@@ -511,7 +566,7 @@ async def test_redis_stopped_mid_run_fails_no_call_and_warns_once(
         await cache.flush()
         tokens.append(await provider.get_token())
         warned = redis_warnings(caplog)
-        async with provider_for(fake, fast(client)) as cold:
+        async with provider_for(fake, fast(cache_client)) as cold:
             tokens.append(await cold.get_token())  # a new process while Redis is down
     assert len({t.access_token for t in [first, *tokens]}) == 6
     assert len(fake.token_requests) == 6
@@ -529,7 +584,7 @@ async def test_redis_restarted_is_used_again(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="plainid_async")
-    cache = fast(client)
+    cache = fast(client)  # an ACL user would not survive the restart (no persistence)
     async with provider_for(fake, cache) as provider:
         await provider.get_token()
         redis_server.stop()
@@ -551,11 +606,12 @@ async def test_redis_restarted_is_used_again(
 
 async def test_frozen_redis_costs_a_timeout_not_a_failure(
     client: redis.asyncio.Redis,
+    cache_client: redis.asyncio.Redis,
     redis_server: RedisServer,
     fake: FakePlainID,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    cache = fast(client)
+    cache = fast(cache_client)
     async with provider_for(fake, cache) as provider:
         await provider.get_token()
         redis_server.pause()
@@ -599,16 +655,20 @@ def test_bad_options_are_configuration_errors(options: dict[str, object]) -> Non
         RedisTokenCache(redis.asyncio.Redis(port=1), **options)  # type: ignore[arg-type]
 
 
-async def test_repr_shows_no_secret(client: redis.asyncio.Redis) -> None:
-    cache = RedisTokenCache(client)
+async def test_repr_shows_no_secret(
+    client: redis.asyncio.Redis, cache_client: redis.asyncio.Redis
+) -> None:
+    cache = RedisTokenCache(cache_client)
     key = CacheKey.for_credentials("http://127.0.0.1:1/t", "client", "s3cr3t")
     await cache.store(key, made("tok-value"))
     text = repr(cache)
     assert text == "<RedisTokenCache namespace='plainid' tokens=1 redis=up>"
 
 
-async def test_redis_ttl_bounds_a_loaded_token(client: redis.asyncio.Redis) -> None:
-    writer, reader = fast(client), fast(client)
+async def test_redis_ttl_bounds_a_loaded_token(
+    client: redis.asyncio.Redis, cache_client: redis.asyncio.Redis
+) -> None:
+    writer, reader = fast(cache_client), fast(cache_client)
     key = CacheKey.for_credentials("http://127.0.0.1:1/t", "c", "s")
     token = made("tok", expires_in=600)
     await writer.store(key, token)
@@ -618,3 +678,53 @@ async def test_redis_ttl_bounds_a_loaded_token(client: redis.asyncio.Redis) -> N
     assert loaded == token
     assert loaded is not None
     assert loaded.remaining() <= 60
+
+
+# -- permissions (ACL) -----------------------------------------------------------------------
+
+
+async def restricted_client(
+    client: redis.asyncio.Redis, redis_server: RedisServer, rules: list[str]
+) -> redis.asyncio.Redis:
+    await client.execute_command(  # type: ignore[no-untyped-call]
+        "ACL", "SETUSER", "narrow", "reset", "on", ">pw", *rules
+    )
+    return redis.asyncio.Redis(
+        host="127.0.0.1", port=redis_server.port, username="narrow", password="pw"
+    )
+
+
+@pytest.mark.parametrize(
+    ("rules", "refused"),
+    [
+        (["~plainid:*", "+get", "+set", "+pttl", "+del"], "'eval' command"),
+        (["~plainid:token:*", "+eval", "+get", "+set", "+pttl", "+del"], "plainid:lock:"),
+    ],
+    ids=["no-eval", "no-lock-key"],
+)
+async def test_a_refused_permission_is_one_error_naming_it_not_an_outage(  # noqa: PLR0917
+    client: redis.asyncio.Redis,
+    redis_server: RedisServer,
+    fake: FakePlainID,
+    caplog: pytest.LogCaptureFixture,
+    rules: list[str],
+    refused: str,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="plainid_async")
+    narrow = await restricted_client(client, redis_server, rules)
+    try:
+        cache = fast(narrow)
+        async with provider_for(fake, cache) as provider:
+            for _ in range(3):
+                await provider.get_token(force_refresh=True)  # every call still succeeds
+                await asyncio.sleep(0.06)  # past retry_interval: Redis is asked again
+    finally:
+        await narrow.aclose()
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1, [r.message for r in errors]
+    message = errors[0].getMessage()
+    assert "EVAL" in message
+    assert refused in message
+    assert "many-processes.md" in message
+    assert redis_warnings(caplog) == []  # not reported as Redis being down
+    assert fake.client_secret not in caplog.text

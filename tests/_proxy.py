@@ -1,0 +1,146 @@
+"""A real forward proxy for tests: tinyproxy on 127.0.0.1, a free port, killed after use."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from typing import TYPE_CHECKING, Self
+
+import pytest
+from aiohttp import web
+from yarl import URL
+
+from plainid_async.testing import free_port
+
+if TYPE_CHECKING:
+    import ssl
+    from pathlib import Path
+
+#: What TokenServer answers.
+GOOD = {"access_token": "tok-via-proxy", "token_type": "Bearer", "expires_in": 600}
+
+#: When set (CI sets it), a missing tinyproxy fails the proxy tests instead of skipping.
+REQUIRE_ENV = "PLAINID_REQUIRE_TINYPROXY"
+#: Proxy variables of the environment the tests run in: none may leak into a test.
+PROXY_VARIABLES = (
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+    "no_proxy",
+)
+
+
+def tinyproxy_binary() -> str:
+    """Return the tinyproxy path, or skip (fail under ``PLAINID_REQUIRE_TINYPROXY``)."""
+    binary = shutil.which("tinyproxy")
+    if binary is None:
+        reason = "tinyproxy is not installed (apt-get install tinyproxy)"
+        if os.environ.get(REQUIRE_ENV):
+            pytest.fail(f"{reason}, and {REQUIRE_ENV} is set")
+        pytest.skip(reason)
+    return binary
+
+
+class TinyProxy:
+    """One tinyproxy process; with ``login``/``password`` it demands Basic credentials (407)."""
+
+    def __init__(
+        self, directory: Path, *, login: str | None = None, password: str | None = None
+    ) -> None:
+        self.binary = tinyproxy_binary()
+        self.directory = directory
+        self.port = free_port()
+        self.login = login
+        self.password = password
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """The proxy URL without credentials."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def url_with_credentials(self) -> str:
+        return f"http://{self.login}:{self.password}@127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 10.0) -> None:
+        lines = [
+            f"Port {self.port}",
+            "Listen 127.0.0.1",
+            "Timeout 30",
+            "Allow 127.0.0.1",
+            "MaxClients 50",
+            "LogLevel Warning",
+            f'LogFile "{self.directory / "tinyproxy.log"}"',
+            f'PidFile "{self.directory / "tinyproxy.pid"}"',
+        ]
+        if self.login is not None:
+            lines.append(f"BasicAuth {self.login} {self.password}")
+        config = self.directory / f"tinyproxy-{self.port}.conf"
+        config.write_text("\n".join(lines) + "\n")
+        self.process = subprocess.Popen(  # noqa: S603 (a fixed binary found on PATH, fixed args)
+            [self.binary, "-d", "-c", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout
+        while not self._listening():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"tinyproxy did not start on port {self.port}")
+            time.sleep(0.02)
+
+    def _listening(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+
+
+class TokenServer:
+    """A token endpoint on 127.0.0.1 that records the headers of each request it gets."""
+
+    def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.ssl_context = ssl_context
+        self.headers: list[dict[str, str]] = []
+        self._runner: web.AppRunner | None = None
+        self.base_url = URL()
+
+    async def _token(self, request: web.Request) -> web.StreamResponse:
+        await request.read()
+        self.headers.append({k.lower(): v for k, v in request.headers.items()})
+        return web.json_response(GOOD)
+
+    async def __aenter__(self) -> Self:
+        app = web.Application()
+        app.router.add_post("/api/1.0/api-key/token", self._token)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self.ssl_context).start()
+        port = self._runner.addresses[0][1]
+        scheme = "https" if self.ssl_context else "http"
+        self.base_url = URL.build(scheme=scheme, host="127.0.0.1", port=port)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._runner is not None
+        await self._runner.cleanup()
+
+    @property
+    def via_proxy(self) -> list[bool]:
+        """Per request, whether tinyproxy forwarded it (it adds a Via header)."""
+        return ["tinyproxy" in h.get("via", "") for h in self.headers]

@@ -1,0 +1,263 @@
+"""Token requests through a real forward proxy (tinyproxy on 127.0.0.1): proxy=, trust_env=, 407."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import pytest
+import trustme
+from _proxy import GOOD, PROXY_VARIABLES, TinyProxy, TokenServer
+from yarl import URL
+
+from plainid_async import (
+    ConfigurationError,
+    InvalidCredentialsError,
+    MemoryTokenCache,
+    RetryPolicy,
+    TokenEndpointUnavailableError,
+    TokenProvider,
+)
+from plainid_async.testing import FakePlainID
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator
+    from pathlib import Path
+
+    from yarl import URL
+
+SECRET = "pr0xy-test-client-secret"
+PROXY_PASSWORD = "pr0xy-Pa55-never-shown"
+
+
+@pytest.fixture(autouse=True)
+def no_proxy_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[TokenServer]:
+    async with TokenServer() as running:
+        yield running
+
+
+@pytest.fixture
+def proxy(tmp_path: Path) -> Iterator[TinyProxy]:
+    running = TinyProxy(tmp_path)
+    running.start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def auth_proxy(tmp_path: Path) -> Iterator[TinyProxy]:
+    running = TinyProxy(tmp_path, login="proxyuser", password=PROXY_PASSWORD)
+    running.start()
+    yield running
+    running.stop()
+
+
+def provider_for(base_url: URL, **options: Any) -> TokenProvider:
+    options.setdefault("retry", RetryPolicy(attempts=3, backoff_base=0.0, backoff_max=0.0))
+    return TokenProvider("client-p", SECRET, base_url=base_url, cache=MemoryTokenCache(), **options)
+
+
+async def token_of(provider: TokenProvider) -> str:
+    async with provider:
+        return (await provider.get_token()).access_token
+
+
+async def test_token_request_goes_through_the_proxy_given(
+    server: TokenServer, proxy: TinyProxy
+) -> None:
+    assert await token_of(provider_for(server.base_url, proxy=proxy.url)) == GOOD["access_token"]
+    assert server.via_proxy == [True]
+
+
+async def test_proxy_variables_are_ignored_by_default(
+    server: TokenServer, proxy: TinyProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    await token_of(provider_for(server.base_url))
+    assert server.via_proxy == [False]
+
+
+async def test_trust_env_takes_the_proxy_from_the_environment(
+    server: TokenServer, proxy: TinyProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    await token_of(provider_for(server.base_url, trust_env=True))
+    assert server.via_proxy == [True]
+
+
+async def test_trust_env_honours_no_proxy(
+    server: TokenServer, proxy: TinyProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    monkeypatch.setenv("NO_PROXY", "example.org,127.0.0.1")
+    await token_of(provider_for(server.base_url, trust_env=True))
+    assert server.via_proxy == [False]
+
+
+async def test_from_env_takes_proxy_and_trust_env(
+    server: TokenServer, proxy: TinyProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    environ = {
+        "PLAINID_CLIENT_ID": "client-p",
+        "PLAINID_CLIENT_SECRET": SECRET,
+        "PLAINID_BASE_URL": str(server.base_url),
+    }
+    await token_of(TokenProvider.from_env(environ, proxy=proxy.url, cache=MemoryTokenCache()))
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    await token_of(TokenProvider.from_env(environ, trust_env=True, cache=MemoryTokenCache()))
+    assert server.via_proxy == [True, True]
+
+
+async def test_netrc_never_lands_in_the_token_requests_authorization(
+    server: TokenServer, proxy: TinyProxy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login netrc-user password netrc-Pa55\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / ".netrc").write_text(netrc.read_text())
+    (tmp_path / ".netrc").chmod(0o600)
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    await token_of(provider_for(server.base_url, trust_env=True))
+    await token_of(provider_for(server.base_url, trust_env=True, proxy=None))
+    assert server.headers
+    for headers in server.headers:
+        assert "authorization" not in headers
+        assert "proxy-authorization" not in headers
+
+
+async def test_407_is_a_typed_error_sent_once_that_asks_for_proxy_credentials(
+    server: TokenServer, auth_proxy: TinyProxy
+) -> None:
+    provider = provider_for(server.base_url, proxy=auth_proxy.url)
+    async with provider:
+        with pytest.raises(TokenEndpointUnavailableError) as info:
+            await provider.get_token()
+    assert info.value.status == 407
+    assert info.value.retryable is False
+    assert "wants credentials" in str(info.value)
+    assert "check region" not in str(info.value)
+    assert provider.stats.token_requests == 1
+    assert server.headers == []
+
+
+async def test_proxy_credentials_work_and_never_show(
+    server: TokenServer, auth_proxy: TinyProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="plainid_async")
+    provider = provider_for(server.base_url, proxy=auth_proxy.url_with_credentials)
+    assert PROXY_PASSWORD not in repr(provider)
+    assert await token_of(provider) == GOOD["access_token"]
+    assert server.via_proxy == [True]
+    assert "proxy-authorization" not in server.headers[0]  # the proxy took it, not the server
+    assert PROXY_PASSWORD not in caplog.text
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+async def tls_server(ca: trustme.CA) -> AsyncIterator[TokenServer]:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    async with TokenServer(context) as running:
+        yield running
+
+
+def client_context(ca: trustme.CA) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    return context
+
+
+async def test_https_token_url_tunnels_through_the_proxy(
+    tls_server: TokenServer, auth_proxy: TinyProxy, ca: trustme.CA
+) -> None:
+    provider = provider_for(
+        tls_server.base_url, proxy=auth_proxy.url_with_credentials, ssl=client_context(ca)
+    )
+    assert await token_of(provider) == GOOD["access_token"]
+    assert len(tls_server.headers) == 1
+    assert "authorization" not in tls_server.headers[0]
+
+
+async def test_407_to_a_tunnel_is_the_same_typed_error(
+    tls_server: TokenServer, auth_proxy: TinyProxy, ca: trustme.CA
+) -> None:
+    provider = provider_for(tls_server.base_url, proxy=auth_proxy.url, ssl=client_context(ca))
+    async with provider:
+        with pytest.raises(TokenEndpointUnavailableError) as info:
+            await provider.get_token()
+    assert info.value.status == 407
+    assert info.value.retryable is False
+    assert "wants credentials" in str(info.value)
+    assert provider.stats.token_requests == 1
+
+
+async def test_wrong_proxy_credentials_say_so_without_showing_them(
+    tls_server: TokenServer,
+    auth_proxy: TinyProxy,
+    ca: trustme.CA,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="plainid_async")
+    wrong = f"http://proxyuser:wrong-{PROXY_PASSWORD}@127.0.0.1:{auth_proxy.port}"
+    provider = provider_for(tls_server.base_url, proxy=wrong, ssl=client_context(ca))
+    async with provider:
+        with pytest.raises(TokenEndpointUnavailableError) as info:
+            await provider.get_token()
+    assert info.value.status in {401, 407}  # tinyproxy answers wrong credentials with 401
+    assert info.value.retryable is False
+    assert "refused the credentials" in str(info.value)
+    assert provider.stats.token_requests == 1
+    for text in (str(info.value), repr(info.value), caplog.text, repr(provider)):
+        assert PROXY_PASSWORD not in text
+
+
+@pytest.mark.parametrize(
+    "proxy", ["socks5://127.0.0.1:1080", "127.0.0.1:3128", "http://u:pr0xy-Pa55@/", 3128]
+)
+def test_invalid_proxy_is_a_configuration_error(proxy: object) -> None:
+    with pytest.raises(ConfigurationError, match="proxy") as info:
+        TokenProvider("id", SECRET, region="us1", proxy=proxy)  # type: ignore[arg-type]
+    assert "pr0xy-Pa55" not in str(info.value)
+
+
+def test_trust_env_must_be_a_bool() -> None:
+    with pytest.raises(ConfigurationError, match="trust_env"):
+        TokenProvider("id", SECRET, region="us1", trust_env="yes")  # type: ignore[arg-type]
+
+
+async def test_a_session_made_with_trust_env_takes_the_environments_proxy(
+    server: TokenServer, proxy: TinyProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    async with aiohttp.ClientSession(trust_env=True) as theirs:
+        await token_of(provider_for(server.base_url, session=theirs))
+    async with aiohttp.ClientSession() as plain:
+        await token_of(provider_for(server.base_url, session=plain))
+    assert server.via_proxy == [True, False]
+
+
+async def test_a_raise_for_status_session_gets_bad_credentials_without_retries() -> None:
+    async with FakePlainID(client_secret="the-real-secret") as fake:
+        async with aiohttp.ClientSession(
+            raise_for_status=True, headers={"Content-Type": "application/json"}
+        ) as theirs:
+            provider = provider_for(fake.base_url, session=theirs)
+            async with provider:
+                with pytest.raises(InvalidCredentialsError):
+                    await provider.get_token()
+        assert len(fake.token_requests) == 1
+        assert fake.token_requests[0].content_type == "application/x-www-form-urlencoded"
