@@ -30,6 +30,7 @@ import attrs
 
 from ._cache import CacheKey, TokenCache, default_cache
 from ._endpoint import RetryPolicy, request_token, resolve_endpoint
+from ._middleware import provider_session
 from ._token import RefreshSchedule, Token, TokenState, schedule_for
 from .exceptions import (
     ConfigurationError,
@@ -695,8 +696,6 @@ class TokenProvider:
         Returns:
             The session; close it (``async with``) when done.
         """
-        from ._middleware import provider_session  # noqa: PLC0415 (the middleware imports us)
-
         return provider_session(self, **kwargs)
 
     # -- lifecycle ---------------------------------------------------------------------
