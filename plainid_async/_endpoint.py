@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import ipaddress
 import json
 import logging
 import math
@@ -21,6 +20,7 @@ import aiohttp
 import attrs
 from yarl import URL
 
+from ._origins import check_http_url, is_loopback_host
 from ._token import MAX_LIFETIME, Token
 from .exceptions import (
     ConfigurationError,
@@ -62,18 +62,6 @@ _TOKEN_CHARS_RE: Final = re.compile(r"[\x21-\x7e]+")
 _LIFETIME_TEXT_RE: Final = re.compile(r"[0-9]{1,12}(?:\.[0-9]{1,9})?")
 _CONTROL_RE: Final = re.compile(r"[\x00-\x1f\x7f]+")
 _CREDENTIAL_STATUSES: Final = frozenset({400, 401, 403})
-
-
-def is_loopback_host(host: str | None) -> bool:
-    """Whether ``host`` names this machine: ``localhost``, 127.0.0.0/8 or ``::1``."""
-    if not host:
-        return False
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 @attrs.frozen
@@ -120,36 +108,9 @@ def resolve_endpoint(*, region: str | None, base_url: str | URL | None) -> Endpo
 
 
 def _validate_base_url(base_url: str | URL | None) -> URL:
-    if not isinstance(base_url, (str, URL)):
-        raise ConfigurationError(f"base_url must be a string or yarl.URL, not {type(base_url)}")
-    try:
-        url = URL(base_url) if isinstance(base_url, str) else base_url
-    except (ValueError, TypeError) as exc:
-        shown = _without_userinfo(str(base_url))
-        raise ConfigurationError(f"base_url={shown!r} is not a valid URL") from exc
-    shown = (
-        str(url.with_user(None).with_password(None))
-        if url.host
-        else _without_userinfo(str(base_url))
-    )
-    if not url.absolute or not url.host or url.scheme not in {"http", "https"}:
-        raise ConfigurationError(f"base_url={shown!r} must be an absolute http(s) URL")
-    if url.user is not None or url.password is not None:
-        raise ConfigurationError(f"base_url={shown!r} must not carry credentials")
-    if url.query_string or url.fragment:
-        raise ConfigurationError(f"base_url={shown!r} must not have a query or fragment")
-    if url.scheme == "http" and not is_loopback_host(url.host):
-        raise ConfigurationError(
-            f"base_url={shown!r} must use https (plain http is allowed for loopback hosts only)"
-        )
+    url = check_http_url(base_url, "base_url")
     # The raw path, so an encoded "/" (%2F) in the prefix stays encoded.
     return url.with_path(url.raw_path.rstrip("/"), encoded=True)
-
-
-def _without_userinfo(text: str) -> str:
-    # A URL yarl could not split is shown as typed, minus whatever precedes an "@": that
-    # may be a password.
-    return "***@" + text.rpartition("@")[2] if "@" in text else text
 
 
 def _invalid(reason: str) -> NoReturn:
