@@ -168,15 +168,18 @@ class _PlainID:
         }
 
 
-async def make_plainid_tuned(target: Target) -> Client:
-    provider = pa.TokenProvider(
+def _tuned_provider(target: Target) -> pa.TokenProvider:
+    return pa.TokenProvider(
         target.client_id,
         target.client_secret,
         base_url=target.base_url,
         timeout=TUNED_TIMEOUT,
         retry=TUNED_RETRY,
     )
-    return _PlainID(provider)
+
+
+async def make_plainid_tuned(target: Target) -> Client:
+    return _PlainID(_tuned_provider(target))
 
 
 class _PlainIDHttpx(_PlainID):
@@ -198,14 +201,7 @@ class _PlainIDHttpx(_PlainID):
 
 
 async def make_plainid_httpx(target: Target) -> Client:
-    provider = pa.TokenProvider(
-        target.client_id,
-        target.client_secret,
-        base_url=target.base_url,
-        timeout=TUNED_TIMEOUT,
-        retry=TUNED_RETRY,
-    )
-    return _PlainIDHttpx(provider)
+    return _PlainIDHttpx(_tuned_provider(target))
 
 
 async def make_plainid_defaults(target: Target) -> Client:

@@ -58,6 +58,8 @@ nitpick_ignore = [
     # the docs describe its three members where they matter (httpx.md, "Test doubles").
     ("py:class", "TokenSource"),
     ("py:class", "plainid_async._source.TokenSource"),
+    # Their private base, which holds what both have: provider, origins, the checks.
+    ("py:class", "plainid_async._source.TokenScope"),
 ]
 
 # -- intersphinx, offline -------------------------------------------------------------------

@@ -14,10 +14,8 @@ from typing import TYPE_CHECKING, Any, Final
 import aiohttp
 from aiohttp import hdrs, payload
 
-from ._origins import allowed_schemes, check_origins
 from ._origins import is_allowed as _is_allowed  # the name __call__ uses
-from ._source import TokenSource, check_source
-from .exceptions import ConfigurationError
+from ._source import TokenScope
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -27,7 +25,6 @@ if TYPE_CHECKING:
     from yarl import URL
 
     from ._provider import TokenProvider
-    from ._token import Token
 
 __all__ = ["BearerAuthMiddleware", "provider_session"]
 
@@ -48,7 +45,7 @@ def _can_replay(body: object) -> bool:
     return isinstance(body, _REPLAYABLE) and not getattr(body, "consumed", False)
 
 
-class BearerAuthMiddleware:
+class BearerAuthMiddleware(TokenScope):
     """An aiohttp client middleware that sends PlainID access tokens to PlainID only.
 
     Each request whose origin (scheme, host, port) is the provider's API origin, or one of
@@ -71,47 +68,15 @@ class BearerAuthMiddleware:
             absolute URLs without a path, https (http only for loopback hosts).
         retry_on_401: Whether to refresh the token and retry once on a 401.
 
+    Attributes:
+        provider: The token provider (read-only).
+        origins: The origins that get the token, the provider's API origin first (read-only).
+
     Raises:
         ConfigurationError: An argument is invalid; the message names it.
     """
 
-    __slots__ = ("_allowed", "_header", "_origins", "_provider", "_retry_on_401")
-
-    def __init__(
-        self,
-        provider: TokenSource,
-        *,
-        origins: Iterable[str | URL] | None = None,
-        retry_on_401: bool = True,
-    ) -> None:
-        """Check the arguments and precompute the allowed origins."""
-        provider = check_source(provider)
-        if not isinstance(retry_on_401, bool):
-            raise ConfigurationError(f"retry_on_401 must be a bool, not {retry_on_401!r}")
-        self._provider: Final = provider
-        extra = check_origins(origins)
-        self._origins: Final = (provider.api_url.origin(), *extra)
-        self._allowed: Final = allowed_schemes(self._origins)
-        self._retry_on_401: Final = retry_on_401
-        # The last token and its header value, replaced as one object (so threads sharing
-        # the middleware never pair a token with another token's header): the hot path
-        # then builds no string.
-        self._header: tuple[Token | None, str] = (None, "")
-
-    @property
-    def provider(self) -> TokenSource:
-        """The token provider."""
-        return self._provider
-
-    @property
-    def origins(self) -> tuple[URL, ...]:
-        """The origins that get the token, the provider's API origin first."""
-        return self._origins
-
-    def __repr__(self) -> str:
-        """Show the origins and the options; never a token."""
-        shown = ", ".join(f"'{origin}'" for origin in self._origins)
-        return f"<BearerAuthMiddleware origins=({shown}) retry_on_401={self._retry_on_401}>"
+    __slots__ = ()
 
     def allows(self, url: URL) -> bool:
         """Whether a request to ``url`` would get the token."""

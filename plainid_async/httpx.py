@@ -14,7 +14,7 @@ no token, and a request that reaches the API through a redirect from elsewhere c
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
 try:
     import httpx
@@ -23,16 +23,12 @@ except ImportError as exc:  # pragma: no cover (the extra is installed in the te
         "plainid_async.httpx needs httpx: install the extra, pip install 'plainid-async[httpx]'"
     ) from exc
 
-from ._origins import allowed_schemes, allows, check_origins, host_port
-from ._source import TokenSource, check_source
+from ._origins import allows, host_port
+from ._source import TokenScope, TokenSource
 from .exceptions import ConfigurationError
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator, Generator, Iterable
-
-    from yarl import URL
-
-    from ._token import Token
+    from collections.abc import AsyncGenerator, Generator
 
 __all__ = ["BearerAuth", "client"]
 
@@ -47,7 +43,7 @@ def _can_replay(request: httpx.Request) -> bool:
     return isinstance(request.stream, httpx.ByteStream)
 
 
-class BearerAuth(httpx.Auth):
+class BearerAuth(TokenScope, httpx.Auth):
     """An ``httpx.Auth`` that sends PlainID access tokens to PlainID only.
 
     Each request whose origin (scheme, host, port) is the provider's API origin, or one of
@@ -76,40 +72,6 @@ class BearerAuth(httpx.Auth):
     requires_request_body = False
     requires_response_body = False
 
-    def __init__(
-        self,
-        provider: TokenSource,
-        *,
-        origins: Iterable[str | URL] | None = None,
-        retry_on_401: bool = True,
-    ) -> None:
-        """Check the arguments and precompute the allowed origins."""
-        provider = check_source(provider)
-        if not isinstance(retry_on_401, bool):
-            raise ConfigurationError(f"retry_on_401 must be a bool, not {retry_on_401!r}")
-        self._provider: Final = provider
-        self._origins: Final = (provider.api_url.origin(), *check_origins(origins))
-        self._allowed: Final = allowed_schemes(self._origins)
-        self._retry_on_401: Final = retry_on_401
-        # The last token and its header value, replaced as one object: the hot path then
-        # builds no string.
-        self._header: tuple[Token | None, str] = (None, "")
-
-    @property
-    def provider(self) -> TokenSource:
-        """The token provider."""
-        return self._provider
-
-    @property
-    def origins(self) -> tuple[URL, ...]:
-        """The origins that get the token, the provider's API origin first."""
-        return self._origins
-
-    def __repr__(self) -> str:
-        """Show the origins and the options; never a token."""
-        shown = ", ".join(f"'{origin}'" for origin in self._origins)
-        return f"<BearerAuth origins=({shown}) retry_on_401={self._retry_on_401}>"
-
     def allows(self, url: httpx.URL | str) -> bool:
         """Whether a request to ``url`` would get the token."""
         return self._allows(httpx.URL(url))
@@ -117,12 +79,6 @@ class BearerAuth(httpx.Auth):
     def _allows(self, url: httpx.URL) -> bool:
         key = host_port(url.raw_host.decode("ascii"), url.port)
         return allows(self._allowed, url.scheme, key)
-
-    def _authorization(self, token: Token) -> str:
-        header = self._header
-        if header[0] is not token:
-            header = self._header = (token, token.authorization)
-        return header[1]
 
     async def async_auth_flow(
         self, request: httpx.Request
