@@ -10,6 +10,8 @@ How each one decides to refresh (read from its source, versions in docs/benchmar
   lifetime, 1 h) before expiry (minus up to 10 % jitter); callers keep the cached token while
   one shared task refreshes; a token is not handed out with less than min(30 s, a tenth of
   its lifetime) left. One fetch per cache key per process (single flight).
+  ``plainid-async (httpx)`` is the tuned provider with ``plainid_async.httpx.client()``
+  (``BearerAuth``) instead of the aiohttp middleware, compared with the httpx floor.
 * Authlib ``AsyncOAuth2Client``: before every request, under one ``anyio.Lock``,
   ``token.is_expired(leeway)`` (``leeway=60`` s by default; ``expires_at`` is
   ``int(time.time()) + int(expires_in)``); if expired, the request waits while the token is
@@ -166,15 +168,40 @@ class _PlainID:
         }
 
 
-async def make_plainid_tuned(target: Target) -> Client:
-    provider = pa.TokenProvider(
+def _tuned_provider(target: Target) -> pa.TokenProvider:
+    return pa.TokenProvider(
         target.client_id,
         target.client_secret,
         base_url=target.base_url,
         timeout=TUNED_TIMEOUT,
         retry=TUNED_RETRY,
     )
-    return _PlainID(provider)
+
+
+async def make_plainid_tuned(target: Target) -> Client:
+    return _PlainID(_tuned_provider(target))
+
+
+class _PlainIDHttpx(_PlainID):
+    """The same provider, its tokens sent by ``plainid_async.httpx.client()``."""
+
+    def __init__(self, provider: pa.TokenProvider) -> None:
+        from plainid_async.httpx import client  # noqa: PLC0415 (httpx may be missing)
+
+        self.provider = provider
+        self.client = client(provider, timeout=HTTP_TIMEOUT)
+
+    async def get(self, path: str) -> int:
+        response = await self.client.get(path)
+        return int(response.status_code)
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+        await self.provider.close()
+
+
+async def make_plainid_httpx(target: Target) -> Client:
+    return _PlainIDHttpx(_tuned_provider(target))
 
 
 async def make_plainid_defaults(target: Target) -> Client:
@@ -388,6 +415,7 @@ FLOOR = "static header"
 CONTENDERS: Final[tuple[Contender, ...]] = (
     Contender(PLAINID, "tuned", "aiohttp", ("aiohttp",), make_plainid_tuned),
     Contender(PLAINID, "defaults", "aiohttp", ("aiohttp",), make_plainid_defaults),
+    Contender(PLAINID, "httpx", "httpx", ("httpx",), make_plainid_httpx),
     Contender(AUTHLIB, "defaults", "httpx", ("authlib", "httpx"), _authlib_factory(None)),
     Contender(
         AUTHLIB,

@@ -338,9 +338,15 @@ def processes_table(records: list[Record]) -> str:
 
 def environment_block(env: Record, command: str) -> str:
     versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items())
+    kept = (
+        [f"- Rows not rerun by that command: from the run of {env['kept_from']}"]
+        if env.get("kept_from")
+        else []
+    )
     return "\n".join(
         [
             f"- Run: {env['date']}, `{command}`",
+            *kept,
             (
                 f"- Machine: {env['cpu']}, {env['cpus']} CPUs, {env['platform']}; load average "
                 f"at start {env['load_average']} (a shared machine: expect noise)"

@@ -8,6 +8,8 @@ docs/benchmarks.md (Markdown tables between generated markers) with docs/_static
     .venv/bin/python benchmarks/run.py --quick          # shorter runs, same shape
     .venv/bin/python benchmarks/run.py --only expiry,outage --contenders plainid
     .venv/bin/python benchmarks/run.py --report-only    # redo the docs from results.jsonl
+    .venv/bin/python benchmarks/run.py --only steady --contenders httpx --merge
+                                        # rerun some rows, keep the others of results.jsonl
 """
 
 from __future__ import annotations
@@ -139,6 +141,28 @@ async def run(args: argparse.Namespace, server: ServerProcess) -> list[dict[str,
     return records
 
 
+def merge(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``old`` with the rows ``new`` reran replaced in place, and the rest of ``new`` added."""
+
+    def key(record: dict[str, Any]) -> tuple[object, object]:
+        return record.get("scenario"), record.get("contender")
+
+    fresh = {key(r): r for r in new if r.get("scenario") != "environment"}
+    old_env = next((r for r in old if r.get("scenario") == "environment"), None)
+    env = next(r for r in new if r.get("scenario") == "environment")
+    if old_env is not None:
+        env = {**env, "kept_from": old_env.get("kept_from", old_env["date"])}
+    kept = [fresh.pop(key(r), r) for r in old if r.get("scenario") != "environment"]
+    rows = [*kept, *fresh.values()]
+    # Each scenario's rows together, in line-up order, as a full run writes them.
+    scenarios = list(dict.fromkeys(r.get("scenario") for r in rows))
+    order = {contender.label: index for index, contender in enumerate(c.CONTENDERS)}
+    rows.sort(
+        key=lambda r: (scenarios.index(r.get("scenario")), order.get(r["contender"], len(order)))
+    )
+    return [env, *rows]
+
+
 def publish(records: list[dict[str, Any]], command: str) -> None:
     drawn = report.chart(records, CHART)
     generated = report.generated_markdown(records, command, CHART_LINK if drawn else None)
@@ -157,6 +181,9 @@ def main() -> None:
     parser.add_argument(
         "--report-only", action="store_true", help="rebuild docs from the results file"
     )
+    parser.add_argument(
+        "--merge", action="store_true", help="replace the rows rerun, keep the other results"
+    )
     args = parser.parse_args()
     # Library warnings (plainid-async's background-refresh WARNING in the outage run, …) are
     # counted by the scenarios, not printed in the middle of the progress lines.
@@ -173,6 +200,8 @@ def main() -> None:
         with ServerProcess() as server:
             records = asyncio.run(run(args, server))
         log(f"all scenarios done in {time.monotonic() - started:.0f} s")
+        if args.merge and args.results.exists():
+            records = merge(report.read_jsonl(args.results), records)
         report.write_jsonl(args.results, records)
     if not args.no_docs:
         publish(records, command)

@@ -58,6 +58,12 @@ nitpick_ignore = [
     ("py:class", "types.TracebackType"),
     # The client secret's wrapper is internal: CacheKey.client_secret's type names it.
     ("py:class", "plainid_async._secret.Secret"),
+    # The private protocol of what the integrations call on a provider (plainid_async._source):
+    # the docs describe its three members where they matter (httpx.md, "Test doubles").
+    ("py:class", "TokenSource"),
+    ("py:class", "plainid_async._source.TokenSource"),
+    # Their private base, which holds what both have: provider, origins, the checks.
+    ("py:class", "plainid_async._source.TokenScope"),
 ]
 
 # -- intersphinx, offline -------------------------------------------------------------------
@@ -117,6 +123,18 @@ INVENTORIES: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
             ("aiohttp.web.Request", "py:class", "web_reference.html#$"),
             ("aiohttp.web.Response", "py:class", "web_reference.html#$"),
             ("aiohttp.web.StreamResponse", "py:class", "web_reference.html#$"),
+        ],
+    ),
+    "httpx": (
+        "https://www.python-httpx.org/",
+        [
+            ("httpx.Auth", "py:class", "advanced/authentication/#custom-authentication-schemes"),
+            ("httpx.AsyncClient", "py:class", "api/#asyncclient"),
+            ("httpx.Client", "py:class", "api/#client"),
+            ("httpx.Request", "py:class", "api/#request"),
+            ("httpx.Response", "py:class", "api/#response"),
+            ("httpx.URL", "py:class", "api/#url"),
+            ("httpx.ByteStream", "py:class", "api/#request"),
         ],
     ),
     "yarl": (

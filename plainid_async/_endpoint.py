@@ -26,6 +26,7 @@ from aiohttp import payload
 from yarl import URL
 
 from ._log import LOGGER_NAME
+from ._origins import check_http_url, is_loopback_host, without_userinfo
 from ._secret import Secret, redact
 from ._token import MAX_LIFETIME, Token
 from .exceptions import (
@@ -77,18 +78,6 @@ _ERROR_CODE_RE: Final = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]{1,64}")
 _FORM_CONTENT_TYPE: Final = "application/x-www-form-urlencoded"
 
 
-def is_loopback_host(host: str | None) -> bool:
-    """Whether ``host`` names this machine: ``localhost``, 127.0.0.0/8 or ``::1``."""
-    if not host:
-        return False
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 @attrs.frozen
 class Endpoint:
     """Where PlainID's APIs and token endpoint are.
@@ -133,36 +122,9 @@ def resolve_endpoint(*, region: str | None, base_url: str | URL | None) -> Endpo
 
 
 def _validate_base_url(base_url: str | URL | None) -> URL:
-    if not isinstance(base_url, (str, URL)):
-        raise ConfigurationError(f"base_url must be a string or yarl.URL, not {type(base_url)}")
-    try:
-        url = URL(base_url) if isinstance(base_url, str) else base_url
-    except (ValueError, TypeError) as exc:
-        shown = _without_userinfo(str(base_url))
-        raise ConfigurationError(f"base_url={shown!r} is not a valid URL") from exc
-    shown = (
-        str(url.with_user(None).with_password(None))
-        if url.host
-        else _without_userinfo(str(base_url))
-    )
-    if not url.absolute or not url.host or url.scheme not in {"http", "https"}:
-        raise ConfigurationError(f"base_url={shown!r} must be an absolute http(s) URL")
-    if url.user is not None or url.password is not None:
-        raise ConfigurationError(f"base_url={shown!r} must not carry credentials")
-    if url.query_string or url.fragment:
-        raise ConfigurationError(f"base_url={shown!r} must not have a query or fragment")
-    if url.scheme == "http" and not is_loopback_host(url.host):
-        raise ConfigurationError(
-            f"base_url={shown!r} must use https (plain http is allowed for loopback hosts only)"
-        )
+    url = check_http_url(base_url, "base_url")
     # The raw path, so an encoded "/" (%2F) in the prefix stays encoded.
     return url.with_path(url.raw_path.rstrip("/"), encoded=True)
-
-
-def _without_userinfo(text: str) -> str:
-    # A URL yarl could not split is shown as typed, minus whatever precedes an "@": that
-    # may be a password.
-    return "***@" + text.rpartition("@")[2] if "@" in text else text
 
 
 @attrs.frozen
@@ -201,10 +163,10 @@ def resolve_proxy(proxy: object, *, source: str = "proxy") -> Proxy | None:
         raise ConfigurationError(f"{source} must be a string or yarl.URL, not {type(proxy)}")
     try:
         url = URL(proxy) if isinstance(proxy, str) else proxy
-        shown = str(url.with_user(None)) if url.host else _without_userinfo(str(proxy))
+        shown = str(url.with_user(None)) if url.host else without_userinfo(str(proxy))
     except (ValueError, TypeError):
         raise ConfigurationError(
-            f"{source}={_without_userinfo(str(proxy))!r} is not a valid URL"
+            f"{source}={without_userinfo(str(proxy))!r} is not a valid URL"
         ) from None
     if not url.absolute or not url.host or url.scheme not in {"http", "https"}:
         raise ConfigurationError(

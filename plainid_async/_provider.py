@@ -31,6 +31,7 @@ import attrs
 from ._cache import CacheKey, TokenCache, default_cache
 from ._endpoint import RetryPolicy, request_token, resolve_endpoint, resolve_proxy
 from ._log import LOGGER_NAME
+from ._middleware import provider_session
 from ._secret import Secret
 from ._token import RefreshSchedule, Token, TokenState, schedule_for
 from .exceptions import (
@@ -755,8 +756,6 @@ class TokenProvider:
             ConfigurationError: ``origins`` is invalid, or ``base_url`` is on an origin that
                 gets no token.
         """
-        from ._middleware import provider_session  # noqa: PLC0415 (the middleware imports us)
-
         return provider_session(self, origins=origins, **kwargs)
 
     # -- lifecycle ---------------------------------------------------------------------

@@ -210,8 +210,9 @@ EXAMPLE_PARAMS = [
 
 
 def test_examples_exist() -> None:
-    """Both framework examples are there."""
-    assert {p.name for p in EXAMPLES} >= {"aiohttp_service.py", "fastapi_service.py"}
+    """The framework examples are there."""
+    names = {p.name for p in EXAMPLES}
+    assert names >= {"aiohttp_service.py", "fastapi_service.py", "fastapi_httpx_service.py"}
 
 
 @pytest.mark.parametrize("path", EXAMPLE_PARAMS)

@@ -1,0 +1,118 @@
+"""What the integrations (aiohttp middleware, httpx ``BearerAuth``) need from a provider.
+
+A :class:`typing.Protocol` rather than :class:`~plainid_async.TokenProvider` itself: the
+integrations then do not import the provider (which imports them for
+``TokenProvider.session()``), and a test double with the three members works too.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final, Protocol, cast
+
+from yarl import URL
+
+from ._origins import allowed_schemes, check_http_url, check_origins
+from .exceptions import ConfigurationError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from ._token import Token
+
+__all__ = ["TokenScope", "TokenSource", "check_source"]
+
+
+class TokenSource(Protocol):
+    """Where an integration gets tokens: a ``TokenProvider`` or anything shaped like one."""
+
+    @property
+    def api_url(self) -> URL:
+        """The API base URL; its origin gets the token."""
+        ...
+
+    async def get_token(self) -> Token:
+        """A valid token."""
+        ...
+
+    def report_unauthorized(self, token: Token) -> bool:
+        """The API answered 401 to ``token``; return whether a retry is worth it."""
+        ...
+
+
+def check_source(provider: object) -> TokenSource:
+    """Check that ``provider`` has what a :class:`TokenSource` has.
+
+    Raises:
+        ConfigurationError: A member is missing or ``api_url`` breaks the URL rules.
+    """
+    missing = [
+        f"{name}()"
+        for name in ("get_token", "report_unauthorized")
+        if not callable(getattr(provider, name, None))
+    ]
+    if not hasattr(provider, "api_url"):
+        missing.insert(0, "api_url")
+    if missing:
+        raise ConfigurationError(
+            "provider must be a plainid_async.TokenProvider, or have api_url, get_token() and "
+            f"report_unauthorized(token); {type(provider).__name__} has no {', '.join(missing)}"
+        )
+    api_url = getattr(provider, "api_url")  # noqa: B009 (not a TokenSource yet, for mypy)
+    if not isinstance(api_url, URL):
+        raise ConfigurationError(f"provider.api_url must be a yarl.URL, not {type(api_url)}")
+    check_http_url(api_url, "provider.api_url")
+    return cast("TokenSource", provider)
+
+
+class TokenScope:
+    """What both integrations hold: the provider, the origins that get its token, the options.
+
+    The base of :class:`~plainid_async.BearerAuthMiddleware` and of the httpx ``BearerAuth``,
+    so both check their arguments, and answer ``provider``, ``origins`` and ``repr()``, alike.
+    """
+
+    __slots__ = ("_allowed", "_header", "_origins", "_provider", "_retry_on_401")
+
+    def __init__(
+        self,
+        provider: TokenSource,
+        *,
+        origins: Iterable[str | URL] | None = None,
+        retry_on_401: bool = True,
+    ) -> None:
+        """Check the arguments and precompute the allowed origins."""
+        provider = check_source(provider)
+        if not isinstance(retry_on_401, bool):
+            raise ConfigurationError(f"retry_on_401 must be a bool, not {retry_on_401!r}")
+        self._provider: Final = provider
+        extra = check_origins(origins)
+        self._origins: Final = (provider.api_url.origin(), *extra)
+        self._allowed: Final = allowed_schemes(self._origins)
+        self._retry_on_401: Final = retry_on_401
+        # The last token and its header value, replaced as one object (so threads sharing
+        # the integration never pair a token with another token's header): the hot path
+        # then builds no string.
+        self._header: tuple[Token | None, str] = (None, "")
+
+    @property
+    def provider(self) -> TokenSource:
+        """The token provider."""
+        return self._provider
+
+    @property
+    def origins(self) -> tuple[URL, ...]:
+        """The origins that get the token, the provider's API origin first."""
+        return self._origins
+
+    def __repr__(self) -> str:
+        """Show the origins and the options; never a token."""
+        shown = ", ".join(f"'{origin}'" for origin in self._origins)
+        name = type(self).__name__
+        return f"<{name} origins=({shown}) retry_on_401={self._retry_on_401}>"
+
+    def _authorization(self, token: Token) -> str:
+        """The ``Authorization`` value for ``token``, built once per token."""
+        header = self._header
+        if header[0] is not token:
+            header = self._header = (token, token.authorization)
+        return header[1]
