@@ -30,8 +30,7 @@ from _reliability import (
 from aiohttp import web
 
 import plainid_async as pa
-from plainid_async import _provider
-from plainid_async.testing import FakePlainID, FakeResponse
+from plainid_async.testing import FakePlainID, FakeResponse, running_fetches
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterator
@@ -153,12 +152,12 @@ async def test_hang_during_a_background_refresh_blocks_no_caller(
             await provider.cache.store(provider.cache_key, stale)
             fake.hang = True
             results = await callers(provider)
-            [flight] = [f for f in _provider._FLIGHTS.values() if f.owner is provider]
-            assert not flight.task.done()  # the refresh still hangs; nobody waited for it
+            [flight] = [f for f in running_fetches() if f.owner is provider]
+            assert not flight.done()  # the refresh still hangs; nobody waited for it
             assert all(r is stale for r in results)
             assert all(fake.is_valid(r.access_token) for r in results if isinstance(r, pa.Token))
             fake.hang = False
-            await asyncio.gather(flight.task, return_exceptions=True)
+            await asyncio.gather(flight.wait(), return_exceptions=True)
             redaction.objects += [provider, stale, fake]
         redaction.tokens.update(fake.issued_tokens)
     record(

@@ -14,6 +14,7 @@ hangs, malformed answers and secret rotation; every request is recorded::
             assert [r.status for r in fake.token_requests] == [503, 429, 200]
 """
 
+from plainid_async._cache import running_fetches
 from plainid_async.testing._fake import (
     TOKEN_PATH,
     FakePlainID,
@@ -22,4 +23,11 @@ from plainid_async.testing._fake import (
     TokenRequest,
 )
 
-__all__ = ["TOKEN_PATH", "FakePlainID", "FakeResponse", "ResourceRequest", "TokenRequest"]
+__all__ = [
+    "TOKEN_PATH",
+    "FakePlainID",
+    "FakeResponse",
+    "ResourceRequest",
+    "TokenRequest",
+    "running_fetches",
+]
