@@ -191,7 +191,9 @@ class BearerAuthMiddleware:
             # The token was rejected: drop it, if it is still the cached one, so this retry
             # or else the caller's next request gets a new one.
             if not provider.report_unauthorized(token) or not _can_replay(request.body):
-                break  # guard held, or a streamed body cannot be sent again: the caller gets the 401
+                # The 401 guard holds, or a streamed body cannot be sent again: the caller
+                # gets the 401.
+                break
             # Free the connection first: the retry (or, with a shared session, the token
             # request) may need it from a small pool.
             response.release()
