@@ -221,6 +221,7 @@ class KeyState:
             token (the 401 guard).
         guard_step: 401 guard intervals in a row (each doubles the next).
         providers: Open providers using this key.
+        rejected: Token ids a shared cache was told are bad, with when they expire.
     """
 
     token: Token | None = attrs.field(default=None, repr=False)
@@ -235,6 +236,7 @@ class KeyState:
     guard_step: int = 0
     providers: int = 0
     warned: bool = attrs.field(default=False, repr=False)
+    rejected: dict[str, float] | None = attrs.field(default=None, repr=False)
 
     def idle(self, now: float) -> bool:
         """Whether nothing here is worth keeping: no provider, no fetch, no live token."""
@@ -474,7 +476,8 @@ class MemoryTokenCache:
 
     def __len__(self) -> int:
         """The number of tokens held."""
-        return sum(1 for key in self.key_states if self.get(key) is not None)
+        states = self.key_states
+        return sum(1 for key in states if (state := states.get(key)) and state.token)
 
 
 _DEFAULT_CACHE = MemoryTokenCache()

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import copy
 import logging
 import math
 import os
@@ -607,11 +606,14 @@ class TokenProvider:
             future.set_running_or_notify_cancel()
             flight = Flight(key=key, reason=reason, future=future, loop=loop, owner=self)
             state.flight = flight
+            # After a cool-down, one attempt probes the endpoint: the failure streak already
+            # spent a full retry budget, and each cool-down step costs one request.
+            probe = reason in ("cold", "expired") and state.cooldown_until > 0
         if reason == "refresh":
             self._stats.background_refreshes += 1
             logger.debug("background refresh started for client %s", key.client_id)
         self._note("fetch", key, reason=reason)
-        coro = self._fetch(flight, replacing)
+        coro = self._fetch(flight, replacing, probe=probe)
 
         def start() -> None:
             task = loop.create_task(coro, name=f"plainid-async token fetch {key.client_id}")
@@ -643,7 +645,7 @@ class TokenProvider:
                 and now < state.cooldown_until
             ):
                 self._note("cooldown_held", key)
-                raise _cooling_down(state.last_error, state.cooldown_until - now)
+                raise _cooling_down(state.last_error)
             flight = self._flight(key, state, replacing, reason)
             flight.hurry()
             self._note("waited", key, reason=flight.reason)
@@ -696,7 +698,7 @@ class TokenProvider:
                     )
                     raise _OrphanedError from None
 
-    async def _fetch(self, flight: Flight, replacing: Token | None) -> Token:
+    async def _fetch(self, flight: Flight, replacing: Token | None, *, probe: bool) -> Token:
         flight.wake = asyncio.Event()
         if flight.hurried:
             flight.wake.set()
@@ -707,7 +709,8 @@ class TokenProvider:
             fresh = shared is not None and monotonic() < self._schedule(shared).refresh_at
             if shared is not None and fresh and shared != replacing:
                 return shared
-            token = await self._request(key, flight.wake)
+            retry = attrs.evolve(self._retry, attempts=1) if probe else self._retry
+            token = await self._request(key, flight.wake, retry)
             await self._cache.store(key, token)
             self._stats.tokens_fetched += 1
             logger.info(
@@ -718,7 +721,7 @@ class TokenProvider:
             )
             return token
 
-    async def _request(self, key: CacheKey, wake: asyncio.Event) -> Token:
+    async def _request(self, key: CacheKey, wake: asyncio.Event, retry: RetryPolicy) -> Token:
         def count() -> None:
             self._stats.token_requests += 1
 
@@ -747,7 +750,7 @@ class TokenProvider:
                 client_id=key.client_id,
                 client_secret=key.client_secret,
                 timeout=self._timeout,
-                retry=self._retry,
+                retry=retry,
                 ssl=self._ssl,
                 on_attempt=count,
                 sleep=backoff,
@@ -916,10 +919,11 @@ def _guard_interval(step: int) -> float:
     return min(GUARD_MAX, GUARD_BASE * 2.0 ** min(step - 1, 16))
 
 
-def _cooling_down(last: BaseException, left: float) -> BaseException:
-    """The error a call inside a cool-down gets: the last one's type, status and message."""
-    error = copy.copy(last)
-    error.args = (f"{last} (cool-down after failed token fetches: next try in {left:.1f} s)",)
-    error.__cause__ = None
-    error.__traceback__ = None
-    return error
+def _cooling_down(last: BaseException) -> BaseException:
+    """The error a call inside a cool-down gets: the failed fetch's own error object.
+
+    Like every waiter of that fetch, the caller gets the very same exception (with a fresh
+    traceback, as asyncio does for a shared future), so the number of distinct errors
+    callers see is the number of failed fetches.
+    """
+    return last.with_traceback(None)

@@ -8,10 +8,18 @@ from typing import TYPE_CHECKING
 import pytest
 from _reliability import LoopWatch
 
+from plainid_async._refresher import refresher_loop
 from plainid_async.testing import running_fetches
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _refresher_running() -> None:
+    """Start the refresher thread once, first: its loop's file descriptors and thread are
+    the process's from then on, not a leak of whichever test fetched first."""
+    refresher_loop()
 
 
 @pytest.fixture

@@ -10,11 +10,14 @@ import signal
 import sys
 from typing import TYPE_CHECKING
 
+import aiohttp
 import pytest
 import redis.asyncio
 from _redis_server import RedisServer, redis_binary
+from aiohttp import web
 
 from plainid_async import (
+    BearerAuthMiddleware,
     CacheKey,
     ConfigurationError,
     ProviderClosedError,
@@ -618,3 +621,36 @@ async def test_redis_ttl_bounds_a_loaded_token(client: redis.asyncio.Redis) -> N
     assert loaded == token
     assert loaded is not None
     assert loaded.remaining() <= 60
+
+
+async def test_the_401_guard_keeps_the_fleets_shared_token(
+    client: redis.asyncio.Redis, fake: FakePlainID
+) -> None:
+    """An API that answers 401 to everything: the shared token is replaced once, then kept."""
+
+    async def refuse(request: web.Request) -> web.Response:
+        return web.Response(status=401)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", refuse)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    api = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        cache = fast(client)
+        provider = provider_for(fake, cache)
+        middleware = BearerAuthMiddleware(provider, origins=[api])
+        async with provider, aiohttp.ClientSession(middlewares=(middleware,)) as session:
+            statuses = []
+            for _ in range(50):
+                async with session.get(f"{api}/x") as response:
+                    statuses.append(response.status)
+            await cache.flush()
+            stored = await client.get(cache.token_key(provider.cache_key))
+            assert stored is not None  # the 401s inside the guard deleted nothing
+            assert cache.get(provider.cache_key) is not None
+    finally:
+        await runner.cleanup()
+    assert statuses == [401] * 50
+    assert len(fake.token_requests) == 2  # the first token, and one replacement
