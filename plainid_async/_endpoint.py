@@ -545,6 +545,7 @@ async def request_token(
                     status=error.status,
                     retryable=error.retryable,
                 )
+            error.retry_after = outcome.retry_after  # the provider's cool-down honours it
             raise error from outcome.cause
         logger.info(
             "token request %d for client %s failed (%s); retrying in %.2f s",

@@ -48,10 +48,13 @@ class TokenRequestError(PlainIDError):
         status: The HTTP status of the last response, or ``None`` when there was none
             (connection error, timeout).
         retryable: Whether trying again later may succeed.
+        retry_after: The server's ``Retry-After`` on the last answer, in seconds, or
+            ``None``.
     """
 
     #: Whether errors of this class are worth retrying, unless the instance says otherwise.
     default_retryable: bool = False
+    retry_after: float | None = None
 
     def __init__(
         self, message: str, *, status: int | None = None, retryable: bool | None = None
