@@ -799,7 +799,7 @@ class TokenProvider:
         state.failures += 1
         state.last_error = error
         now = monotonic()
-        retry_after = getattr(error, "retry_after", None)
+        retry_after = error.retry_after if isinstance(error, TokenRequestError) else None
         delay = self._cooldown_delay(state.failures, retry_after)
         state.failed_at, state.retry_at = now, now + delay
         usable = self._usable(self._cache.get(key))
@@ -834,12 +834,17 @@ class TokenProvider:
                 described,
             )
 
-    def _cooldown_delay(self, failures: int, retry_after: object) -> float:
-        """Seconds before the next fetch after ``failures`` failed fetches in a row."""
+    def _cooldown_delay(self, failures: int, retry_after: float | None) -> float:
+        """Seconds before the next fetch after ``failures`` failed fetches in a row.
+
+        The retry policy's own backoff (one rule for retries, cool-downs and the Redis lock
+        poll), continued past the steps the fetch used, at least ``Retry-After``, and at
+        most COOLDOWN_MAX.
+        """
         jitter = random.random()  # noqa: S311 (jitter, not crypto)
         delay = self._cooldown_policy.backoff(failures + COOLDOWN_STEP_OFFSET, jitter)
-        if isinstance(retry_after, (int, float)) and math.isfinite(retry_after):
-            delay = max(delay, min(float(retry_after), self._retry.max_retry_after))
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, self._retry.max_retry_after))
         return min(delay, COOLDOWN_MAX)
 
     # -- aiohttp -----------------------------------------------------------------------

@@ -532,3 +532,20 @@ async def test_an_invalidated_token_is_never_served_from_the_hot_path() -> None:
             cache.clear()
             assert await provider.get_token() is not token
             await other.close()
+
+
+async def test_a_cool_down_lasts_at_least_the_servers_retry_after() -> None:
+    async with FakePlainID() as fake:
+        cache = pa.MemoryTokenCache()
+        retry = pa.RetryPolicy(attempts=3, backoff_base=0.01, deadline=1.0)
+        provider = provider_on(fake, cache, retry=retry)
+        async with provider:
+            fake.start_outage(503, retry_after="20")
+            with pytest.raises(pa.TokenEndpointUnavailableError) as info:
+                await provider.get_token()
+            assert info.value.retry_after == 20
+            # Retry-After went past the deadline: one attempt, then a 20 s cool-down.
+            assert len(fake.token_requests) == 1
+            state = cache.key_states.get(provider.cache_key)
+            assert state is not None
+            assert state.cooldown_until - time.monotonic() > 19
