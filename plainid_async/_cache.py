@@ -137,8 +137,8 @@ _EVICT_SKIP = 8
 class Flight:
     """One token fetch in progress for one cache key, shared by every caller of that key.
 
-    Read-only for users: tests and health checks see flights through
-    :meth:`KeyStates.flights`.
+    Read-only for users: tests see flights through ``running_fetches()`` and a cache's
+    ``key_states.flights()``.
 
     Attributes:
         key: The cache key the fetch is for.
@@ -431,8 +431,8 @@ class MemoryTokenCache:
 
     __slots__ = ("key_states",)
 
-    #: Tokens here are plain objects any loop or thread may use: fetches for this cache
-    #: run on the refresher's loop and outlive the caller's loop.
+    #: False, as nothing here belongs to an event loop. Fetches for this cache run on the
+    #: refresher's own loop and outlive the caller's loop.
     loop_bound: Final = False
 
     def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:

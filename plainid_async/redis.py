@@ -299,8 +299,8 @@ class RedisTokenCache:
         ConfigurationError: A parameter is invalid.
     """
 
-    #: The redis-py client is bound to the event loop its connections were made on, so
-    #: fetches for this cache run on the caller's loop, not on the refresher's.
+    #: True, as the redis-py client belongs to the event loop its connections were made
+    #: on. Fetches for this cache run on the caller's loop, not on the refresher's.
     loop_bound: Final = True
 
     def __init__(

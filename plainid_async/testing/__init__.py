@@ -14,7 +14,7 @@ hangs, malformed answers and secret rotation; every request is recorded::
             assert [r.status for r in fake.token_requests] == [503, 429, 200]
 """
 
-from plainid_async._cache import running_fetches
+from plainid_async._cache import Flight, running_fetches
 from plainid_async.testing._fake import (
     TOKEN_PATH,
     FakePlainID,
@@ -27,6 +27,7 @@ __all__ = [
     "TOKEN_PATH",
     "FakePlainID",
     "FakeResponse",
+    "Flight",
     "ResourceRequest",
     "TokenRequest",
     "running_fetches",
