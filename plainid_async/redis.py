@@ -347,8 +347,7 @@ class RedisTokenCache:
         """Show the namespace and state; never a secret or a token."""
         state = "down" if self._down else "up"
         return (
-            f"<RedisTokenCache namespace={self._namespace!r} tokens={self._held()} "
-            f"redis={state}>"
+            f"<RedisTokenCache namespace={self._namespace!r} tokens={self._held()} redis={state}>"
         )
 
     def _held(self) -> int:
