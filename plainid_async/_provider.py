@@ -594,7 +594,13 @@ class TokenProvider:
         return asyncio.get_running_loop()
 
     def _flight(
-        self, key: CacheKey, state: KeyState, replacing: Token | None, reason: str
+        self,
+        key: CacheKey,
+        state: KeyState,
+        replacing: Token | None,
+        reason: str,
+        *,
+        full_budget: bool = False,
     ) -> Flight:
         """Return the flight for ``key``, starting one if none runs."""
         with self._states.lock:
@@ -608,7 +614,7 @@ class TokenProvider:
             state.flight = flight
             # After a cool-down, one attempt probes the endpoint: the failure streak already
             # spent a full retry budget, and each cool-down step costs one request.
-            probe = reason in ("cold", "expired") and state.cooldown_until > 0
+            probe = not full_budget and reason in ("cold", "expired") and state.cooldown_until > 0
         if reason == "refresh":
             self._stats.background_refreshes += 1
             logger.debug("background refresh started for client %s", key.client_id)
@@ -646,7 +652,7 @@ class TokenProvider:
             ):
                 self._note("cooldown_held", key)
                 raise _cooling_down(state.last_error)
-            flight = self._flight(key, state, replacing, reason)
+            flight = self._flight(key, state, replacing, reason, full_budget=skip_cooldown)
             flight.hurry()
             self._note("waited", key, reason=flight.reason)
             try:
