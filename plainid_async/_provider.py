@@ -659,7 +659,7 @@ class TokenProvider:
             flight.hurry()
             self._note("waited", key, reason=flight.reason)
             try:
-                return await self._await_flight(flight, state, deadline)
+                token = await self._await_flight(flight, state, deadline)
             except TokenRequestError as error:
                 # A background refresh may have spent most of its attempts before anyone
                 # waited for it: when it fails, waiting callers get one fetch of their own
@@ -676,6 +676,9 @@ class TokenProvider:
                 # start or join another.
             except _OrphanedError:
                 pass
+            else:
+                self._check_open()  # closed while it waited for another provider's fetch
+                return token
 
     async def _await_flight(self, flight: Flight, state: KeyState, deadline: float) -> Token:
         waiting = asyncio.wrap_future(flight.future)

@@ -485,6 +485,22 @@ async def test_after_close_nothing_hands_out_a_token() -> None:
                 await provider.get_token()
 
 
+async def test_a_call_waiting_when_its_provider_closes_gets_no_token() -> None:
+    async with FakePlainID(latency=0.2) as fake:
+        cache = pa.MemoryTokenCache()
+        starter, waiting = provider_on(fake, cache), provider_on(fake, cache)
+        async with starter:
+            first = asyncio.create_task(starter.get_token())
+            await requests_seen(fake)
+            call = asyncio.create_task(waiting.get_token())
+            while waiting.stats.waits == 0:  # noqa: ASYNC110 (it joined the starter's fetch)
+                await asyncio.sleep(0)
+            await waiting.close()
+            with pytest.raises(pa.ProviderClosedError):
+                await asyncio.wait_for(call, 10)
+            assert fake.is_valid((await first).access_token)
+
+
 # -- 7. many tenants -------------------------------------------------------------------
 
 
