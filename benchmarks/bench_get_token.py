@@ -1,8 +1,9 @@
 """Hot path: `await provider.get_token()` on a cached token vs a bare coroutine.
 
 The floor is a coroutine that does what any token cache must do: one dict lookup and one
-monotonic-clock check. Both are timed in interleaved rounds in one run; the ratio is what
-counts (absolute times on a shared machine are noise). Goal: ratio <= 3.
+monotonic-clock check. Both are timed in interleaved rounds in one run, on the CPU time of
+this thread (time.thread_time: another process taking the core does not count); the ratio
+is what counts (absolute times on a shared machine are noise). Goal: ratio <= 1.2.
 
 Run: .venv/bin/python benchmarks/bench_get_token.py [--rounds N] [--calls N]
 """
@@ -39,16 +40,16 @@ async def main(rounds: int, calls: int) -> float:
 
             async def time_provider() -> float:
                 get = provider.get_token
-                start = time.perf_counter()
+                start = time.thread_time()
                 for _ in range(calls):
                     await get()
-                return (time.perf_counter() - start) / calls
+                return (time.thread_time() - start) / calls
 
             async def time_bare() -> float:
-                start = time.perf_counter()
+                start = time.thread_time()
                 for _ in range(calls):
                     await bare()
-                return (time.perf_counter() - start) / calls
+                return (time.thread_time() - start) / calls
 
             ours, floor = [], []
             for _ in range(rounds):
@@ -61,13 +62,13 @@ async def main(rounds: int, calls: int) -> float:
     ratio = ours_ns / floor_ns
     print(f"get_token() on a cached token: {ours_ns:8.1f} ns/call (median of {rounds} rounds)")
     print(f"bare dict+monotonic coroutine: {floor_ns:8.1f} ns/call")
-    print(f"ratio: {ratio:.2f}x (goal <= 3x)")
+    print(f"ratio: {ratio:.2f}x (goal <= 1.2x)")
     return ratio
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--rounds", type=int, default=21)
     parser.add_argument("--calls", type=int, default=100_000)
     args = parser.parse_args()
     asyncio.run(main(args.rounds, args.calls))

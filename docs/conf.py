@@ -80,6 +80,8 @@ INVENTORIES: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
             ("asyncio.CancelledError", "py:exception", "library/asyncio-exceptions.html#$"),
             ("asyncio.run", "py:function", "library/asyncio-runner.html#$"),
             ("asyncio.shield", "py:function", "library/asyncio-task.html#$"),
+            ("asyncio.AbstractEventLoop", "py:class", "library/asyncio-eventloop.html#$"),
+            ("concurrent.futures.Future", "py:class", "library/concurrent.futures.html#$"),
             ("contextlib.AbstractAsyncContextManager", "py:class", "library/contextlib.html#$"),
             ("contextlib.AsyncExitStack", "py:class", "library/contextlib.html#$"),
             ("collections.abc.Mapping", "py:class", "library/collections.abc.html#$"),
@@ -172,6 +174,7 @@ TYPE_ALIASES = {
     "URL": "yarl.URL",
     "AbstractAsyncContextManager": "contextlib.AbstractAsyncContextManager",
     "aiohttp.client.ClientSession": "aiohttp.ClientSession",
+    "plainid_async._cache.Flight": "plainid_async.testing.Flight",
 }
 
 

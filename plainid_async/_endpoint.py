@@ -801,6 +801,7 @@ async def _request_with_retries(
                     retryable=error.retryable,
                     error=error.error,
                 )
+            error.retry_after = outcome.retry_after  # the provider's cool-down honours it
             raise error from outcome.cause
         logger.info(
             "token request %d for client %s failed (%s); retrying in %.2f s",

@@ -1,15 +1,17 @@
 """TokenProvider: single-flight fetches, refresh ahead of expiry, loops and lifecycle.
 
-How a call flows: ``get_token`` answers from the cache while the token is FRESH (the hot
-path: no await of anything else). A STALE token is answered at once and one background
-refresh starts. With no usable token, callers await one shared fetch ("flight") per cache
-key per process. A flight runs as a task; callers await it through ``asyncio.shield`` so a
-cancelled caller never cancels it for the others.
+How a call flows: ``get_token`` answers from the provider's hot slot while the token is
+FRESH (no await of anything else, one identity check against the cache's state for the
+key). A STALE token is answered at once and one background refresh starts. With no usable
+token, callers wait for one shared fetch ("flight") per cache key per process, each for at
+most its own provider's time budget.
 
-Nothing here is bound to an event loop: flights remember their loop, callers on another
-running loop wait through a thread-safe future, and flights of a closed loop are forgotten.
-The HTTP session for token requests lives only as long as one fetch (fetches are rare), so
-no session outlives its loop.
+Flights, failure streaks, cool-downs and the 401 guard live in the cache's per-key state
+(:class:`~plainid_async._cache.KeyStates`), never in module globals. With a loop-free cache
+(the memory cache) and no ``session=``, fetches run on the refresher's own loop
+(:mod:`plainid_async._refresher`), so a refresh outlives the loop that started it. With a
+``session=`` or a loop-bound cache (Redis), they run on the caller's loop, and callers on
+other loops start or join another fetch as soon as that loop stops.
 """
 
 from __future__ import annotations
@@ -21,23 +23,24 @@ import logging
 import math
 import os
 import random
-import threading
-import time
+from time import monotonic
 from typing import TYPE_CHECKING, Any, Final, Self
 
 import aiohttp
 import attrs
 
-from ._cache import CacheKey, TokenCache, default_cache
+from ._cache import CacheKey, Flight, KeyState, TokenCache, default_cache, key_states_of
 from ._endpoint import RetryPolicy, request_token, resolve_endpoint, resolve_proxy
 from ._log import LOGGER_NAME
 from ._middleware import provider_session
+from ._refresher import is_refresher_loop, refresher_loop
 from ._secret import Secret
 from ._token import RefreshSchedule, Token, TokenState, schedule_for
 from .exceptions import (
     ConfigurationError,
     InvalidCredentialsError,
     ProviderClosedError,
+    TokenEndpointUnavailableError,
     TokenRequestError,
 )
 
@@ -48,21 +51,46 @@ if TYPE_CHECKING:
 
     from yarl import URL
 
+    from ._cache import KeyStates
+
 __all__ = ["ProviderStats", "TokenProvider"]
 
 logger = logging.getLogger(LOGGER_NAME)
 
-#: First wait after a failed background refresh, doubled per failure up to the maximum.
-BACKGROUND_RETRY_BASE: Final = 1.0
-BACKGROUND_RETRY_MAX: Final = 60.0
+#: The longest cool-down after failed fetches with no usable token, and the longest wait
+#: between failed background refreshes (seconds).
+COOLDOWN_MAX: Final = 30.0
+#: The n-th failed fetch in a row waits backoff step n + this (the fetch itself used the
+#: first steps between its attempts): with the default policy 0.5-1 s, 1-2 s, 2-4 s, ... 30 s.
+COOLDOWN_STEP_OFFSET: Final = 2
 #: Shortest wait between failed background refreshes, however close the token is to expiry.
 BACKGROUND_RETRY_FLOOR: Final = 0.25
+#: The first 401 guard interval (seconds); it doubles on repeats, up to GUARD_MAX.
+GUARD_BASE: Final = 5.0
+GUARD_MAX: Final = 60.0
+#: A waiter's budget beyond its provider's own worst case, so a fetch it runs itself
+#: reports its own error rather than the waiter's timeout.
+WAIT_GRACE: Final = 0.25
+#: How often a caller waiting on a fetch of another, loop-bound loop checks that loop runs.
+ORPHAN_POLL: Final = 0.05
 
 ENV_CLIENT_ID: Final = "PLAINID_CLIENT_ID"
 ENV_CLIENT_SECRET: Final = "PLAINID_CLIENT_SECRET"  # noqa: S105 (a variable name)
 ENV_CLIENT_SECRET_FILE: Final = "PLAINID_CLIENT_SECRET_FILE"  # noqa: S105 (a variable name)
 ENV_REGION: Final = "PLAINID_REGION"
 ENV_BASE_URL: Final = "PLAINID_BASE_URL"
+
+
+_COLD_STATE: Final = KeyState()
+_NO_TOKEN: Final = Token("-", "Bearer", 1.0, 0.0, 0.0)  # never served: its refresh_at is -inf
+_COLD: Final[tuple[Token, float, KeyState]] = (_NO_TOKEN, -math.inf, _COLD_STATE)
+
+
+_sleep = asyncio.sleep  # the hurried backoff's sleep; tests replace it to see the steps
+
+
+class _OrphanedError(Exception):
+    """The loop running a flight stopped or closed: start or join another fetch."""
 
 
 @attrs.define
@@ -84,53 +112,6 @@ class ProviderStats:
     waits: int = 0
     background_refreshes: int = 0
     failures: int = 0
-
-
-@attrs.define(eq=False)
-class _Flight:
-    """One token fetch in progress, shared by every caller of one cache key."""
-
-    task: asyncio.Task[Token]
-    loop: asyncio.AbstractEventLoop
-    future: concurrent.futures.Future[Token]
-    owner: TokenProvider
-    wake: asyncio.Event  # set once callers wait for a background refresh
-    started_in_background: bool
-
-    def hurry(self) -> None:
-        """Callers now wait for this fetch: cut short the retry backoff it may be sleeping.
-
-        A background refresh backs off at leisure while the cached token is usable; once
-        callers wait, the next attempt should not wait out a long step.
-        """
-        if not self.started_in_background or self.wake.is_set():
-            return
-        if self.loop is asyncio.get_running_loop():
-            self.wake.set()
-        else:
-            self.loop.call_soon_threadsafe(self.wake.set)
-
-    def usable_from(self, loop: asyncio.AbstractEventLoop) -> bool:
-        """Whether a caller on ``loop`` can wait for this flight."""
-        if self.task.done():
-            return False
-        return self.loop is loop or (self.loop.is_running() and not self.loop.is_closed())
-
-
-@attrs.define
-class _Episode:
-    """Failures in a row for one cache key: when to try again, whether we warned."""
-
-    failures: int = 0
-    failed_at: float = 0.0
-    retry_at: float = 0.0
-
-
-_FlightKey = tuple[int, CacheKey]
-_FLIGHTS: dict[_FlightKey, _Flight] = {}
-_EPISODES: dict[_FlightKey, _Episode] = {}
-_REGISTRY_LOCK = threading.Lock()
-_sleep = asyncio.sleep  # tests replace it to see the backoff
 
 
 def _check_text(name: str, value: object) -> str:
@@ -199,6 +180,12 @@ def _check_seconds(name: str, value: object, *, allow_zero: bool) -> float:
     return seconds
 
 
+def _wait_budget(retry: RetryPolicy, timeout: float) -> float:
+    """The longest a caller waits for a token: its own policy's worst case, plus a grace."""
+    backoffs = sum(retry.backoff(step, 1.0) for step in range(1, retry.attempts))
+    return min(retry.deadline, retry.attempts * timeout + backoffs) + WAIT_GRACE
+
+
 class TokenProvider:
     """Gets, caches and refreshes PlainID access tokens for one API client.
 
@@ -237,21 +224,26 @@ class TokenProvider:
 
     __slots__ = (
         "_api_url",
+        "_budget",
         "_cache",
         "_client_id",
         "_client_secret",
         "_closed",
+        "_cooldown_policy",
+        "_hits",
         "_hot",
         "_key",
         "_proxy",
         "_refresh_margin",
         "_retry",
+        "_sched",
         "_session",
         "_ssl",
+        "_states",
+        "_stats",
         "_timeout",
         "_token_url",
         "_trust_env",
-        "stats",
     )
 
     def __init__(
@@ -307,10 +299,19 @@ class TokenProvider:
         self._retry = RetryPolicy() if retry is None else retry
         self._ssl = ssl
         self._key = CacheKey.for_credentials(str(self._token_url), client_id, self._client_secret)
-        # (token, refresh_at, usable_until) of the token this provider last handed out.
-        self._hot: tuple[Token, float, float] | None = None
+        # Flights, failure streaks, cool-downs and the 401 guard: owned by the cache.
+        self._states: KeyStates = key_states_of(self._cache)
+        self._states.attach(self._key)
+        # (token, refresh_at, key state) of the FRESH token this provider last handed out;
+        # _COLD when there is none (a tuple that never matches: no None check on the hot path).
+        self._hot: tuple[Token, float, KeyState] = _COLD
+        self._hits = 0  # hot-path hits not yet added to stats.cache_hits
+        # The schedule drawn for the last token looked at (its jitter is drawn once).
+        self._sched: tuple[Token, RefreshSchedule] | None = None
+        self._budget = _wait_budget(self._retry, self._timeout)
+        self._cooldown_policy = attrs.evolve(self._retry, backoff_max=COOLDOWN_MAX)
         self._closed = False
-        self.stats = ProviderStats()
+        self._stats = ProviderStats()
 
     @classmethod
     def from_env(
@@ -421,6 +422,13 @@ class TokenProvider:
         """Whether :meth:`close` was called."""
         return self._closed
 
+    @property
+    def stats(self) -> ProviderStats:
+        """Counters of what this provider did (the same object every time)."""
+        hits, self._hits = self._hits, 0
+        self._stats.cache_hits += hits
+        return self._stats
+
     def __repr__(self) -> str:
         """Show the client id and API URL; never the secret or a token."""
         # getattr: tracebacks with locals show a provider whose __init__ raised, half made.
@@ -430,15 +438,20 @@ class TokenProvider:
 
     # -- tokens ------------------------------------------------------------------------
 
-    async def get_token(self, *, force_refresh: bool = False) -> Token:
+    # force_refresh is not keyword-only: CPython fills a keyword-only default from a dict
+    # on every call, which cost 15 % of the hot path's floor (bench_get_token.py). Pass it
+    # by keyword all the same.
+    async def get_token(self, force_refresh: bool = False) -> Token:  # noqa: FBT001, FBT002
         """Return a valid access token.
 
         FRESH: returned at once. STALE: returned at once, and one background refresh starts.
-        None usable: waits for the one shared fetch.
+        None usable: waits for the one shared fetch, at most this provider's time budget.
+        Inside a cool-down after failed fetches, fails at once with the last error.
 
         Args:
             force_refresh: Drop the cached token (if it is still the one cached when this
-                call starts) and wait for a new one. Concurrent forced calls share one fetch.
+                call starts) and wait for a new one, ignoring any cool-down. Concurrent
+                forced calls share one fetch.
 
         Returns:
             The token.
@@ -447,12 +460,12 @@ class TokenProvider:
             TokenRequestError: No token could be obtained (a subclass says why).
             ProviderClosedError: The provider is closed.
         """
-        hot = self._hot
-        if hot is not None and not force_refresh:
-            token, refresh_at, _ = hot
-            if time.monotonic() < refresh_at and self._cache.get(self._key) is token:
-                self.stats.cache_hits += 1
-                return token
+        token, refresh_at, state = self._hot
+        # The state holds the very token only while the cache does: a discarded, evicted or
+        # replaced token fails this check, and close() empties the slot.
+        if monotonic() < refresh_at and state.token is token and not force_refresh:
+            self._hits += 1
+            return token
         return await self._get_token_slow(force_refresh=force_refresh)
 
     def token_state(self) -> TokenState | None:
@@ -465,8 +478,7 @@ class TokenProvider:
         token = self._cache.get(self._key)
         if token is None:
             return None
-        _, refresh_at, usable_until = self._schedule(token)
-        return RefreshSchedule(refresh_at, usable_until).state(time.monotonic())
+        return self._schedule(token).state(monotonic())
 
     def invalidate(self, token: Token) -> bool:
         """Drop ``token`` if it is still the cached one, so the next call fetches anew.
@@ -487,68 +499,112 @@ class TokenProvider:
 
         The integrations (:class:`~plainid_async.BearerAuthMiddleware`, the httpx
         ``BearerAuth``) call this; so can your own code that sends the token some other way.
-        The token is dropped (compare-and-drop, as :meth:`invalidate`).
+
+        The 401 guard: the first 401 for the cached token drops it (also from a shared
+        cache) and opens a guard interval of 5 s; a 401 for the same key inside it drops
+        nothing and asks for no token. A 401 soon after an interval ends doubles the next
+        one, up to 60 s. A 401 for a token that is no longer the cached one changes
+        nothing (a retry gets the current token).
 
         Args:
             token: The token the API rejected.
 
         Returns:
-            Whether a retry with a token from :meth:`get_token` is worth it.
+            Whether a retry with a token from :meth:`get_token` is worth it: ``False``
+            while the guard holds (return the 401 to the caller).
         """
-        self.invalidate(token)
+        key = self._key
+        with self._states.lock:
+            if self._cache.get(key) is not token:
+                return True
+            state = self._states.state(key)
+            now = monotonic()
+            if now < state.guard_until:
+                self._note("guard_held", key)
+                logger.debug(
+                    "401 for client %s inside the 401 guard (%.1f s left): token kept",
+                    key.client_id,
+                    state.guard_until - now,
+                )
+                return False
+            previous = _guard_interval(state.guard_step)
+            repeat = state.guard_step > 0 and now < state.guard_until + previous
+            state.guard_step = state.guard_step + 1 if repeat else 1
+            state.guard_until = now + _guard_interval(state.guard_step)
+        self._note("unauthorized", key)
+        self._discard(key, token)
         return True
 
     def rotate_secret(self, client_secret: str | Secret) -> None:
         """Use a new client secret from now on, without failing calls in flight.
 
-        The next call fetches a token with the new secret; a fetch still running with the
-        old secret that is rejected is retried with the new one.
+        The next call fetches a token with the new secret, with no cool-down or 401 guard
+        carried over; a fetch still running with the old secret that is rejected is retried
+        with the new one.
 
         Raises:
             ConfigurationError: The new secret is empty or blank.
         """
         self._client_secret = _wrap_secret(client_secret)
         del client_secret  # no plain local holds it from here on
+        old = self._key
         self._key = CacheKey.for_credentials(
             str(self._token_url), self._client_id, self._client_secret
         )
-        self._hot = None
+        self._hot = _COLD
+        if not self._closed and self._key != old:
+            _start_afresh(self._states.attach(self._key))
+            self._states.release(old)
         logger.info("client secret of client %s replaced", self._client_id)
 
     async def _get_token_slow(self, *, force_refresh: bool) -> Token:
         self._check_open()
         key = self._key
+        reason = "forced" if force_refresh else "cold"
+        replacing: Token | None = None
         if force_refresh:
-            current = self._cache.get(key)
-            if current is not None:
-                self._discard(key, current)
+            replacing = self._cache.get(key)
+            if replacing is not None:
+                self._discard(key, replacing)
+            _start_afresh(self._states.state(key))
         while True:
+            self._check_open()
+            state = self._states.state(key)
             token = self._cache.get(key)
-            if token is not None:
-                _, refresh_at, usable_until = self._schedule(token)
-                now = time.monotonic()
-                if now < usable_until:
-                    if now >= refresh_at:
-                        self._refresh_in_background(key, token, usable_until)
-                    self.stats.cache_hits += 1
+            if token is not None and not force_refresh:
+                schedule = self._schedule(token)
+                now = monotonic()
+                if now < schedule.usable_until:
+                    if now >= schedule.refresh_at:
+                        self._refresh_in_background(state, token, schedule, now)
+                    else:
+                        self._hot = (token, schedule.refresh_at, state)
+                        if self._closed:  # close() ran in another thread meanwhile
+                            self._hot = _COLD
+                    self._stats.cache_hits += 1
+                    self._note("served", key)
                     return token
-            self.stats.waits += 1
+                replacing, reason = token, "expired"
+            self._stats.waits += 1
             try:
-                return await self._wait_for_flight(key, token)
+                return await self._wait(key, replacing, reason)
             except InvalidCredentialsError:
                 if self._key == key:
                     raise
                 # The secret was rotated while this fetch ran: try with the new one.
-                key = self._key
+                key, force_refresh = self._key, False
 
-    def _schedule(self, token: Token) -> tuple[Token, float, float]:
-        hot = self._hot
-        if hot is not None and hot[0] is token:
-            return hot
+    def _schedule(self, token: Token) -> RefreshSchedule:
+        """The token's schedule for this provider, drawn once per token (jitter)."""
+        sched = self._sched
+        if sched is not None and sched[0] is token:
+            return sched[1]
         schedule = schedule_for(token, refresh_margin=self._refresh_margin, jitter=random.random())  # noqa: S311 (jitter, not crypto)
-        entry = (token, schedule.refresh_at, schedule.usable_until)
-        self._hot = entry
-        return entry
+        self._sched = (token, schedule)
+        return schedule
+
+    def _usable(self, token: Token | None) -> bool:
+        return token is not None and monotonic() < self._schedule(token).usable_until
 
     def _discard(self, key: CacheKey, token: Token) -> bool:
         dropped = self._cache.discard(key, token)
@@ -556,85 +612,164 @@ class TokenProvider:
             logger.debug("token of client %s dropped from the cache", self._client_id)
         return dropped
 
+    def _note(self, event: str, key: CacheKey, **fields: object) -> None:
+        """One decision point (served, refresh, waited, fetch, failed, cooldown, ...).
+
+        A no-op today: the single place where events, health and telemetry plug in.
+        """
+
     # -- flights -----------------------------------------------------------------------
 
-    def _refresh_in_background(self, key: CacheKey, token: Token, usable_until: float) -> None:
-        episode = _EPISODES.get((id(self._cache), key))
-        if episode is not None:
+    def _refresh_in_background(
+        self, state: KeyState, token: Token, schedule: RefreshSchedule, now: float
+    ) -> None:
+        if state.flight is not None:
+            return
+        if state.failures:
             # Back off after a failure, but never so long that an endpoint that recovers
             # while the token is still usable is asked too late: wait at most half the
             # usable time that was left at the failure (and at least a floor).
-            left = usable_until - episode.failed_at
-            cap = episode.failed_at + max(left / 2, BACKGROUND_RETRY_FLOOR)
-            if time.monotonic() < min(episode.retry_at, cap):
+            left = schedule.usable_until - state.failed_at
+            cap = state.failed_at + max(left / 2, BACKGROUND_RETRY_FLOOR)
+            if now < min(state.retry_at, cap):
                 return
-        self._flight(key, token, background=True)
+        self._flight(self._key, state, token, "refresh")
 
-    def _flight(self, key: CacheKey, replacing: Token | None, *, background: bool) -> _Flight:
-        """Return the flight for ``key``, starting one if none is usable from this loop."""
-        loop = asyncio.get_running_loop()
-        flight_key = (id(self._cache), key)
-        with _REGISTRY_LOCK:
-            flight = _FLIGHTS.get(flight_key)
-            if flight is not None and flight.usable_from(loop):
+    def _fetch_loop(self) -> asyncio.AbstractEventLoop:
+        """Where a fetch runs: the refresher, unless the session or the cache is loop-bound."""
+        if self._session is None and getattr(self._cache, "loop_bound", True) is False:
+            return refresher_loop()
+        return asyncio.get_running_loop()
+
+    def _flight(
+        self,
+        key: CacheKey,
+        state: KeyState,
+        replacing: Token | None,
+        reason: str,
+        *,
+        full_budget: bool = False,
+    ) -> Flight:
+        """Return the flight for ``key``, starting one if none runs."""
+        with self._states.lock:
+            flight = state.flight
+            if flight is not None and not flight.done():
                 return flight
+            loop = self._fetch_loop()
             future: concurrent.futures.Future[Token] = concurrent.futures.Future()
             future.set_running_or_notify_cancel()
-            wake = asyncio.Event()
-            task = loop.create_task(
-                self._fetch(key, replacing, wake),
-                name=f"plainid-async token fetch {key.client_id}",
-            )
-            flight = _Flight(
-                task=task,
-                loop=loop,
-                future=future,
-                owner=self,
-                wake=wake,
-                started_in_background=background,
-            )
-            _FLIGHTS[flight_key] = flight
-        if background:
-            self.stats.background_refreshes += 1
+            flight = Flight(key=key, reason=reason, future=future, loop=loop, owner=self)
+            state.flight = flight
+            # After a cool-down, one attempt probes the endpoint: the failure streak already
+            # spent a full retry budget, and each cool-down step costs one request.
+            probe = not full_budget and reason in ("cold", "expired") and state.cooldown_until > 0
+        if reason == "refresh":
+            self._stats.background_refreshes += 1
             logger.debug("background refresh started for client %s", key.client_id)
-        task.add_done_callback(lambda done: self._flight_done(flight_key, flight, done))
+        self._note("fetch", key, reason=reason)
+        coro = self._fetch(flight, replacing, probe=probe)
+
+        def start() -> None:
+            task = loop.create_task(coro, name=f"plainid-async token fetch {key.client_id}")
+            flight.task = task
+            task.add_done_callback(lambda done: self._flight_done(flight, state, done))
+
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if loop is running:
+            start()
+        else:
+            loop.call_soon_threadsafe(start)
         return flight
 
-    async def _wait_for_flight(self, key: CacheKey, replacing: Token | None) -> Token:
+    async def _wait(self, key: CacheKey, replacing: Token | None, reason: str) -> Token:
+        deadline = monotonic() + self._budget
         second_chance = True
+        skip_cooldown = reason == "forced"
         while True:
             self._check_open()
-            flight = self._flight(key, replacing, background=False)
+            state = self._states.state(key)
+            now = monotonic()
+            if (
+                not skip_cooldown
+                and state.flight is None
+                and state.last_error is not None
+                and now < state.cooldown_until
+            ):
+                self._note("cooldown_held", key)
+                raise _cooling_down(state.last_error)
+            flight = self._flight(key, state, replacing, reason, full_budget=skip_cooldown)
             flight.hurry()
+            self._note("waited", key, reason=flight.reason)
             try:
-                if flight.loop is asyncio.get_running_loop():
-                    return await asyncio.shield(flight.task)
-                return await asyncio.shield(asyncio.wrap_future(flight.future))
+                token = await self._await_flight(flight, state, deadline)
             except TokenRequestError as error:
                 # A background refresh may have spent most of its attempts before anyone
                 # waited for it: when it fails, waiting callers get one fetch of their own
                 # with the full retry budget before they see an error.
-                if not (error.retryable and flight.started_in_background and second_chance):
+                if not (error.retryable and flight.background and second_chance):
                     raise
                 second_chance = False
+                skip_cooldown = True
             except asyncio.CancelledError:
                 current = asyncio.current_task()
                 if current is not None and current.cancelling():
                     raise
-                # The flight itself was cancelled (its provider closed or its loop ended),
-                # not this caller: start or join another.
+                # The flight itself was cancelled (its provider closed), not this caller:
+                # start or join another.
+            except _OrphanedError:
+                pass
+            else:
+                self._check_open()  # closed while it waited for another provider's fetch
+                return token
 
-    async def _fetch(self, key: CacheKey, replacing: Token | None, wake: asyncio.Event) -> Token:
+    async def _await_flight(self, flight: Flight, state: KeyState, deadline: float) -> Token:
+        waiting = asyncio.wrap_future(flight.future)
+        # A flight on a loop-bound loop other than ours dies silently if that loop stops:
+        # look at it every ORPHAN_POLL seconds.
+        loop = flight.loop
+        watch = loop is not asyncio.get_running_loop() and not is_refresher_loop(loop)
+        while True:
+            left = deadline - monotonic()
+            if left <= 0:
+                self._stats.failures += 1
+                self._note("budget_exhausted", flight.key)
+                raise TokenEndpointUnavailableError(
+                    f"no token for client {flight.key.client_id} within {self._budget:g} s, "
+                    "this provider's time budget (a fetch for these credentials is still "
+                    "running)"
+                )
+            try:
+                async with asyncio.timeout(min(left, ORPHAN_POLL) if watch else left):
+                    return await asyncio.shield(waiting)
+            except TimeoutError:
+                if watch and (flight.loop.is_closed() or not flight.loop.is_running()):
+                    with self._states.lock:
+                        if state.flight is flight:
+                            state.flight = None
+                    logger.debug(
+                        "the loop running a token fetch for client %s stopped; fetching anew",
+                        flight.key.client_id,
+                    )
+                    raise _OrphanedError from None
+
+    async def _fetch(self, flight: Flight, replacing: Token | None, *, probe: bool) -> Token:
+        flight.wake = asyncio.Event()
+        if flight.hurried:
+            flight.wake.set()
+        key = flight.key
         async with self._cache.fetch_lock(key):
             # Another process (shared cache) may have fetched while we waited for the lock.
             shared = await self._cache.load(key)
-            if shared is not None and shared != replacing:
-                _, refresh_at, _ = self._schedule(shared)
-                if time.monotonic() < refresh_at:
-                    return shared
-            token = await self._request(key, wake)
+            fresh = shared is not None and monotonic() < self._schedule(shared).refresh_at
+            if shared is not None and fresh and shared != replacing:
+                return shared
+            retry = attrs.evolve(self._retry, attempts=1) if probe else self._retry
+            token = await self._request(key, flight.wake, retry)
             await self._cache.store(key, token)
-            self.stats.tokens_fetched += 1
+            self._stats.tokens_fetched += 1
             logger.info(
                 "token fetched for client %s from %s (expires in %g s)",
                 key.client_id,
@@ -643,14 +778,14 @@ class TokenProvider:
             )
             return token
 
-    async def _request(self, key: CacheKey, wake: asyncio.Event) -> Token:
+    async def _request(self, key: CacheKey, wake: asyncio.Event, retry: RetryPolicy) -> Token:
         def count() -> None:
-            self.stats.token_requests += 1
+            self._stats.token_requests += 1
 
         hurried = 0  # backoff steps since callers came waiting
 
         async def backoff(delay: float) -> None:
-            # Sleep between attempts. Once callers wait (see _Flight.hurry), the sleep under
+            # Sleep between attempts. Once callers wait (see Flight.hurry), the sleep under
             # way ends, the next attempt goes at once, and the backoff starts over from its
             # first step: they are not held by a long step chosen while nobody waited.
             nonlocal hurried
@@ -672,7 +807,7 @@ class TokenProvider:
                 client_id=key.client_id,
                 client_secret=key.client_secret,
                 timeout=self._timeout,
-                retry=self._retry,
+                retry=retry,
                 ssl=self._ssl,
                 proxy=self._proxy,
                 # A session the caller made with trust_env=True asked for the env's proxy.
@@ -686,49 +821,91 @@ class TokenProvider:
         async with aiohttp.ClientSession(trust_env=False) as session:
             return await send(session)
 
-    def _flight_done(
-        self, flight_key: _FlightKey, flight: _Flight, task: asyncio.Task[Token]
-    ) -> None:
-        with _REGISTRY_LOCK:
-            if _FLIGHTS.get(flight_key) is flight:
-                del _FLIGHTS[flight_key]
+    def _flight_done(self, flight: Flight, state: KeyState, task: asyncio.Task[Token]) -> None:
+        # The state is settled before the future, so a waiter that wakes up and calls
+        # again already sees the cool-down (or the new token).
+        error: BaseException | None = None
+        if not task.cancelled():
+            error = task.exception()  # also marks it retrieved: no "never retrieved" warning
+        key = flight.key
+        with self._states.lock:
+            if state.flight is flight:
+                state.flight = None
+            if task.cancelled():
+                pass
+            elif error is None:
+                if state.failures:
+                    logger.info(
+                        "token endpoint recovered for client %s after %d failed fetches",
+                        key.client_id,
+                        state.failures,
+                    )
+                _start_afresh(state)
+            else:
+                self._failed(flight, state, error)
         if task.cancelled():
             flight.future.set_exception(asyncio.CancelledError())
-            return
-        error = task.exception()  # also marks it retrieved: no "never retrieved" warning
-        if error is None:
+        elif error is None:
+            self._note("fetched", key)
             flight.future.set_result(task.result())
-            episode = _EPISODES.pop(flight_key, None)
-            if episode is not None:
-                logger.info(
-                    "token endpoint recovered for client %s after %d failed fetches",
-                    flight_key[1].client_id,
-                    episode.failures,
+        else:
+            flight.future.set_exception(error)
+        self._states.forget_if_idle(key)
+
+    def _failed(self, flight: Flight, state: KeyState, error: BaseException) -> None:
+        """Remember a failed fetch: the streak, when to try again, one WARNING per episode."""
+        self._stats.failures += 1
+        key = flight.key
+        state.failures += 1
+        state.last_error = error
+        now = monotonic()
+        retry_after = error.retry_after if isinstance(error, TokenRequestError) else None
+        delay = self._cooldown_delay(state.failures, retry_after)
+        state.failed_at, state.retry_at = now, now + delay
+        usable = self._usable(self._cache.get(key))
+        if not usable and isinstance(error, TokenRequestError):
+            state.cooldown_until = now + delay
+            self._note("cooldown", key, seconds=delay)
+        self._note("failed", key, reason=flight.reason)
+        described = error if isinstance(error, TokenRequestError) else type(error).__name__
+        if not state.warned:
+            state.warned = True
+            if usable:
+                logger.warning(
+                    "token fetch for client %s failed: %s; the cached token, still valid, "
+                    "keeps being served; next try in %.1f s",
+                    key.client_id,
+                    described,
+                    delay,
                 )
-            return
-        flight.future.set_exception(error)
-        self.stats.failures += 1
-        episode = _EPISODES.setdefault(flight_key, _Episode())
-        episode.failures += 1
-        delay = min(
-            BACKGROUND_RETRY_MAX, BACKGROUND_RETRY_BASE * 2.0 ** min(episode.failures - 1, 16)
-        )
-        episode.failed_at = time.monotonic()
-        episode.retry_at = episode.failed_at + delay * (0.5 + random.random() / 2)  # noqa: S311
-        if episode.failures == 1:
-            logger.warning(
-                "token fetch for client %s failed: %s; retrying with backoff (a cached "
-                "token that is still valid keeps being served)",
-                flight_key[1].client_id,
-                error if isinstance(error, TokenRequestError) else type(error).__name__,
-            )
+            else:
+                logger.warning(
+                    "token fetch for client %s failed: %s; no usable token is cached: calls "
+                    "fail at once for %.1f s (cool-down), then try again",
+                    key.client_id,
+                    described,
+                    delay,
+                )
         else:
             logger.debug(
                 "token fetch for client %s failed again (%d in a row): %s",
-                flight_key[1].client_id,
-                episode.failures,
-                error if isinstance(error, TokenRequestError) else type(error).__name__,
+                key.client_id,
+                state.failures,
+                described,
             )
+
+    def _cooldown_delay(self, failures: int, retry_after: float | None) -> float:
+        """Seconds before the next fetch after ``failures`` failed fetches in a row.
+
+        The retry policy's own backoff (one rule for retries, cool-downs and the Redis lock
+        poll), continued past the steps the fetch used, at least ``Retry-After``, and at
+        most COOLDOWN_MAX.
+        """
+        jitter = random.random()  # noqa: S311 (jitter, not crypto)
+        delay = self._cooldown_policy.backoff(failures + COOLDOWN_STEP_OFFSET, jitter)
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, self._retry.max_retry_after))
+        return min(delay, COOLDOWN_MAX)
 
     # -- aiohttp -----------------------------------------------------------------------
 
@@ -765,28 +942,28 @@ class TokenProvider:
             raise ProviderClosedError("this TokenProvider is closed")
 
     async def close(self) -> None:
-        """Cancel this provider's background work. Idempotent.
+        """Cancel this provider's fetches and let go of its cache entry. Idempotent.
 
         The provider creates no long-lived HTTP session (each fetch uses a short-lived one),
         and never closes a session passed in. Using the provider afterwards raises
-        :class:`~plainid_async.ProviderClosedError`.
+        :class:`~plainid_async.ProviderClosedError`, from the hot path too.
         """
         if self._closed:
             return
         self._closed = True
-        self._hot = None
-        loop = asyncio.get_running_loop()
-        with _REGISTRY_LOCK:
-            mine = [f for f in _FLIGHTS.values() if f.owner is self and not f.task.done()]
-        local = []
+        self._hot = _COLD
+        mine = [f for f in self._states.flights() if f.owner is self and not f.done()]
         for flight in mine:
-            if flight.loop is loop:
-                flight.task.cancel()
-                local.append(flight.task)
-            elif flight.loop.is_running():
-                flight.loop.call_soon_threadsafe(flight.task.cancel)
-        if local:
-            await asyncio.gather(*local, return_exceptions=True)
+            flight.cancel()
+        self._states.release(self._key)
+        here = asyncio.get_running_loop()
+        waits = [
+            asyncio.wrap_future(f.future) for f in mine if f.loop is here or f.loop.is_running()
+        ]
+        if waits:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5.0):
+                    await asyncio.gather(*waits, return_exceptions=True)
 
     async def __aenter__(self) -> Self:
         """Return the provider, checking it is open."""
@@ -801,3 +978,28 @@ class TokenProvider:
     ) -> None:
         """Close the provider."""
         await self.close()
+
+
+def _start_afresh(state: KeyState) -> None:
+    """Forget a key's failures: no streak, no cool-down, no background backoff."""
+    state.failures = 0
+    state.last_error = None
+    state.retry_at = state.cooldown_until = state.failed_at = 0.0
+    state.warned = False
+
+
+def _guard_interval(step: int) -> float:
+    """The 401 guard interval after ``step`` guarded 401s in a row (0: none)."""
+    if step <= 0:
+        return 0.0
+    return min(GUARD_MAX, GUARD_BASE * 2.0 ** min(step - 1, 16))
+
+
+def _cooling_down(last: BaseException) -> BaseException:
+    """The error a call inside a cool-down gets: the failed fetch's own error object.
+
+    Like every waiter of that fetch, the caller gets the very same exception (with a fresh
+    traceback, as asyncio does for a shared future), so the number of distinct errors
+    callers see is the number of failed fetches.
+    """
+    return last.with_traceback(None)

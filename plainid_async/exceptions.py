@@ -51,10 +51,13 @@ class TokenRequestError(PlainIDError):
         error: The error code the server gave: OAuth's ``error`` (``invalid_client``,
             ``unsupported_grant_type``, …) or ``name`` from PlainID's error body
             ``{"id", "status", "name", "message"}``; ``None`` when it gave none.
+        retry_after: The server's ``Retry-After`` on the last answer, in seconds, or
+            ``None``.
     """
 
     #: Whether errors of this class are worth retrying, unless the instance says otherwise.
     default_retryable: bool = False
+    retry_after: float | None = None
 
     def __init__(
         self,

@@ -44,12 +44,13 @@ import os
 import random
 import re
 import secrets
-import threading
 import time
 from typing import TYPE_CHECKING, Final, TypeVar
 
 import attrs
 
+from ._cache import DEFAULT_MAX_ENTRIES, KeyStates
+from ._endpoint import RetryPolicy
 from ._log import LOGGER_NAME
 from ._token import Token, is_valid_lifetime
 from .exceptions import ConfigurationError
@@ -136,7 +137,7 @@ _UNAVAILABLE: Final = _Unavailable.UNAVAILABLE
 
 @attrs.frozen
 class _Entry:
-    """The token held in this process for one key, and its token id."""
+    """A token read from Redis, and its token id."""
 
     token: Token
     token_id: str
@@ -306,13 +307,20 @@ class RedisTokenCache:
         lock_timeout: Lifetime of the fleet fetch lock, seconds: the longest a process waits
             for another one's fetch, and how long a dead lock owner blocks the others.
             Keep it above the time a token request usually takes.
-        lock_poll_interval: How often a process waiting for the lock checks it, seconds.
+        lock_poll_interval: How often a process waiting for the lock first checks it,
+            seconds; later checks back off (the provider's backoff rule, up to 4 times this).
         retry_interval: After a Redis failure, how long to use memory only before trying
             Redis again, seconds.
+        max_entries: The most keys held in this process's memory layer (least recently
+            used first out); as for :class:`~plainid_async.MemoryTokenCache`.
 
     Raises:
         ConfigurationError: A parameter is invalid.
     """
+
+    #: True, as the redis-py client belongs to the event loop its connections were made
+    #: on. Fetches for this cache run on the caller's loop, not on the refresher's.
+    loop_bound: Final = True
 
     def __init__(
         self,
@@ -323,6 +331,7 @@ class RedisTokenCache:
         lock_timeout: float = 10.0,
         lock_poll_interval: float = 0.05,
         retry_interval: float = 1.0,
+        max_entries: int = DEFAULT_MAX_ENTRIES,
     ) -> None:
         """Keep the settings; do no I/O."""
         if not isinstance(namespace, str) or not namespace or not namespace.isprintable():
@@ -336,10 +345,14 @@ class RedisTokenCache:
         self._lock_timeout = _positive("lock_timeout", lock_timeout)
         self._lock_poll_interval = _positive("lock_poll_interval", lock_poll_interval)
         self._retry_interval = _positive("retry_interval", retry_interval)
-        self._entries: dict[CacheKey, _Entry] = {}
-        # Token ids passed to discard(), per key, with when they expire (monotonic).
-        self._rejected: dict[CacheKey, dict[str, float]] = {}
-        self._mutex = threading.Lock()
+        # The lock poll backs off with the same rule as token retries and cool-downs.
+        self._poll = RetryPolicy(
+            backoff_base=self._lock_poll_interval, backoff_max=4 * self._lock_poll_interval
+        )
+        #: The memory layer (token and token id per key), flights, failure streaks,
+        #: cool-downs and 401 guards, per key.
+        self.key_states: Final = KeyStates(max_entries)
+        self._mutex = self.key_states.lock
         self._tasks: set[asyncio.Task[None]] = set()
         self._down = False
         self._skip_until = 0.0
@@ -354,9 +367,12 @@ class RedisTokenCache:
         """Show the namespace and state; never a secret or a token."""
         state = "down" if self._down else "up"
         return (
-            f"<RedisTokenCache namespace={self._namespace!r} tokens={len(self._entries)} "
-            f"redis={state}>"
+            f"<RedisTokenCache namespace={self._namespace!r} tokens={self._held()} redis={state}>"
         )
+
+    def _held(self) -> int:
+        states = self.key_states
+        return sum(1 for key in states if (state := states.get(key)) and state.token)
 
     def token_key(self, key: CacheKey) -> str:
         """The Redis key holding the encrypted token for ``key``."""
@@ -373,8 +389,8 @@ class RedisTokenCache:
 
         The same object is returned until another token replaces it.
         """
-        entry = self._entries.get(key)
-        return None if entry is None else entry.token
+        state = self.key_states.get(key)
+        return None if state is None else state.token
 
     async def load(self, key: CacheKey) -> Token | None:
         """Return the newest token for ``key``: from Redis if it has a newer one, else local.
@@ -388,30 +404,26 @@ class RedisTokenCache:
         )
         shared = None if isinstance(reply, _Unavailable) else self._decode(key, reply)
         with self._mutex:
-            current = self._entries.get(key)
+            state = self.key_states.state(key)
+            current = state.token
             if shared is None:
-                return None if current is None else current.token
-            rejected = shared.token_id in self._rejected.get(key, {})
-            if not rejected:
+                return current
+            if shared.token_id not in (state.rejected or {}):
                 if current is not None and (
-                    current.token_id == shared.token_id
-                    or current.token.expires_at_monotonic >= shared.token.expires_at_monotonic
+                    state.token_id == shared.token_id
+                    or current.expires_at_monotonic >= shared.token.expires_at_monotonic
                 ):
-                    return current.token
-                self._entries[key] = shared
+                    return current
+                self.key_states.set_token(key, shared.token, shared.token_id)
                 return shared.token
         # Redis still holds a token this process discarded (its delete failed): retry it.
         await self._delete_if(key, shared.token_id)
-        return None if current is None else current.token
+        return current
 
     async def store(self, key: CacheKey, token: Token) -> None:
         """Keep ``token`` for ``key`` here and, encrypted, in Redis until it expires."""
         token_id = _token_id(key, token.access_token)
-        now = time.monotonic()
-        with self._mutex:
-            for other in [k for k, e in self._entries.items() if e.token.remaining(now) <= 0]:
-                del self._entries[other]
-            self._entries[key] = _Entry(token, token_id)
+        self.key_states.set_token(key, token, token_id)
         ttl_ms = math.floor(token.remaining() * 1000)
         if ttl_ms <= 0:
             return
@@ -433,15 +445,17 @@ class RedisTokenCache:
         token_id = _token_id(key, token.access_token)
         now = time.monotonic()
         with self._mutex:
-            rejected = self._rejected.setdefault(key, {})
+            state = self.key_states.state(key)
+            if state.rejected is None:
+                state.rejected = {}
+            rejected = state.rejected
             first = token_id not in rejected
             for old in [t for t, expiry in rejected.items() if expiry <= now]:
                 del rejected[old]
             rejected[token_id] = max(token.expires_at_monotonic, now)
-            current = self._entries.get(key)
-            dropped = current is not None and current.token_id == token_id
+            dropped = state.token is not None and state.token_id == token_id
             if dropped:
-                del self._entries[key]
+                state.token = state.token_id = None
         if first:
             self._in_background(self._delete_if(key, token_id))
         return dropped
@@ -495,6 +509,7 @@ class RedisTokenCache:
         ttl_ms = max(1, math.ceil(self._lock_timeout * 1000))
         deadline = time.monotonic() + self._lock_timeout
         first_seen: str | None = None
+        polls = 0
         while True:
             reply = await self._call(
                 lambda: self._client.eval(_LOCK_SCRIPT, 2, *names, owner, ttl_ms),
@@ -520,7 +535,8 @@ class RedisTokenCache:
                 )
                 return False
             # Jitter spreads the waiters, so they do not all poll at the same instant.
-            pause = self._lock_poll_interval * (0.5 + random.random() / 2)  # noqa: S311
+            polls += 1
+            pause = self._poll.backoff(polls, random.random())  # noqa: S311 (jitter)
             await asyncio.sleep(min(left, pause))
 
     async def _delete_if(self, key: CacheKey, token_id: str) -> None:

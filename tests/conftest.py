@@ -8,21 +8,36 @@ from typing import TYPE_CHECKING
 import pytest
 from _reliability import LoopWatch
 
-from plainid_async import _provider
+from plainid_async._refresher import refresher_loop
+from plainid_async.testing import running_fetches
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _refresher_running() -> None:
+    """Start the refresher thread once, first: its loop's file descriptors and thread are
+    the process's from then on, not a leak of whichever test fetched first."""
+    refresher_loop()
+
+
 @pytest.fixture
 async def loop_watch() -> AsyncIterator[LoopWatch]:
-    """A LoopWatch over the test; at the end no task it left and no loop error it caused."""
+    """A LoopWatch over the test; at the end no fetch or task it left, no loop error it caused.
+
+    A token fetch still running when the test ends is a leak and fails the test (it is
+    cancelled first, so it does not spill into the next test): a test that starts
+    background refreshes waits for them itself.
+    """
     watch = LoopWatch.start()
     yield watch
-    await asyncio.gather(
-        *(f.task for f in list(_provider._FLIGHTS.values())), return_exceptions=True
-    )
+    leaked = running_fetches()
+    for flight in leaked:
+        flight.cancel()
+    if leaked:
+        await asyncio.gather(*(f.wait() for f in leaked), return_exceptions=True)
     seen = await watch.finish()
+    assert not leaked, f"token fetches still running at the end of the test: {leaked}"
     assert seen["leaked_tasks"] == 0, watch.leaked_tasks()
     assert seen["loop_errors"] == 0, watch.contexts
-    _provider._EPISODES.clear()

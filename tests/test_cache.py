@@ -208,8 +208,9 @@ async def test_fetch_lock_is_an_async_context_manager() -> None:
         pass
 
 
-def test_memory_cache_repr_shows_no_token() -> None:
+async def test_memory_cache_repr_shows_no_token() -> None:
     cache = MemoryTokenCache()
-    cache._tokens[key()] = token("visible-token-value")
-    assert "visible-token-value" not in repr(cache)
-    assert SECRET not in repr(cache)
+    await cache.store(key(), token("visible-token-value"))
+    for shown in (repr(cache), repr(cache.key_states), repr(cache.key_states.get(key()))):
+        assert "visible-token-value" not in shown
+        assert SECRET not in shown

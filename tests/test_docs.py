@@ -241,7 +241,7 @@ def table_rows(path: Path) -> dict[str, list[str]]:
 
 @pytest.mark.parametrize(
     "target",
-    [pa.TokenProvider, pa.RetryPolicy, BearerAuthMiddleware],
+    [pa.TokenProvider, pa.RetryPolicy, BearerAuthMiddleware, pa.MemoryTokenCache],
     ids=lambda target: target.__name__,
 )
 def test_configuration_reference_lists_every_parameter_with_its_default(target: type) -> None:

@@ -29,8 +29,7 @@ from _reliability import (
 from aiohttp import web
 
 import plainid_async as pa
-from plainid_async import _provider
-from plainid_async.testing import FakePlainID, FakeResponse, free_port
+from plainid_async.testing import FakePlainID, FakeResponse, free_port, running_fetches
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterator
@@ -62,8 +61,16 @@ def make_provider(base_url: object, *, client_id: str = "cid", **kwargs: Any) ->
     return pa.TokenProvider(client_id, SECRET, **options)
 
 
-async def callers(provider: pa.TokenProvider, n: int = CALLERS) -> list[pa.Token | BaseException]:
-    return await asyncio.gather(*(provider.get_token() for _ in range(n)), return_exceptions=True)
+async def callers(
+    provider: pa.TokenProvider, n: int = CALLERS, *, afresh: bool = False
+) -> list[pa.Token | BaseException]:
+    """``n`` concurrent get_token() calls; with ``afresh``, the first one forces a refresh.
+
+    A round after a failed one would meet the cool-down; a forced call starts afresh and
+    the others join its fetch.
+    """
+    calls = [provider.get_token(force_refresh=afresh and i == 0) for i in range(n)]
+    return await asyncio.gather(*calls, return_exceptions=True)
 
 
 def one_shared_error(
@@ -152,12 +159,12 @@ async def test_hang_during_a_background_refresh_blocks_no_caller(
             await provider.cache.store(provider.cache_key, stale)
             fake.hang = True
             results = await callers(provider)
-            [flight] = [f for f in _provider._FLIGHTS.values() if f.owner is provider]
-            assert not flight.task.done()  # the refresh still hangs; nobody waited for it
+            [flight] = [f for f in running_fetches() if f.owner is provider]
+            assert not flight.done()  # the refresh still hangs; nobody waited for it
             assert all(r is stale for r in results)
             assert all(fake.is_valid(r.access_token) for r in results if isinstance(r, pa.Token))
             fake.hang = False
-            await asyncio.gather(flight.task, return_exceptions=True)
+            await asyncio.gather(flight.wait(), return_exceptions=True)
             redaction.objects += [provider, stale, fake]
         redaction.tokens.update(fake.issued_tokens)
     record(
@@ -269,7 +276,7 @@ async def test_broken_answer_fails_every_caller_with_one_typed_error_then_recove
             # One more broken answer, then a good one: retried callers all get the token.
             server.script = [behaviour] if retried else []
             before = server.connections
-            recovered = await callers(provider)
+            recovered = await callers(provider, afresh=True)
             token = one_shared_token(recovered)
             assert token.access_token == access
             redaction.objects += [provider, token]
@@ -342,7 +349,7 @@ async def test_transient_status_is_retried_then_reported(
             assert "<" not in str(error)  # an HTML page is never quoted
             clean_message(error)
             fake.fail_next(answer)
-            token = one_shared_token(await callers(provider))
+            token = one_shared_token(await callers(provider, afresh=True))
             assert fake.is_valid(token.access_token)
             redaction.objects += [provider, token, fake]
         redaction.tokens.update(fake.issued_tokens)
@@ -445,7 +452,7 @@ async def test_retry_after_is_honoured_capped_or_ignored(
     async with FakePlainID(client_id="cid", client_secret=SECRET) as fake:
         async with make_provider(fake.base_url) as provider:
             fake.fail_next(FakeResponse(status=status, headers={"Retry-After": value()}))
-            token = one_shared_token(await callers(provider))
+            token = one_shared_token(await callers(provider, afresh=True))
             assert fake.is_valid(token.access_token)
             redaction.objects += [provider, token]
         redaction.tokens.update(fake.issued_tokens)

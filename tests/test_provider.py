@@ -12,10 +12,10 @@ import pytest
 
 import plainid_async as pa
 from plainid_async import _provider
-from plainid_async.testing import FakePlainID, FakeResponse, free_port
+from plainid_async.testing import FakePlainID, FakeResponse, free_port, running_fetches
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator
+    from collections.abc import AsyncIterator
     from pathlib import Path
 
 FAST_RETRY = pa.RetryPolicy(attempts=2, backoff_base=0.01, backoff_max=0.02, deadline=2.0)
@@ -41,11 +41,14 @@ async def provider(
 
 
 @pytest.fixture(autouse=True)
-def _no_leftover_flights() -> Iterator[None]:
+async def _no_leftover_flights() -> AsyncIterator[None]:
     yield
     # every flight removes itself when done; a leftover would be a leak
-    assert not [f for f in _provider._FLIGHTS.values() if not f.task.done()]
-    _provider._EPISODES.clear()
+    leftover = running_fetches()
+    for flight in leftover:
+        flight.cancel()
+    await asyncio.gather(*(f.wait() for f in leftover), return_exceptions=True)
+    assert not leftover
 
 
 def token_with(remaining: float, lifetime: float = 100.0, value: str = "preloaded") -> pa.Token:
@@ -61,8 +64,7 @@ def token_with(remaining: float, lifetime: float = 100.0, value: str = "preloade
 
 async def settle() -> None:
     """Wait for every token fetch in flight to finish."""
-    tasks = [f.task for f in list(_provider._FLIGHTS.values())]
-    await asyncio.gather(*tasks, return_exceptions=True)
+    await asyncio.gather(*(f.wait() for f in running_fetches()), return_exceptions=True)
 
 
 async def requests_seen(fake: FakePlainID, count: int = 1) -> None:
@@ -467,8 +469,9 @@ async def test_outage_in_the_refresh_window_fails_no_call_and_warns_once(
             assert await provider.get_token() is stale
         await settle()
         # let the backoff pass without sleeping
-        for episode in _provider._EPISODES.values():
-            episode.retry_at = 0.0
+        state = cache.key_states.get(provider.cache_key)
+        assert state is not None
+        state.retry_at = 0.0
     assert provider.stats.background_refreshes == 3  # one per backoff period, not per call
     assert provider.stats.failures == 3
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
@@ -505,7 +508,8 @@ async def test_background_retry_comes_before_half_the_usable_time_is_gone(
     await provider.get_token()
     await settle()
     fake.end_outage()
-    [episode] = _provider._EPISODES.values()
+    episode = cache.key_states.get(provider.cache_key)
+    assert episode is not None
     now = time.monotonic()
     episode.retry_at = now + 1000  # a long exponential backoff after many failures
     # it failed 40 s ago with 70 s of usable time left: the retry was due 35 s later
@@ -524,7 +528,8 @@ async def test_background_retry_respects_its_backoff_while_time_is_left(
     await provider.get_token()
     await settle()
     fake.end_outage()
-    [episode] = _provider._EPISODES.values()
+    episode = cache.key_states.get(provider.cache_key)
+    assert episode is not None
     episode.retry_at = time.monotonic() + 1000
     requests = len(fake.token_requests)
     await provider.get_token()
@@ -790,9 +795,10 @@ async def test_close_cancels_a_background_refresh(
     await cache.store(provider.cache_key, token_with(remaining=40))
     fake.hang = True
     await provider.get_token()
-    [flight] = list(_provider._FLIGHTS.values())
+    [flight] = running_fetches()
     await provider.close()
-    assert flight.task.cancelled()
+    with pytest.raises(asyncio.CancelledError):
+        await flight.wait()
 
 
 async def test_a_session_passed_in_is_used_and_never_closed(fake: FakePlainID) -> None:
@@ -865,8 +871,8 @@ async def test_secret_and_token_appear_in_no_log_repr_or_error(
                 MALFORMED["text lifetime"],
             ):
                 fake.fail_next(*[scripted] * (FAST_RETRY.attempts if scripted == 503 else 1))
-                try:
-                    await provider.get_token()
+                try:  # forced: each scripted failure is fetched, not met by the cool-down
+                    await provider.get_token(force_refresh=True)
                 except pa.PlainIDError as exc:
                     errors.append(exc)
         wrong = pa.TokenProvider(

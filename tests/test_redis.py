@@ -12,11 +12,14 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import aiohttp
 import pytest
 import redis.asyncio
 from _redis_server import RedisServer, redis_binary
+from aiohttp import web
 
 from plainid_async import (
+    BearerAuthMiddleware,
     CacheKey,
     ConfigurationError,
     ProviderClosedError,
@@ -728,3 +731,36 @@ async def test_a_refused_permission_is_one_error_naming_it_not_an_outage(  # noq
     assert "many-processes.md" in message
     assert redis_warnings(caplog) == []  # not reported as Redis being down
     assert fake.client_secret not in caplog.text
+
+
+async def test_the_401_guard_keeps_the_fleets_shared_token(
+    client: redis.asyncio.Redis, fake: FakePlainID
+) -> None:
+    """An API that answers 401 to everything: the shared token is replaced once, then kept."""
+
+    async def refuse(request: web.Request) -> web.Response:
+        return web.Response(status=401)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", refuse)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    api = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        cache = fast(client)
+        provider = provider_for(fake, cache)
+        middleware = BearerAuthMiddleware(provider, origins=[api])
+        async with provider, aiohttp.ClientSession(middlewares=(middleware,)) as session:
+            statuses = []
+            for _ in range(50):
+                async with session.get(f"{api}/x") as response:
+                    statuses.append(response.status)
+            await cache.flush()
+            stored = await client.get(cache.token_key(provider.cache_key))
+            assert stored is not None  # the 401s inside the guard deleted nothing
+            assert cache.get(provider.cache_key) is not None
+    finally:
+        await runner.cleanup()
+    assert statuses == [401] * 50
+    assert len(fake.token_requests) == 2  # the first token, and one replacement

@@ -21,7 +21,7 @@ from _reliability import InFlightFake, LoopWatch, Redaction, open_fds, record, w
 from aiohttp import hdrs
 
 import plainid_async as pa
-from plainid_async import _provider
+from plainid_async.testing import running_fetches
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -113,9 +113,7 @@ async def test_rotating_the_secret_under_load_fails_no_call(redaction: Redaction
             await asyncio.sleep(EVERY)
             stop.set()
             await asyncio.gather(*loads)
-            await asyncio.gather(
-                *(f.task for f in list(_provider._FLIGHTS.values())), return_exceptions=True
-            )
+            await asyncio.gather(*(f.wait() for f in running_fetches()), return_exceptions=True)
             redaction.objects += [provider, provider.stats, fake, session]
             stats = provider.stats
         redaction.tokens.update(fake.issued_tokens)
@@ -123,7 +121,6 @@ async def test_rotating_the_secret_under_load_fails_no_call(redaction: Redaction
         rejected = sum(r.status == 401 for r in fake.token_requests)
     seen = await watch.finish()
     redaction.texts += watch.texts()
-    _provider._EPISODES.clear()
     record(
         "secret rotation under load",
         load=f"{WORKERS} workers through provider.session(), 6 s tokens",

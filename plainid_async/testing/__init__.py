@@ -14,6 +14,7 @@ hangs, malformed answers and secret rotation; every request is recorded::
             assert [r.status for r in fake.token_requests] == [503, 429, 200]
 """
 
+from plainid_async._cache import Flight, running_fetches
 from plainid_async.testing._fake import (
     TOKEN_PATH,
     FakePlainID,
@@ -28,8 +29,10 @@ __all__ = [
     "TOKEN_PATH",
     "FakePlainID",
     "FakeResponse",
+    "Flight",
     "ResourceRequest",
     "TokenRequest",
     "TokenRequestHook",
     "free_port",
+    "running_fetches",
 ]

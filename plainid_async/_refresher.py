@@ -1,0 +1,66 @@
+"""The refresher: one daemon thread with its own event loop, where token fetches run.
+
+A fetch that runs on the caller's loop dies with it: ``asyncio.run`` cancels every task it
+leaves behind, so a refresh started by one short-lived loop (a Django, Flask or Celery
+handler calling ``asyncio.run`` or ``async_to_sync``) never lands. Fetches run here
+instead, on a loop that lives as long as the process, as google-auth's
+``_refresh_worker`` runs refreshes on a worker thread. Callers on any loop wait for them
+through a :class:`concurrent.futures.Future`, each with its own time budget.
+
+The thread starts on the first fetch, is a daemon (it never holds up interpreter exit), and
+is started anew in a child process after ``fork``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    import concurrent.futures
+    from collections.abc import Coroutine
+
+__all__ = ["refresher_loop", "run_in_refresher"]
+
+_T = TypeVar("_T")
+
+_lock = threading.Lock()
+_loop: asyncio.AbstractEventLoop | None = None
+_pid: int | None = None
+
+
+def _serve(loop: asyncio.AbstractEventLoop, ready: threading.Event) -> None:
+    asyncio.set_event_loop(loop)
+    loop.call_soon(ready.set)
+    loop.run_forever()
+
+
+def refresher_loop() -> asyncio.AbstractEventLoop:
+    """The refresher's event loop, starting its thread if needed."""
+    global _loop, _pid  # one refresher per process, fenced by _lock
+    loop = _loop
+    if loop is not None and _pid == os.getpid() and loop.is_running():
+        return loop
+    with _lock:
+        if _loop is None or _pid != os.getpid() or not _loop.is_running():
+            loop = asyncio.new_event_loop()
+            ready = threading.Event()
+            thread = threading.Thread(
+                target=_serve, args=(loop, ready), name="plainid-async refresher", daemon=True
+            )
+            thread.start()
+            ready.wait()
+            _loop, _pid = loop, os.getpid()
+        return _loop
+
+
+def run_in_refresher(coro: Coroutine[object, object, _T]) -> concurrent.futures.Future[_T]:
+    """Run ``coro`` on the refresher's loop; cancelling the future cancels it."""
+    return asyncio.run_coroutine_threadsafe(coro, refresher_loop())
+
+
+def is_refresher_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether ``loop`` is the refresher's."""
+    return loop is _loop

@@ -1,0 +1,567 @@
+"""The rebuilt core (issue 11): state owned by the cache, waiter budgets, the refresher,
+cool-downs, the 401 guard, closed means closed, many tenants.
+
+Real loopback servers throughout; the cross-loop and ``asyncio.run`` cases use real threads
+and event loops. Figures are printed with ``record`` (see them with ``pytest -s``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import pytest
+from _reliability import record
+from aiohttp import web
+
+import plainid_async as pa
+from plainid_async.testing import FakePlainID, running_fetches
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator
+
+FAST = pa.RetryPolicy(attempts=2, backoff_base=0.01, backoff_max=0.02, deadline=2.0)
+
+
+def provider_on(fake: FakePlainID, cache: pa.TokenCache, **options: Any) -> pa.TokenProvider:
+    """A TokenProvider with ``fake``'s credentials and URL, ``cache`` and ``options``."""
+    return pa.TokenProvider(
+        fake.client_id, fake.client_secret, base_url=str(fake.base_url), cache=cache, **options
+    )
+
+
+async def requests_seen(fake: FakePlainID, count: int = 1) -> None:
+    """Wait until ``fake`` has received ``count`` token requests."""
+    while len(fake.token_requests) < count:  # noqa: ASYNC110 (polling the fake is the point)
+        await asyncio.sleep(0.005)
+
+
+async def settle() -> None:
+    """Wait for every token fetch in flight to finish."""
+    await asyncio.gather(*(f.wait() for f in running_fetches()), return_exceptions=True)
+
+
+@pytest.fixture(autouse=True)
+async def _no_leftover_flights() -> AsyncIterator[None]:
+    yield
+    leftover = running_fetches()
+    for flight in leftover:
+        flight.cancel()
+    await asyncio.gather(*(f.wait() for f in leftover), return_exceptions=True)
+    assert not leftover
+
+
+@contextlib.contextmanager
+def fake_in_thread(**options: Any) -> Iterator[FakePlainID]:
+    """A FakePlainID served by its own thread and loop, for callers that run asyncio.run."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    fake = FakePlainID(**options)
+    asyncio.run_coroutine_threadsafe(fake.start(), loop).result(10)
+    try:
+        yield fake
+    finally:
+        asyncio.run_coroutine_threadsafe(fake.close(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+# -- 1. flights belong to the cache --------------------------------------------------------
+
+
+async def test_failure_streak_lives_in_the_cache_that_holds_the_key() -> None:
+    async with FakePlainID() as fake:
+        first, second = pa.MemoryTokenCache(), pa.MemoryTokenCache()
+        failing = provider_on(fake, first, retry=FAST)
+        other = provider_on(fake, second, retry=FAST)
+        async with failing, other:
+            fake.start_outage(503)
+            with pytest.raises(pa.TokenEndpointUnavailableError):
+                await failing.get_token()
+            state = first.key_states.get(failing.cache_key)
+            assert state is not None
+            assert state.failures == 1
+            assert state.cooldown_until > time.monotonic()
+            # Another cache knows nothing of it: its provider fetches at once.
+            fake.end_outage()
+            assert fake.is_valid((await other.get_token()).access_token)
+
+
+async def test_closed_failing_providers_leave_nothing_behind() -> None:
+    """Many failing client ids, every provider closed: no per-key state stays (no secret)."""
+    async with FakePlainID() as fake:
+        cache = pa.MemoryTokenCache()
+        for i in range(300):
+            provider = pa.TokenProvider(
+                f"unknown-{i}", f"secret-{i}", base_url=str(fake.base_url), cache=cache, retry=FAST
+            )
+            async with provider:
+                with pytest.raises(pa.InvalidCredentialsError):
+                    await provider.get_token()
+            assert len(cache.key_states) == 0
+        assert len(fake.token_requests) == 300
+
+
+async def test_expired_tokens_of_closed_providers_are_swept_by_later_stores() -> None:
+    async with FakePlainID(expires_in=1) as fake:
+        cache = pa.MemoryTokenCache()
+        soon_gone = pa.Token.issued("old", expires_in=1, sent_at_monotonic=time.monotonic() - 0.95)
+        for i in range(20):
+            await cache.store(pa.CacheKey.for_credentials("u", f"c{i}", "s"), soon_gone)
+        assert len(cache.key_states) == 20
+        while soon_gone.remaining() > 0:  # noqa: ASYNC110 (waiting on the clock itself)
+            await asyncio.sleep(0.01)
+        provider = provider_on(fake, cache)
+        async with provider:
+            for _ in range(10):
+                await provider.get_token(force_refresh=True)
+        # each store looks at a couple of the least recently used keys and drops dead ones
+        assert len(cache.key_states) == 1
+
+
+# -- 2. waiters never hang, and keep their own budget ----------------------------------
+
+
+async def test_a_fail_fast_provider_waits_only_its_own_budget_on_a_hung_shared_fetch() -> None:
+    async with FakePlainID() as fake:
+        cache = pa.MemoryTokenCache()
+        patient = provider_on(fake, cache, timeout=30.0, retry=pa.RetryPolicy(attempts=1))
+        hasty = provider_on(fake, cache, timeout=0.3, retry=pa.RetryPolicy(attempts=1))
+        async with patient, hasty:
+            fake.hang = True
+            hung = asyncio.create_task(patient.get_token())
+            await requests_seen(fake)
+            started = time.monotonic()
+            # Without its own budget it would wait the 30 s of the fetch it joined.
+            with pytest.raises(pa.TokenEndpointUnavailableError, match="time budget"):
+                await asyncio.wait_for(hasty.get_token(), 10)
+            waited = time.monotonic() - started
+            assert len(fake.token_requests) == 1  # it joined; it did not fetch
+            hung.cancel()
+            await asyncio.gather(hung, return_exceptions=True)
+    record(
+        "waiter budget: fail-fast provider joins a hung fetch",
+        budget="timeout=0.3 s, attempts=1 (+0.25 s grace)",
+        waited_s=round(waited, 3),
+        joined_fetch_timeout_s=30,
+    )
+
+
+async def test_waiters_on_another_loop_fetch_anew_when_the_fetch_loop_stops() -> None:
+    """A fetch bound to loop A (a session= of A): A stops, the waiter on this loop goes on."""
+    async with FakePlainID() as fake:
+        cache = pa.MemoryTokenCache()
+        loop_a = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop_a.run_forever, daemon=True)
+        thread.start()
+
+        async def start_on_a() -> tuple[aiohttp.ClientSession, pa.TokenProvider, Any]:
+            session = aiohttp.ClientSession()
+            provider_a = provider_on(fake, cache, session=session)
+            return session, provider_a, asyncio.ensure_future(provider_a.get_token())
+
+        fake.hang = True
+        session_a, provider_a, task_a = asyncio.run_coroutine_threadsafe(
+            start_on_a(), loop_a
+        ).result(10)
+        await requests_seen(fake)
+        [flight] = running_fetches()
+        assert flight.loop is loop_a
+        here = provider_on(fake, cache, retry=FAST)
+        waiter = asyncio.create_task(here.get_token())
+        await asyncio.sleep(0.1)  # it joined the flight of loop A
+        assert not waiter.done()
+        assert len(fake.token_requests) == 1
+        fake.hang = False
+        loop_a.call_soon_threadsafe(loop_a.stop)
+        thread.join(10)
+        started = time.monotonic()
+        token = await asyncio.wait_for(waiter, 10)  # before: waited forever
+        waited = time.monotonic() - started
+        assert fake.is_valid(token.access_token)
+
+        async def clean_up_a() -> None:
+            task_a.cancel()
+            await asyncio.gather(task_a, return_exceptions=True)
+            await provider_a.close()
+            await session_a.close()
+
+        thread = threading.Thread(target=loop_a.run_until_complete, args=(clean_up_a(),))
+        thread.start()
+        thread.join(10)
+        loop_a.close()
+        await here.close()
+    record("waiter: the loop running its fetch stopped", restarted_after_s=round(waited, 3))
+
+
+# -- 3. background refreshes outlive the loop that started them ------------------------
+
+
+def test_a_refresh_started_by_a_loop_that_ends_still_lands() -> None:
+    with fake_in_thread(latency=0.1) as fake:
+        cache = pa.MemoryTokenCache()
+        provider = provider_on(fake, cache)
+        first = asyncio.run(provider.get_token())
+        stale = pa.Token(
+            access_token=first.access_token,
+            token_type="Bearer",
+            expires_in=100.0,
+            expires_at=time.time() + 40,
+            expires_at_monotonic=time.monotonic() + 40,
+        )
+        asyncio.run(cache.store(provider.cache_key, stale))
+        # The loop ends at once; the refresh it started (100 ms at the endpoint) goes on.
+        assert asyncio.run(provider.get_token()) is stale
+        [flight] = running_fetches()
+        flight.future.result(10)
+        assert cache.get(provider.cache_key) not in (None, stale)
+        assert len(fake.token_requests) == 2
+
+
+def test_two_hundred_asyncio_runs_need_no_extra_token_requests() -> None:
+    """What Django, Flask or Celery code does: ``asyncio.run`` per request."""
+    lifetime, latency, runs = 3.0, 0.1, 200
+    with fake_in_thread(expires_in=lifetime, latency=latency) as fake:
+        provider = provider_on(fake, pa.MemoryTokenCache())
+
+        async def handle_request() -> pa.Token:
+            token = await provider.get_token()
+            await asyncio.sleep(0.02)  # the request's own work
+            return token
+
+        started = time.monotonic()
+        tokens = [asyncio.run(handle_request()) for _ in range(runs)]
+        elapsed = time.monotonic() - started
+        for flight in running_fetches():
+            flight.future.result(10)
+        stats = provider.stats
+        # A token is usable for 2.7 s of its 3 s: this many cover the run, at the least.
+        needed = math.ceil(elapsed / (lifetime * 0.9))
+        requests = len(fake.token_requests)
+        distinct = len({t.access_token for t in tokens})
+        assert all(r.status == 200 for r in fake.token_requests)
+        assert requests <= needed + 3, (requests, needed)
+        assert stats.waits == 1  # only the very first call, with nothing cached, waited
+    record(
+        "asyncio.run per request",
+        load=f"{runs} asyncio.run calls of ~20 ms, {lifetime:g} s tokens, {latency:g} s latency",
+        elapsed_s=round(elapsed, 2),
+        token_requests=requests,
+        tokens_needed=needed,
+        tokens_served=distinct,
+        waits=stats.waits,
+        background_refreshes=stats.background_refreshes,
+    )
+
+
+# -- 4. a memory of failures -----------------------------------------------------------
+
+
+async def test_calls_inside_a_cool_down_fail_at_once_with_the_same_error() -> None:
+    async with FakePlainID() as fake:
+        provider = provider_on(fake, pa.MemoryTokenCache(), retry=pa.RetryPolicy(attempts=3))
+        async with provider:
+            fake.start_outage(503)
+            with pytest.raises(pa.TokenEndpointUnavailableError) as first:
+                await provider.get_token()
+            assert len(fake.token_requests) == 3
+            timings = []
+            for _ in range(20):
+                started = time.perf_counter()
+                with pytest.raises(pa.TokenEndpointUnavailableError) as again:
+                    await provider.get_token()
+                timings.append(time.perf_counter() - started)
+                assert again.value is first.value
+            assert len(fake.token_requests) == 3  # no token request inside the cool-down
+    record(
+        "cool-down: a call inside it",
+        slowest_ms=round(max(timings) * 1000, 3),
+        median_ms=round(sorted(timings)[len(timings) // 2] * 1000, 3),
+    )
+
+
+async def test_an_outage_costs_one_fetch_plus_one_request_per_cool_down_step() -> None:
+    """50 sequential calls over 2 s, no usable token, the endpoint down throughout."""
+    retry = pa.RetryPolicy(attempts=3, backoff_base=0.05, backoff_max=0.1, deadline=5.0)
+    async with FakePlainID() as fake:
+        cache = pa.MemoryTokenCache()
+        provider = provider_on(fake, cache, retry=retry)
+        async with provider:
+            fake.start_outage(503)
+            failures = 0
+            started = time.monotonic()
+            for _ in range(50):
+                with pytest.raises(pa.TokenEndpointUnavailableError):
+                    await provider.get_token()
+                failures += 1
+                await asyncio.sleep(0.04)  # the load: one call every 40 ms
+            elapsed = time.monotonic() - started
+            state = cache.key_states.get(provider.cache_key)
+            assert state is not None
+            steps = state.failures - 1  # fetches after the first: one per cool-down step
+            requests = len(fake.token_requests)
+            assert requests == retry.attempts + steps
+            assert requests < 15  # without the cool-down: 50 calls x 3 attempts = 150
+            fake.end_outage()
+            state.cooldown_until = 0.0  # skip the rest of the cool-down: the next call fetches
+            assert fake.is_valid((await provider.get_token()).access_token)
+    record(
+        "cool-down: outage with no usable token",
+        load=f"50 sequential calls over {elapsed:.1f} s",
+        token_requests=requests,
+        cool_down_steps=steps,
+        fetch_attempts=retry.attempts,
+        failures=failures,
+    )
+
+
+async def test_force_refresh_and_rotate_secret_start_afresh_inside_a_cool_down() -> None:
+    async with FakePlainID() as fake:
+        provider = provider_on(fake, pa.MemoryTokenCache(), retry=FAST)
+        async with provider:
+            fake.fail_next(*[503] * FAST.attempts)
+            with pytest.raises(pa.TokenEndpointUnavailableError):
+                await provider.get_token()
+            with pytest.raises(pa.TokenEndpointUnavailableError):
+                await provider.get_token()  # cooling down: no request
+            assert len(fake.token_requests) == FAST.attempts
+            forced = await provider.get_token(force_refresh=True)
+            assert fake.is_valid(forced.access_token)
+
+            fake.rotate_secret(fake.client_id, "new-secret")
+            fake.revoke_all()
+            with pytest.raises(pa.InvalidCredentialsError):
+                await provider.get_token(force_refresh=True)
+            with pytest.raises(pa.InvalidCredentialsError):
+                await provider.get_token()  # the 401 starts a cool-down too
+            before = len(fake.token_requests)
+            provider.rotate_secret("new-secret")
+            rotated = await provider.get_token()
+            assert fake.is_valid(rotated.access_token)
+            assert len(fake.token_requests) == before + 1
+
+
+async def test_a_background_failure_keeps_serving_and_warns_by_what_is_cached(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with FakePlainID() as fake:
+        cache = pa.MemoryTokenCache()
+        provider = provider_on(fake, cache, retry=FAST)
+        async with provider:
+            fake.start_outage(503)
+            with pytest.raises(pa.TokenEndpointUnavailableError):
+                await provider.get_token()
+            [cold] = [r for r in caplog.records if r.levelname == "WARNING"]
+            assert "no usable token is cached" in cold.getMessage()
+            assert "keeps being served" not in cold.getMessage()
+
+        caplog.clear()
+        other = pa.MemoryTokenCache()
+        provider = provider_on(fake, other, retry=FAST)
+        async with provider:
+            stale = pa.Token(
+                access_token="cached",
+                token_type="Bearer",
+                expires_in=100.0,
+                expires_at=time.time() + 40,
+                expires_at_monotonic=time.monotonic() + 40,
+            )
+            await other.store(provider.cache_key, stale)
+            assert await provider.get_token() is stale
+            await settle()
+            [warm] = [r for r in caplog.records if r.levelname == "WARNING"]
+            assert "still valid, keeps being served" in warm.getMessage()
+            assert await provider.get_token() is stale  # no cool-down while it is usable
+
+
+# -- 5. the 401 guard ------------------------------------------------------------------
+
+
+@pytest.fixture
+async def always_401() -> AsyncIterator[str]:
+    """An API on 127.0.0.1 that answers 401 to every request."""
+
+    async def refuse(request: web.Request) -> web.Response:
+        return web.Response(status=401, text="no")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", refuse)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+async def guarded_calls(provider: pa.TokenProvider, api: str, calls: int) -> list[int]:
+    middleware = pa.BearerAuthMiddleware(provider, origins=[api])
+    statuses = []
+    async with aiohttp.ClientSession(middlewares=(middleware,)) as session:
+        for _ in range(calls):
+            async with session.get(f"{api}/api/1.0/anything") as response:
+                statuses.append(response.status)
+    return statuses
+
+
+async def test_an_api_that_always_answers_401_costs_at_most_three_token_requests(
+    always_401: str,
+) -> None:
+    async with FakePlainID() as fake:
+        provider = provider_on(fake, pa.MemoryTokenCache())
+        async with provider:
+            statuses = await guarded_calls(provider, always_401, 50)
+    assert statuses == [401] * 50
+    assert len(fake.token_requests) <= 3
+    record(
+        "401 guard: an API that always answers 401",
+        load="50 sequential calls through BearerAuthMiddleware",
+        token_requests=len(fake.token_requests),
+    )
+
+
+async def test_a_token_revoked_once_recovers_on_the_next_call() -> None:
+    async with FakePlainID() as fake:
+        provider = provider_on(fake, pa.MemoryTokenCache())
+        async with provider, provider.session() as session:
+            token = await provider.get_token()
+            fake.revoke(token.access_token)
+            async with session.get("api/1.0/x") as response:
+                assert response.status == 200
+            assert len(fake.token_requests) == 2
+            # A second rejection inside the guard interval comes back as it is: no request.
+            fake.revoke((await provider.get_token()).access_token)
+            async with session.get("api/1.0/x") as response:
+                assert response.status == 401
+            assert len(fake.token_requests) == 2
+
+
+def test_the_guard_interval_doubles_on_repeats_and_resets_after_a_quiet_spell() -> None:
+    provider = pa.TokenProvider("id", "secret", region="us1", cache=pa.MemoryTokenCache())
+    cache = provider.cache
+    assert isinstance(cache, pa.MemoryTokenCache)
+    state = cache.key_states.state(provider.cache_key)
+    lengths: list[int] = []
+    for _ in range(6):
+        token = pa.Token.issued(f"t{len(lengths)}", expires_in=3600)
+        asyncio.run(cache.store(provider.cache_key, token))
+        assert provider.report_unauthorized(token)
+        assert not provider.report_unauthorized(token) or cache.get(provider.cache_key) is None
+        lengths.append(round(state.guard_until - time.monotonic()))
+        state.guard_until = time.monotonic()  # the interval has just ended
+    assert lengths == [5, 10, 20, 40, 60, 60]
+    state.guard_until = time.monotonic() - 1000  # long quiet: the next one starts over
+    token = pa.Token.issued("later", expires_in=3600)
+    asyncio.run(cache.store(provider.cache_key, token))
+    assert provider.report_unauthorized(token)
+    assert round(state.guard_until - time.monotonic()) == 5
+
+
+# -- 6. closed means closed ------------------------------------------------------------
+
+
+async def test_after_close_nothing_hands_out_a_token() -> None:
+    async with FakePlainID() as fake:
+        provider = provider_on(fake, pa.MemoryTokenCache())
+        async with provider.session() as session:
+            await provider.get_token()
+            await provider.close()
+            assert provider.token_state() is pa.TokenState.FRESH  # looking starts nothing
+            with pytest.raises(pa.ProviderClosedError):
+                await provider.get_token()
+            with pytest.raises(pa.ProviderClosedError):
+                await session.get("api/1.0/x")
+            with pytest.raises(pa.ProviderClosedError):
+                await provider.get_token()
+
+
+async def test_a_call_waiting_when_its_provider_closes_gets_no_token() -> None:
+    async with FakePlainID(latency=0.2) as fake:
+        cache = pa.MemoryTokenCache()
+        starter, waiting = provider_on(fake, cache), provider_on(fake, cache)
+        async with starter:
+            first = asyncio.create_task(starter.get_token())
+            await requests_seen(fake)
+            call = asyncio.create_task(waiting.get_token())
+            while waiting.stats.waits == 0:  # noqa: ASYNC110 (it joined the starter's fetch)
+                await asyncio.sleep(0)
+            await waiting.close()
+            with pytest.raises(pa.ProviderClosedError):
+                await asyncio.wait_for(call, 10)
+            assert fake.is_valid((await first).access_token)
+
+
+# -- 7. many tenants -------------------------------------------------------------------
+
+
+async def test_least_recently_used_keys_are_evicted_and_fetch_again() -> None:
+    async with FakePlainID() as fake:
+        for i in range(3):
+            fake.add_client(f"tenant-{i}", f"secret-{i}")
+        cache = pa.MemoryTokenCache(max_entries=2)
+        providers = [
+            pa.TokenProvider(f"tenant-{i}", f"secret-{i}", base_url=str(fake.base_url), cache=cache)
+            for i in range(3)
+        ]
+        first = await providers[0].get_token()
+        await providers[1].get_token()
+        await providers[2].get_token()  # tenant-0 is the least recently used: evicted
+        assert len(cache.key_states) == 2
+        assert cache.get(providers[0].cache_key) is None
+        again = await providers[0].get_token()  # its hot slot must not serve the evicted token
+        assert again is not first
+        assert len(fake.token_requests) == 4
+        for provider in providers:
+            await provider.close()
+
+
+def test_max_entries_must_be_a_positive_integer() -> None:
+    for bad in (0, -1, 1.5, True, "10"):
+        with pytest.raises(pa.ConfigurationError, match="max_entries"):
+            pa.MemoryTokenCache(max_entries=bad)  # type: ignore[arg-type]
+    assert pa.MemoryTokenCache().max_entries == 10_000
+
+
+# -- 8. the hot path never serves a dropped token --------------------------------------
+
+
+async def test_an_invalidated_token_is_never_served_from_the_hot_path() -> None:
+    async with FakePlainID() as fake:
+        cache = pa.MemoryTokenCache()
+        provider = provider_on(fake, cache)
+        async with provider:
+            token = await provider.get_token()
+            assert await provider.get_token() is token  # the hot path
+            other = provider_on(fake, cache)
+            assert other.invalidate(token)  # another provider of the key drops it
+            assert await provider.get_token() is not token
+            cache.clear()
+            assert await provider.get_token() is not token
+            await other.close()
+
+
+async def test_a_cool_down_lasts_at_least_the_servers_retry_after() -> None:
+    async with FakePlainID() as fake:
+        cache = pa.MemoryTokenCache()
+        retry = pa.RetryPolicy(attempts=3, backoff_base=0.01, deadline=1.0)
+        provider = provider_on(fake, cache, retry=retry)
+        async with provider:
+            fake.start_outage(503, retry_after="20")
+            with pytest.raises(pa.TokenEndpointUnavailableError) as info:
+                await provider.get_token()
+            assert info.value.retry_after == 20
+            # Retry-After went past the deadline: one attempt, then a 20 s cool-down.
+            assert len(fake.token_requests) == 1
+            state = cache.key_states.get(provider.cache_key)
+            assert state is not None
+            assert state.cooldown_until - time.monotonic() > 19
