@@ -7,19 +7,28 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 # The demo needs only the package and rich: a first `make demo` installs no dev tools.
 DEMO_STAMP := $(VENV)/.installed-demo
+# The Python's own pip installs into the venv (--python, pip >= 22.3, as Python 3.11 ships);
+# the build backend that pyproject.toml's [build-system] names is installed once, with
+# `editables` for an editable install, instead of into an isolated environment per build.
+DEMO_PIP := $(PYTHON) -m pip --python $(BIN)/python install --quiet --disable-pip-version-check --no-compile
+BUILD_REQUIRES = $(shell $(PYTHON) -c "import tomllib; print(' '.join(repr(r) for r in tomllib.load(open('pyproject.toml', 'rb'))['build-system']['requires']))")
 
 .PHONY: demo test lint typecheck pytest docs bench clean
 
+# The venv starts without pip (ensurepip costs seconds a first `make demo` need not pay): the
+# demo installs into it with the Python's own pip, and the dev set bootstraps pip first.
 $(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
+	$(PYTHON) -m venv --without-pip $(VENV)
 
 $(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip --version >/dev/null 2>&1 || $(BIN)/python -m ensurepip --upgrade >/dev/null
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=25.1"
 	$(BIN)/python -m pip install --quiet --group dev -e .
 	touch $@
 
 $(DEMO_STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-compile -e '.[rich]'
+	$(DEMO_PIP) $(BUILD_REQUIRES) editables
+	$(DEMO_PIP) --no-build-isolation -e '.[rich]'
 	touch $@
 
 ## The main job: the demo on the embedded fake PlainID server.
