@@ -471,6 +471,7 @@ async def request_token(
     retry: RetryPolicy,
     ssl: ssl.SSLContext | bool | None = None,
     on_attempt: Callable[[], None] | None = None,
+    on_retry: Callable[[TokenRequestError, float], None] | None = None,
     sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     jitter: Callable[[], float] = random.random,
 ) -> Token:
@@ -488,6 +489,8 @@ async def request_token(
         retry: The retry policy.
         ssl: TLS verification for the request: ``None`` verifies with the default trust store.
         on_attempt: Called before each HTTP request (for statistics).
+        on_retry: Called when an attempt failed and another follows, with the attempt's
+            error and the seconds until the next one (for the event stream).
         sleep: Waits between attempts (a test may pass a fake).
         jitter: Returns a number in [0, 1) for backoff jitter.
 
@@ -553,4 +556,6 @@ async def request_token(
             error,
             delay,
         )
+        if on_retry is not None:
+            on_retry(error, delay)
         await sleep(delay)

@@ -190,8 +190,9 @@ class BearerAuthMiddleware:
                 break
             # The token was rejected: drop it, if it is still the cached one, so this retry
             # or else the caller's next request gets a new one.
+            # Guard held, or a streamed body cannot be sent again: the caller gets the 401.
             if not provider.report_unauthorized(token) or not _can_replay(request.body):
-                break  # guard held, or a streamed body cannot be sent again: the caller gets the 401
+                break
             # Free the connection first: the retry (or, with a shared session, the token
             # request) may need it from a small pool.
             response.release()

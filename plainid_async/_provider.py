@@ -17,19 +17,21 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import itertools
 import logging
 import math
 import os
 import random
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Final, Self
+from typing import TYPE_CHECKING, Any, Final, Literal, Self
 
 import aiohttp
 import attrs
 
 from ._cache import CacheKey, TokenCache, default_cache
-from ._endpoint import RetryPolicy, request_token, resolve_endpoint
+from ._endpoint import RetryPolicy, _clean_text, request_token, resolve_endpoint
+from ._events import BUS, EventKind, FetchReason, Listener, TokenEvent, publish
 from ._token import RefreshSchedule, Token, TokenState, schedule_for
 from .exceptions import (
     ConfigurationError,
@@ -40,12 +42,12 @@ from .exceptions import (
 
 if TYPE_CHECKING:
     import ssl
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
     from types import TracebackType
 
     from yarl import URL
 
-__all__ = ["ProviderStats", "TokenProvider"]
+__all__ = ["HealthReport", "ProviderStats", "TokenProvider"]
 
 logger = logging.getLogger("plainid_async")
 
@@ -62,25 +64,172 @@ ENV_REGION: Final = "PLAINID_REGION"
 ENV_BASE_URL: Final = "PLAINID_BASE_URL"
 
 
+_HIT: Final = EventKind.HIT
+_STALE: Final = EventKind.STALE
+_WAIT: Final = EventKind.WAIT
+_COOLDOWN: Final = EventKind.COOLDOWN
+
+
 @attrs.define
 class ProviderStats:
-    """Counters of what a provider did.
+    """Counters of what a provider did, fed by its event stream (see :class:`TokenEvent`).
+
+    Lookups are counted by the provider that answered the call; fetches by the provider
+    that started them (providers with the same credentials share fetches).
 
     Attributes:
-        token_requests: HTTP requests sent to the token endpoint (retries included).
-        tokens_fetched: Fetches that ended with a new token.
-        cache_hits: Calls answered from the cache without waiting.
-        waits: Calls that had to wait for a fetch (no usable token was cached).
-        background_refreshes: Refreshes started ahead of expiry while the token was STALE.
-        failures: Fetches that ended in an error (after their retries).
+        token_requests: HTTP requests sent to the token endpoint, retries included; counted
+            when their fetch ends.
+        tokens_fetched: Fetches that ended with a new token from the token endpoint.
+        cache_hits: ``get_token()`` calls answered from the cache without waiting (FRESH or
+            STALE tokens).
+        stale_hits: Of those, the calls answered with a STALE token, while a background
+            refresh ran or was due.
+        waits: ``get_token()`` calls that waited for a fetch (no usable token was cached).
+        background_refreshes: Fetches started ahead of expiry, in the background, because
+            the cached token was STALE.
+        forced_refreshes: Fetches started by ``get_token(force_refresh=True)``.
+        unauthorized_refreshes: Fetches started after the API answered 401 to the cached
+            token (:meth:`TokenProvider.report_unauthorized`).
+        retries: HTTP attempts that failed and were retried.
+        failures: Fetches that ended in an error, after their retries.
+        cooldown_rejections: Calls that failed at once, without a token request, during a
+            failure cool-down.
     """
 
     token_requests: int = 0
     tokens_fetched: int = 0
     cache_hits: int = 0
+    stale_hits: int = 0
     waits: int = 0
     background_refreshes: int = 0
+    forced_refreshes: int = 0
+    unauthorized_refreshes: int = 0
+    retries: int = 0
     failures: int = 0
+    cooldown_rejections: int = 0
+
+    def count_lookup(self, kind: EventKind) -> None:
+        """Count one lookup event (HIT, STALE, WAIT or COOLDOWN) by its kind alone.
+
+        Lookups are the hot path: their event object is built only for listeners.
+        """
+        if kind is _HIT:
+            self.cache_hits += 1
+        elif kind is _STALE:
+            self.cache_hits += 1
+            self.stale_hits += 1
+        elif kind is _WAIT:
+            self.waits += 1
+        elif kind is _COOLDOWN:
+            self.cooldown_rejections += 1
+
+    def count(self, event: TokenEvent) -> None:
+        """Count one event of any other kind."""
+        kind = event.kind
+        if kind is EventKind.FETCH_STARTED:
+            if event.reason is FetchReason.REFRESH:
+                self.background_refreshes += 1
+            elif event.reason is FetchReason.FORCED:
+                self.forced_refreshes += 1
+            elif event.reason is FetchReason.UNAUTHORIZED:
+                self.unauthorized_refreshes += 1
+        elif kind is EventKind.ATTEMPT_FAILED:
+            self.retries += 1
+        elif kind is EventKind.FETCH_SUCCEEDED:
+            self.token_requests += event.attempts or 0
+            if event.attempts:
+                self.tokens_fetched += 1
+        elif kind is EventKind.FETCH_FAILED:
+            self.token_requests += event.attempts or 0
+            self.failures += 1
+        elif kind is EventKind.FETCH_CANCELLED:
+            self.token_requests += event.attempts or 0
+
+
+@attrs.frozen(kw_only=True)
+class HealthReport:
+    """Where a provider's token stands, from :meth:`TokenProvider.health`.
+
+    Attributes:
+        state: FRESH, STALE or EXPIRED for the token cached for the provider's
+            credentials, or ``None`` when none is cached.
+        expires_in: Seconds until that token expires (0 once expired), or ``None``.
+        refresh_in: Seconds until its refresh window opens (0 once open), or ``None``.
+        failures: Fetches that failed in a row, the latest included; 0 after a success.
+        last_error: The error of the latest failed fetch (redacted, one line), or
+            ``None`` if none failed. A later success does not clear it: ``failures`` says
+            whether it is current.
+        last_success: Wall-clock time (seconds since the epoch) of the latest successful
+            fetch, or ``None``.
+        source: Where the token is served from: ``"memory"`` (the memory cache, or a
+            Redis cache that cannot reach Redis right now), ``"redis"`` (a Redis cache that
+            reaches Redis) or ``"none"`` (no token cached).
+    """
+
+    state: TokenState | None
+    expires_in: float | None
+    refresh_in: float | None
+    failures: int
+    last_error: str | None
+    last_success: float | None
+    source: Literal["memory", "redis", "none"]
+
+    @property
+    def ready(self) -> bool:
+        """Whether a call can be answered from the cache now (the token is FRESH or STALE)."""
+        return self.state is TokenState.FRESH or self.state is TokenState.STALE
+
+    def to_dict(self) -> dict[str, object]:
+        """The report as JSON-ready values, with ``ready``; ``state`` as text, e.g. ``"fresh"``."""
+        return {
+            "ready": self.ready,
+            "state": None if self.state is None else self.state.value,
+            "expires_in": self.expires_in,
+            "refresh_in": self.refresh_in,
+            "failures": self.failures,
+            "last_error": self.last_error,
+            "last_success": self.last_success,
+            "source": self.source,
+        }
+
+
+@attrs.define
+class _Health:
+    """The health record of one provider, fed by its fetch events."""
+
+    failures: int = 0
+    last_error: str | None = None
+    last_success: float | None = None
+
+    def take(self, event: TokenEvent) -> None:
+        if event.kind is EventKind.FETCH_SUCCEEDED:
+            self.failures = 0
+            self.last_success = event.timestamp
+        elif event.kind is EventKind.FETCH_FAILED:
+            self.failures = event.failures or self.failures + 1
+            self.last_error = event.error
+
+
+_fetch_ids = itertools.count(1)
+
+
+@attrs.define(eq=False)
+class _Fetch:
+    """What the event stream says about one fetch: its number, reason and attempts."""
+
+    key: CacheKey = attrs.field(repr=False)
+    reason: FetchReason
+    id: int = attrs.field(factory=lambda: next(_fetch_ids))
+    started: float = attrs.field(factory=time.monotonic)
+    attempts: int = 0
+    attempt_started: float = 0.0
+    failures: int | None = None  # set when it ends
+
+    def attempt(self) -> None:
+        """An HTTP attempt starts."""
+        self.attempts += 1
+        self.attempt_started = time.monotonic()
 
 
 @attrs.define(eq=False)
@@ -93,6 +242,7 @@ class _Flight:
     owner: TokenProvider
     wake: asyncio.Event  # set once callers wait for a background refresh
     started_in_background: bool
+    fetch: _Fetch
 
     def hurry(self) -> None:
         """Callers now wait for this fetch: cut short the retry backoff it may be sleeping.
@@ -206,6 +356,10 @@ class TokenProvider:
         retry: Retry policy for token requests (attempts, backoff, deadline).
         ssl: TLS verification for token requests, as aiohttp's ``ssl=``: an
             :class:`ssl.SSLContext` for a private CA, or ``None`` for the default trust store.
+        on_event: Called with each :class:`~plainid_async.TokenEvent` of this provider
+            (lookups it answered, fetches it started), synchronously, in the event loop
+            that made the decision: keep it short. An exception in it is logged once and
+            never fails a call.
 
     Raises:
         ConfigurationError: A parameter is missing or invalid; the message names it.
@@ -217,14 +371,17 @@ class TokenProvider:
         "_client_id",
         "_client_secret",
         "_closed",
+        "_health",
         "_hot",
         "_key",
+        "_listener",
         "_refresh_margin",
         "_retry",
         "_session",
         "_ssl",
         "_timeout",
         "_token_url",
+        "_unauthorized",
         "stats",
     )
 
@@ -241,6 +398,7 @@ class TokenProvider:
         timeout: float = 10.0,
         retry: RetryPolicy | None = None,
         ssl: ssl.SSLContext | bool | None = None,
+        on_event: Callable[[TokenEvent], object] | None = None,
     ) -> None:
         """Validate the configuration; do no I/O."""
         self._client_id = _check_text("client_id", client_id)
@@ -276,6 +434,11 @@ class TokenProvider:
         # (token, refresh_at, usable_until) of the token this provider last handed out.
         self._hot: tuple[Token, float, float] | None = None
         self._closed = False
+        if on_event is not None and not callable(on_event):
+            raise ConfigurationError(f"on_event must be a callable, not {type(on_event).__name__}")
+        self._listener = None if on_event is None else Listener(on_event)
+        self._unauthorized: CacheKey | None = None  # the key whose token a 401 dropped
+        self._health = _Health()
         self.stats = ProviderStats()
 
     @classmethod
@@ -289,6 +452,7 @@ class TokenProvider:
         timeout: float = 10.0,
         retry: RetryPolicy | None = None,
         ssl: ssl.SSLContext | bool | None = None,
+        on_event: Callable[[TokenEvent], object] | None = None,
     ) -> TokenProvider:
         """Build a provider from ``PLAINID_CLIENT_ID``, ``PLAINID_CLIENT_SECRET`` and one of
         ``PLAINID_REGION`` / ``PLAINID_BASE_URL``.
@@ -305,6 +469,7 @@ class TokenProvider:
             timeout: As for the constructor.
             retry: As for the constructor.
             ssl: As for the constructor.
+            on_event: As for the constructor.
 
         Raises:
             ConfigurationError: A variable is missing, blank or invalid; the message names it.
@@ -344,6 +509,7 @@ class TokenProvider:
                 timeout=timeout,
                 retry=retry,
                 ssl=ssl,
+                on_event=on_event,
             )
         except ConfigurationError as exc:
             source = ENV_REGION if region is not None else ENV_BASE_URL
@@ -409,7 +575,7 @@ class TokenProvider:
         if hot is not None and not force_refresh:
             token, refresh_at, _ = hot
             if time.monotonic() < refresh_at and self._cache.get(self._key) is token:
-                self.stats.cache_hits += 1
+                self._emit(_HIT, token)
                 return token
         return await self._get_token_slow(force_refresh=force_refresh)
 
@@ -421,10 +587,41 @@ class TokenProvider:
             credentials, or ``None`` when there is none. Does no I/O and starts nothing.
         """
         token = self._cache.get(self._key)
-        if token is None:
-            return None
+        return None if token is None else self._state_of(token, time.monotonic())
+
+    def health(self) -> HealthReport:
+        """Report where this provider's token stands, for readiness probes and dashboards.
+
+        Does no I/O and starts nothing; cheap enough to call on every probe.
+
+        Returns:
+            The report: the cached token's state and timings, failed fetches in a row,
+            the latest error (redacted) and success, and where the token is served from.
+        """
+        token = self._cache.get(self._key)
+        health = self._health
+        state = expires_in = refresh_in = None
+        source: Literal["memory", "redis", "none"] = "none"
+        if token is not None:
+            now = time.monotonic()
+            state = self._state_of(token, now)
+            _, refresh_at, _ = self._schedule(token)
+            expires_in = max(0.0, token.expires_at_monotonic - now)
+            refresh_in = max(0.0, refresh_at - now)
+            source = "redis" if getattr(self._cache, "source", None) == "redis" else "memory"
+        return HealthReport(
+            state=state,
+            expires_in=expires_in,
+            refresh_in=refresh_in,
+            failures=health.failures,
+            last_error=health.last_error,
+            last_success=health.last_success,
+            source=source,
+        )
+
+    def _state_of(self, token: Token, now: float) -> TokenState:
         _, refresh_at, usable_until = self._schedule(token)
-        return RefreshSchedule(refresh_at, usable_until).state(time.monotonic())
+        return RefreshSchedule(refresh_at, usable_until).state(now)
 
     def invalidate(self, token: Token) -> bool:
         """Drop ``token`` if it is still the cached one, so the next call fetches anew.
@@ -453,7 +650,9 @@ class TokenProvider:
         Returns:
             Whether a retry with a token from :meth:`get_token` is worth it.
         """
-        self.invalidate(token)
+        if self.invalidate(token):
+            # The next fetch for these credentials is one because of this 401.
+            self._unauthorized = self._key
         return True
 
     def rotate_secret(self, client_secret: str) -> None:
@@ -473,7 +672,11 @@ class TokenProvider:
     async def _get_token_slow(self, *, force_refresh: bool) -> Token:
         self._check_open()
         key = self._key
+        reason = FetchReason.COLD
+        if self._unauthorized is not None:
+            reason, self._unauthorized = FetchReason.UNAUTHORIZED, None
         if force_refresh:
+            reason = FetchReason.FORCED
             current = self._cache.get(key)
             if current is not None:
                 self._discard(key, current)
@@ -483,13 +686,14 @@ class TokenProvider:
                 _, refresh_at, usable_until = self._schedule(token)
                 now = time.monotonic()
                 if now < usable_until:
-                    if now >= refresh_at:
+                    stale = now >= refresh_at
+                    if stale:
                         self._refresh_in_background(key, token, usable_until)
-                    self.stats.cache_hits += 1
+                    self._emit(_STALE if stale else _HIT, token)
                     return token
-            self.stats.waits += 1
+            self._emit(_WAIT)
             try:
-                return await self._wait_for_flight(key, token)
+                return await self._wait_for_flight(key, token, reason)
             except InvalidCredentialsError:
                 if self._key == key:
                     raise
@@ -523,10 +727,11 @@ class TokenProvider:
             cap = episode.failed_at + max(left / 2, BACKGROUND_RETRY_FLOOR)
             if time.monotonic() < min(episode.retry_at, cap):
                 return
-        self._flight(key, token, background=True)
+        self._flight(key, token, FetchReason.REFRESH)
 
-    def _flight(self, key: CacheKey, replacing: Token | None, *, background: bool) -> _Flight:
+    def _flight(self, key: CacheKey, replacing: Token | None, reason: FetchReason) -> _Flight:
         """Return the flight for ``key``, starting one if none is usable from this loop."""
+        background = reason is FetchReason.REFRESH
         loop = asyncio.get_running_loop()
         flight_key = (id(self._cache), key)
         with _REGISTRY_LOCK:
@@ -536,8 +741,9 @@ class TokenProvider:
             future: concurrent.futures.Future[Token] = concurrent.futures.Future()
             future.set_running_or_notify_cancel()
             wake = asyncio.Event()
+            fetch = _Fetch(key, reason)
             task = loop.create_task(
-                self._fetch(key, replacing, wake),
+                self._fetch(key, replacing, wake, fetch),
                 name=f"plainid-async token fetch {key.client_id}",
             )
             flight = _Flight(
@@ -547,19 +753,20 @@ class TokenProvider:
                 owner=self,
                 wake=wake,
                 started_in_background=background,
+                fetch=fetch,
             )
             _FLIGHTS[flight_key] = flight
-        if background:
-            self.stats.background_refreshes += 1
-            logger.debug("background refresh started for client %s", key.client_id)
+        self._emit(EventKind.FETCH_STARTED, fetch=fetch)
         task.add_done_callback(lambda done: self._flight_done(flight_key, flight, done))
         return flight
 
-    async def _wait_for_flight(self, key: CacheKey, replacing: Token | None) -> Token:
+    async def _wait_for_flight(
+        self, key: CacheKey, replacing: Token | None, reason: FetchReason
+    ) -> Token:
         second_chance = True
         while True:
             self._check_open()
-            flight = self._flight(key, replacing, background=False)
+            flight = self._flight(key, replacing, reason)
             flight.hurry()
             try:
                 if flight.loop is asyncio.get_running_loop():
@@ -579,7 +786,9 @@ class TokenProvider:
                 # The flight itself was cancelled (its provider closed or its loop ended),
                 # not this caller: start or join another.
 
-    async def _fetch(self, key: CacheKey, replacing: Token | None, wake: asyncio.Event) -> Token:
+    async def _fetch(
+        self, key: CacheKey, replacing: Token | None, wake: asyncio.Event, fetch: _Fetch
+    ) -> Token:
         async with self._cache.fetch_lock(key):
             # Another process (shared cache) may have fetched while we waited for the lock.
             shared = await self._cache.load(key)
@@ -587,20 +796,13 @@ class TokenProvider:
                 _, refresh_at, _ = self._schedule(shared)
                 if time.monotonic() < refresh_at:
                     return shared
-            token = await self._request(key, wake)
+            token = await self._request(key, wake, fetch)
             await self._cache.store(key, token)
-            self.stats.tokens_fetched += 1
-            logger.info(
-                "token fetched for client %s from %s (expires in %g s)",
-                key.client_id,
-                self._token_url,
-                token.expires_in,
-            )
             return token
 
-    async def _request(self, key: CacheKey, wake: asyncio.Event) -> Token:
-        def count() -> None:
-            self.stats.token_requests += 1
+    async def _request(self, key: CacheKey, wake: asyncio.Event, fetch: _Fetch) -> Token:
+        def retrying(error: TokenRequestError, delay: float) -> None:
+            self._emit(EventKind.ATTEMPT_FAILED, fetch=fetch, error=error, retry_in=delay)
 
         hurried = 0  # backoff steps since callers came waiting
 
@@ -629,7 +831,8 @@ class TokenProvider:
                 timeout=self._timeout,
                 retry=self._retry,
                 ssl=self._ssl,
-                on_attempt=count,
+                on_attempt=fetch.attempt,
+                on_retry=retrying,
                 sleep=backoff,
             )
 
@@ -644,22 +847,20 @@ class TokenProvider:
         with _REGISTRY_LOCK:
             if _FLIGHTS.get(flight_key) is flight:
                 del _FLIGHTS[flight_key]
+        fetch = flight.fetch
         if task.cancelled():
             flight.future.set_exception(asyncio.CancelledError())
+            self._emit(EventKind.FETCH_CANCELLED, fetch=fetch)
             return
         error = task.exception()  # also marks it retrieved: no "never retrieved" warning
         if error is None:
-            flight.future.set_result(task.result())
+            token = task.result()
+            flight.future.set_result(token)
             episode = _EPISODES.pop(flight_key, None)
-            if episode is not None:
-                logger.info(
-                    "token endpoint recovered for client %s after %d failed fetches",
-                    flight_key[1].client_id,
-                    episode.failures,
-                )
+            fetch.failures = 0 if episode is None else episode.failures
+            self._emit(EventKind.FETCH_SUCCEEDED, token, fetch)
             return
         flight.future.set_exception(error)
-        self.stats.failures += 1
         episode = _EPISODES.setdefault(flight_key, _Episode())
         episode.failures += 1
         delay = min(
@@ -667,20 +868,82 @@ class TokenProvider:
         )
         episode.failed_at = time.monotonic()
         episode.retry_at = episode.failed_at + delay * (0.5 + random.random() / 2)  # noqa: S311
-        if episode.failures == 1:
-            logger.warning(
-                "token fetch for client %s failed: %s; retrying with backoff (a cached "
-                "token that is still valid keeps being served)",
-                flight_key[1].client_id,
-                error if isinstance(error, TokenRequestError) else type(error).__name__,
-            )
+        fetch.failures = episode.failures
+        self._emit(EventKind.FETCH_FAILED, fetch=fetch, error=error)
+
+    # -- the event stream --------------------------------------------------------------
+
+    def _emit(
+        self,
+        kind: EventKind,
+        token: Token | None = None,
+        fetch: _Fetch | None = None,
+        error: BaseException | None = None,
+        retry_in: float | None = None,
+    ) -> None:
+        """Put one decision on the event stream: stats, health, the log and the listeners.
+
+        A lookup (the hot path) is counted by its kind, and its event object is built only
+        when a listener (``on_event`` or a process-wide subscriber) is there to get it.
+        """
+        if kind is _HIT or kind is _STALE or kind is _WAIT or kind is _COOLDOWN:
+            if kind is _HIT:  # the hot path, inlined: ProviderStats.count_lookup(HIT)
+                self.stats.cache_hits += 1
+            else:
+                self.stats.count_lookup(kind)
+            if self._listener is None and not BUS.listeners:
+                return
+            event = self._event(kind, token, fetch, error, retry_in)
         else:
-            logger.debug(
-                "token fetch for client %s failed again (%d in a row): %s",
-                flight_key[1].client_id,
-                episode.failures,
-                error if isinstance(error, TokenRequestError) else type(error).__name__,
-            )
+            event = self._event(kind, token, fetch, error, retry_in)
+            self.stats.count(event)
+            self._health.take(event)
+        publish(event, self._listener)
+
+    def _event(
+        self,
+        kind: EventKind,
+        token: Token | None,
+        fetch: _Fetch | None,
+        error: BaseException | None,
+        retry_in: float | None,
+    ) -> TokenEvent:
+        now = time.monotonic()
+        status = None
+        text = error_type = None
+        if error is not None:
+            error_type = type(error).__name__
+            if isinstance(error, TokenRequestError):
+                status = error.status
+                secret = self._client_secret if fetch is None else fetch.key.client_secret
+                text = _clean_text(str(error), secret)
+            else:
+                text = error_type
+        elif kind is EventKind.FETCH_SUCCEEDED and fetch is not None and fetch.attempts:
+            status = 200
+        duration = attempts = reason = fetch_id = failures = None
+        if fetch is not None:
+            reason, fetch_id, failures = fetch.reason, fetch.id, fetch.failures
+            if kind is not EventKind.FETCH_STARTED:
+                attempts = fetch.attempts
+                since = fetch.attempt_started if kind is EventKind.ATTEMPT_FAILED else fetch.started
+                duration = now - since
+        return TokenEvent(
+            kind=kind,
+            client_id=self._client_id,
+            timestamp=time.time(),
+            reason=reason,
+            fetch_id=fetch_id,
+            attempts=attempts,
+            status=status,
+            error=text,
+            error_type=error_type,
+            duration=duration,
+            retry_in=retry_in,
+            expires_in=None if token is None else token.expires_in,
+            expires_at=None if token is None else token.expires_at,
+            failures=failures,
+        )
 
     # -- aiohttp -----------------------------------------------------------------------
 

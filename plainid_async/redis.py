@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Final, TypeVar
 
 import attrs
 
+from ._events import EventKind, emit
 from ._token import Token, is_valid_lifetime
 from .exceptions import ConfigurationError
 
@@ -330,6 +331,14 @@ class RedisTokenCache:
         """The prefix of every key this cache writes."""
         return self._namespace
 
+    @property
+    def source(self) -> str:
+        """``"redis"`` while Redis answers, ``"memory"`` while the cache falls back to memory.
+
+        :meth:`TokenProvider.health <plainid_async.TokenProvider.health>` reports it.
+        """
+        return "memory" if self._down else "redis"
+
     def __repr__(self) -> str:
         """Show the namespace and state; never a secret or a token."""
         state = "down" if self._down else "up"
@@ -545,15 +554,11 @@ class RedisTokenCache:
             self._skip_until = time.monotonic() + self._retry_interval
             if not self._down:
                 self._down = True
-                logger.warning(
-                    "Redis token cache unavailable (%s): using this process's memory and "
-                    "fetching tokens directly until Redis answers again",
-                    _describe(error, self._timeout),
-                )
+                emit(EventKind.REDIS_FALLBACK_ENTERED, error=_describe(error, self._timeout))
             else:
                 logger.debug("Redis token cache still unavailable")
             return _UNAVAILABLE
         if self._down:
             self._down = False
-            logger.info("Redis token cache answers again")
+            emit(EventKind.REDIS_FALLBACK_LEFT)
         return result
