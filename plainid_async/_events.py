@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BUS",
-    "LOOKUP_KINDS",
     "EventKind",
     "FetchReason",
     "Listener",
@@ -93,12 +92,6 @@ class EventKind(enum.Enum):
     REDIS_FALLBACK_ENTERED = "redis_fallback_entered"
     REDIS_FALLBACK_LEFT = "redis_fallback_left"
     EVICTED = "evicted"
-
-
-#: The kinds emitted once per ``get_token()`` call.
-LOOKUP_KINDS: Final = frozenset(
-    {EventKind.HIT, EventKind.STALE, EventKind.WAIT, EventKind.COOLDOWN}
-)
 
 
 class FetchReason(enum.Enum):
@@ -233,8 +226,7 @@ def subscribe(callback: Callable[[TokenEvent], object]) -> Callable[[], None]:
 
 def publish(event: TokenEvent, own: Listener | None = None) -> None:
     """Log ``event`` if it is worth a log line, then give it to ``own`` and the subscribers."""
-    if event.kind not in LOOKUP_KINDS:
-        log_event(event)
+    log_event(event)
     if own is not None:
         own(event)
     for listener in BUS.listeners:
@@ -252,7 +244,10 @@ def emit(kind: EventKind, *, error: str | None = None) -> None:
 
 
 def log_event(event: TokenEvent) -> None:  # noqa: C901, PLR0912 (one branch per kind)
-    """The ``plainid_async`` logger's view of the stream: one WARNING per failure episode."""
+    """The ``plainid_async`` logger's view of the stream: one WARNING per failure episode.
+
+    Lookups are not logged: they happen on every call.
+    """
     kind, client = event.kind, event.client_id
     if kind is EventKind.FETCH_STARTED:
         if event.reason is FetchReason.REFRESH:

@@ -679,11 +679,8 @@ class TokenProvider:
     async def _get_token_slow(self, *, force_refresh: bool) -> Token:
         self._check_open()
         key = self._key
-        reason = FetchReason.COLD
-        if self._unauthorized is not None:
-            reason, self._unauthorized = FetchReason.UNAUTHORIZED, None
+        reason = self._reason(key, force_refresh=force_refresh)
         if force_refresh:
-            reason = FetchReason.FORCED
             current = self._cache.get(key)
             if current is not None:
                 self._discard(key, current)
@@ -706,6 +703,13 @@ class TokenProvider:
                     raise
                 # The secret was rotated while this fetch ran: try with the new one.
                 key = self._key
+
+    def _reason(self, key: CacheKey, *, force_refresh: bool) -> FetchReason:
+        """Why a fetch this call may start would run; takes the mark a 401 left."""
+        unauthorized, self._unauthorized = self._unauthorized, None
+        if force_refresh:
+            return FetchReason.FORCED
+        return FetchReason.UNAUTHORIZED if unauthorized == key else FetchReason.COLD
 
     def _schedule(self, token: Token) -> tuple[Token, float, float]:
         hot = self._hot
