@@ -50,8 +50,9 @@ class _Instrumentation:
     def __init__(
         self, meter_provider: MeterProvider | None, tracer_provider: TracerProvider | None
     ) -> None:
-        meter = metrics.get_meter(_SCOPE, _version(), meter_provider=meter_provider)
-        self.tracer = trace.get_tracer(_SCOPE, _version(), tracer_provider=tracer_provider)
+        version = _version()
+        meter = metrics.get_meter(_SCOPE, version, meter_provider=meter_provider)
+        self.tracer = trace.get_tracer(_SCOPE, version, tracer_provider=tracer_provider)
         self.requests = meter.create_counter(
             "plainid.token.requests",
             unit="{request}",
