@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from typing import TYPE_CHECKING, Final
 
 from opentelemetry import metrics, trace
@@ -51,15 +52,23 @@ class _Instrumentation:
         self, meter_provider: MeterProvider | None, tracer_provider: TracerProvider | None
     ) -> None:
         version = _version()
-        meter = metrics.get_meter(_SCOPE, version, meter_provider=meter_provider)
+        self.meters = metrics.get_meter_provider() if meter_provider is None else meter_provider
+        meter = self.meters.get_meter(_SCOPE, version)
         self.tracer = trace.get_tracer(_SCOPE, version, tracer_provider=tracer_provider)
+        # Lookups happen on every call: counted here and observed at collection time, as a
+        # synchronous counter's add() would cost the hot path tens of microseconds. The
+        # totals outlive uninstrument(), so a re-instrumented meter provider sees them rise.
+        self.lookup_totals = _lookup_totals(self.meters)
         self.requests = meter.create_counter(
             "plainid.token.requests",
             unit="{request}",
             description="Token fetches that sent HTTP requests to PlainID's token endpoint",
         )
-        self.lookups = meter.create_counter(
+        # A meter provider hands back the instrument it already has for a name, with the
+        # callbacks of then: so the callbacks find the current instrumentation themselves.
+        meter.create_observable_counter(
             "plainid.token.lookups",
+            callbacks=[_observer(self.meters, _Instrumentation.observe_lookups)],
             unit="{lookup}",
             description="get_token() calls, by how the cache answered them",
         )
@@ -71,11 +80,10 @@ class _Instrumentation:
         )
         meter.create_observable_gauge(
             "plainid.token.remaining",
-            callbacks=[self.observe_remaining],
+            callbacks=[_observer(self.meters, _Instrumentation.observe_remaining)],
             unit="s",
             description="Seconds left on the latest access token seen per client",
         )
-        self.active = True
         self._lock = threading.Lock()
         self._spans: dict[int, Span] = {}
         self._expiry: dict[str, float] = {}  # client id -> wall-clock expiry
@@ -86,7 +94,8 @@ class _Instrumentation:
         kind = event.kind
         result = _LOOKUP_RESULTS.get(kind)
         if result is not None:
-            self.lookups.add(1, {"result": result})
+            with self._lock:
+                self.lookup_totals[result] = self.lookup_totals.get(result, 0) + 1
             self._seen(event)
         elif kind is EventKind.FETCH_STARTED:
             self._start(event)
@@ -151,10 +160,14 @@ class _Instrumentation:
             span.set_status(Status(StatusCode.ERROR, event.error))
         span.end()
 
-    def observe_remaining(self, _options: CallbackOptions) -> Iterable[Observation]:
-        """The gauge's callback: seconds left per client, nothing once uninstrumented."""
-        if not self.active:
-            return []
+    def observe_lookups(self) -> list[Observation]:
+        """Lookups so far, per result."""
+        with self._lock:
+            totals = dict(self.lookup_totals)
+        return [metrics.Observation(n, {"result": result}) for result, n in totals.items()]
+
+    def observe_remaining(self) -> list[Observation]:
+        """Seconds left on the latest token seen, per client."""
         now = time.time()
         with self._lock:
             expiry = dict(self._expiry)
@@ -178,8 +191,32 @@ def _attempt_attributes(event: TokenEvent, outcome: str) -> dict[str, AttributeV
     return attributes
 
 
+def _observer(
+    meters: MeterProvider, observe: Callable[[_Instrumentation], list[Observation]]
+) -> Callable[[CallbackOptions], Iterable[Observation]]:
+    """A callback for ``meters`` that reads the current instrumentation, if it is theirs."""
+
+    def callback(_options: CallbackOptions) -> Iterable[Observation]:
+        state = _current
+        if state is None or state.meters is not meters:
+            return []
+        return observe(state)
+
+    return callback
+
+
+def _lookup_totals(meters: MeterProvider) -> dict[str, int]:
+    try:
+        return _LOOKUP_TOTALS.setdefault(meters, {})
+    except TypeError:  # a meter provider that takes no weak reference
+        return {}
+
+
 _lock = threading.Lock()
 _current: _Instrumentation | None = None
+_LOOKUP_TOTALS: weakref.WeakKeyDictionary[MeterProvider, dict[str, int]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def instrument(
@@ -210,7 +247,6 @@ def uninstrument() -> None:
         state, _current = _current, None
     if state is not None:
         state.unsubscribe()
-        state.active = False
 
 
 def instrumented() -> bool:

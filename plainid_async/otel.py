@@ -14,7 +14,8 @@ Instruments (all under the meter ``plainid_async``):
   ``forced`` | ``unauthorized``) and ``http.response.status_code`` of the last answer,
   when there was one;
 * counter ``plainid.token.lookups``: one per ``get_token()`` call, attribute ``result``
-  (``hit`` | ``stale`` | ``wait`` | ``cooldown``);
+  (``hit`` | ``stale`` | ``wait`` | ``cooldown``); an observable counter, counted in
+  memory and read at collection time, so a cache hit makes no SDK call;
 * histogram ``plainid.token.request.duration`` (``s``): how long those fetches took,
   retries and backoff included, with the attributes of ``plainid.token.requests``;
 * observable gauge ``plainid.token.remaining`` (``s``): seconds left on the latest token

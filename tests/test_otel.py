@@ -209,15 +209,37 @@ async def test_instrument_twice_counts_once(fake: FakePlainID, telemetry: Teleme
 async def test_uninstrument_stops_all_emission(fake: FakePlainID, telemetry: Telemetry) -> None:
     async with provider_for(fake) as provider:
         await provider.get_token()
+        assert telemetry.counts("plainid.token.lookups") == {key(result="wait"): 1}
         otel.uninstrument()
         assert _events.BUS.listeners == ()
         await provider.get_token(force_refresh=True)
         await provider.get_token()
     assert sum(telemetry.counts("plainid.token.requests").values()) == 1
-    assert telemetry.counts("plainid.token.lookups") == {key(result="wait"): 1}
+    assert telemetry.points("plainid.token.lookups") == []
     assert telemetry.points("plainid.token.remaining") == []
     assert len(telemetry.spans()) == 1
     otel.uninstrument()  # idempotent
+
+
+async def test_instrumenting_again_resumes_every_instrument(
+    fake: FakePlainID, telemetry: Telemetry
+) -> None:
+    async with provider_for(fake) as provider:
+        await provider.get_token()
+        otel.uninstrument()
+        await provider.get_token()  # not counted
+        otel.instrument(meter_provider=telemetry.meters, tracer_provider=telemetry.tracers)
+        await provider.get_token()
+        await provider.get_token(force_refresh=True)
+    # the same meter provider hands back its instruments: counts go on rising
+    assert telemetry.counts("plainid.token.lookups") == {
+        key(result="wait"): 2,
+        key(result="hit"): 1,
+    }
+    assert sum(telemetry.counts("plainid.token.requests").values()) == 2
+    [(_, gauge)] = telemetry.points("plainid.token.remaining")
+    assert 0 < gauge.value <= fake.expires_in
+    assert len(telemetry.spans()) == 2
 
 
 async def test_no_secret_or_token_in_any_attribute_span_or_event(
