@@ -824,6 +824,20 @@ class TokenProvider:
         listener = self._listener
         if listener is None and not BUS.listeners:
             return
+        own = () if listener is None else (listener,)
+        if flight is None and error is None:  # a lookup or the 401 guard: few fields
+            publish(
+                TokenEvent(
+                    kind=kind,
+                    client_id=key.client_id,
+                    timestamp=time.time(),
+                    retry_in=retry_in,
+                    expires_in=None if token is None else token.expires_in,
+                    expires_at=None if token is None else token.expires_at,
+                ),
+                own,
+            )
+            return
         now = monotonic()
         status = text = error_type = None
         if error is not None:
@@ -856,7 +870,7 @@ class TokenProvider:
             expires_at=None if token is None else token.expires_at,
             failures=failures,
         )
-        publish(event, () if listener is None else (listener,))
+        publish(event, own)
 
     @staticmethod
     def _describe(error: BaseException, key: CacheKey) -> str:

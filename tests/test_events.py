@@ -162,7 +162,7 @@ async def test_calls_inside_a_cooldown_are_reported_and_send_nothing(fake: FakeP
     assert (stats.cooldown_rejections, stats.waits, stats.failures) == (3, 1, 1)
 
 
-async def test_a_401_inside_the_guard_is_reported_held_and_goes_back_to_the_caller(
+async def test_a_401_refetches_once_then_inside_the_guard_is_held_and_goes_back(
     fake: FakePlainID,
 ) -> None:
     provider, seen = recording(fake)
@@ -183,6 +183,9 @@ async def test_a_401_inside_the_guard_is_reported_held_and_goes_back_to_the_call
     assert held.retry_in is not None
     assert 0 < held.retry_in <= _provider.GUARD_BASE
     assert provider.stats.unauthorized_held == 1
+    # The first 401 (outside the guard) started a fetch for reason UNAUTHORIZED.
+    reasons = [e.reason for e in seen.of(EventKind.FETCH_STARTED)]
+    assert reasons == [FetchReason.COLD, FetchReason.UNAUTHORIZED]
     assert provider.stats.unauthorized_refreshes == 1
 
 
@@ -247,21 +250,6 @@ async def test_a_caller_that_gives_up_on_another_providers_fetch_is_reported(
     assert seen.of(EventKind.FETCH_STARTED) == []  # the patient provider started it
     assert quick.stats.failures == 1
     assert len(fake.token_requests) == 1
-
-
-async def test_a_401_from_the_api_starts_a_fetch_for_reason_unauthorized(
-    fake: FakePlainID,
-) -> None:
-    provider, seen = recording(fake)
-    async with provider, provider.session() as session:
-        token = await provider.get_token()
-        fake.revoke(token.access_token)
-        async with session.get("api/1.0/x") as response:
-            assert response.status == 200
-    reasons = [e.reason for e in seen.of(EventKind.FETCH_STARTED)]
-    assert reasons == [FetchReason.COLD, FetchReason.UNAUTHORIZED]
-    assert provider.stats.unauthorized_refreshes == 1
-    assert len(fake.token_requests) == 2
 
 
 async def test_force_refresh_starts_a_fetch_for_reason_forced(fake: FakePlainID) -> None:
