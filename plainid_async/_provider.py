@@ -699,20 +699,22 @@ class TokenProvider:
                 return True
             state = self._states.state(key)
             now = monotonic()
-            if now < state.guard_until:
-                self._emit(EventKind.UNAUTHORIZED_HELD, key, retry_in=state.guard_until - now)
-                logger.debug(
-                    "401 for client %s inside the 401 guard (%.1f s left): token kept",
-                    key.client_id,
-                    state.guard_until - now,
-                )
-                return False
-            previous = _guard_interval(state.guard_step)
-            repeat = state.guard_step > 0 and now < state.guard_until + previous
-            state.guard_step = state.guard_step + 1 if repeat else 1
-            state.guard_until = now + _guard_interval(state.guard_step)
-            # The next fetch for this key is one because of this 401.
-            state.unauthorized = self._discard(key, token)
+            held = state.guard_until - now
+            if held <= 0:
+                previous = _guard_interval(state.guard_step)
+                repeat = state.guard_step > 0 and now < state.guard_until + previous
+                state.guard_step = state.guard_step + 1 if repeat else 1
+                state.guard_until = now + _guard_interval(state.guard_step)
+        if held > 0:
+            self._emit(EventKind.UNAUTHORIZED_HELD, key, retry_in=held)
+            logger.debug(
+                "401 for client %s inside the 401 guard (%.1f s left): token kept",
+                key.client_id,
+                held,
+            )
+            return False
+        if self._discard(key, token):
+            state.unauthorized = True  # the next fetch for this key is one because of this 401
         return True
 
     def rotate_secret(self, client_secret: str | Secret) -> None:
@@ -1104,6 +1106,7 @@ class TokenProvider:
             error = task.exception()  # also marks it retrieved: no "never retrieved" warning
         key = flight.key
         ended = 0  # the failure streak a success ends
+        cooldown: float | None = None
         with self._states.lock:
             if state.flight is flight:
                 state.flight = None
@@ -1120,7 +1123,9 @@ class TokenProvider:
                 _start_afresh(state)
                 state.last_success = time.time()
             else:
-                self._failed(flight, state, error)
+                cooldown = self._failed(flight, state, error)
+                ended = state.failures
+        # Listeners hear of it outside the lock, before any waiter gets the outcome.
         if task.cancelled():
             self._emit(EventKind.FETCH_CANCELLED, key, flight=flight)
             flight.future.set_exception(asyncio.CancelledError())
@@ -1129,11 +1134,26 @@ class TokenProvider:
             self._emit(EventKind.FETCH_SUCCEEDED, key, flight=flight, token=token, failures=ended)
             flight.future.set_result(token)
         else:
+            assert error is not None  # noqa: S101 (neither cancelled nor a result)
+            self._emit(EventKind.FETCH_FAILED, key, flight=flight, error=error, failures=ended)
+            if cooldown is not None:
+                self._emit(
+                    EventKind.COOLDOWN_STARTED,
+                    key,
+                    flight=flight,
+                    error=error,
+                    retry_in=cooldown,
+                    failures=ended,
+                )
             flight.future.set_exception(error)
         self._states.forget_if_idle(key)
 
-    def _failed(self, flight: Flight, state: KeyState, error: BaseException) -> None:
-        """Remember a failed fetch: the streak, when to try again, one WARNING per episode."""
+    def _failed(self, flight: Flight, state: KeyState, error: BaseException) -> float | None:
+        """Remember a failed fetch: the streak, when to try again, one WARNING per episode.
+
+        Returns:
+            The cool-down it starts, in seconds, or ``None`` (a usable token is cached).
+        """
         key = flight.key
         state.failures += 1
         state.last_error = error
@@ -1142,18 +1162,10 @@ class TokenProvider:
         delay = self._cooldown_delay(state.failures, retry_after)
         state.failed_at, state.retry_at = now, now + delay
         usable = self._usable(self._cache.get(key))
-        failures = state.failures
-        self._emit(EventKind.FETCH_FAILED, key, flight=flight, error=error, failures=failures)
+        cooldown = None
         if not usable and isinstance(error, TokenRequestError):
             state.cooldown_until = now + delay
-            self._emit(
-                EventKind.COOLDOWN_STARTED,
-                key,
-                flight=flight,
-                error=error,
-                retry_in=delay,
-                failures=failures,
-            )
+            cooldown = delay
         described = error if isinstance(error, TokenRequestError) else type(error).__name__
         if not state.warned:
             state.warned = True
@@ -1180,6 +1192,7 @@ class TokenProvider:
                 state.failures,
                 described,
             )
+        return cooldown
 
     def _cooldown_delay(self, failures: int, retry_after: float | None) -> float:
         """Seconds before the next fetch after ``failures`` failed fetches in a row.
