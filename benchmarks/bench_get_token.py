@@ -5,7 +5,10 @@ monotonic-clock check. Both are timed in interleaved rounds in one run, on the C
 this thread (time.thread_time: another process taking the core does not count); the ratio
 is what counts (absolute times on a shared machine are noise). Goal: ratio <= 1.2.
 
-Run: .venv/bin/python benchmarks/bench_get_token.py [--rounds N] [--calls N]
+With ``--otel``, plainid_async.otel is instrumented with the OpenTelemetry SDK (an in-memory
+reader): the price of metrics on every call.
+
+Run: .venv/bin/python benchmarks/bench_get_token.py [--rounds N] [--calls N] [--otel]
 """
 
 from __future__ import annotations
@@ -19,7 +22,24 @@ import plainid_async as pa
 from plainid_async.testing import FakePlainID
 
 
-async def main(rounds: int, calls: int) -> float:
+async def main(rounds: int, calls: int, *, instrumented: bool = False) -> float:
+    if instrumented:
+        from opentelemetry.sdk.metrics import MeterProvider  # noqa: PLC0415
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader  # noqa: PLC0415
+
+        from plainid_async import otel  # noqa: PLC0415
+
+        meters = MeterProvider(metric_readers=[InMemoryMetricReader()])
+        otel.instrument(meter_provider=meters)
+    try:
+        return await _measure(rounds, calls)
+    finally:
+        if instrumented:
+            otel.uninstrument()
+            meters.shutdown()
+
+
+async def _measure(rounds: int, calls: int) -> float:
     async with FakePlainID() as fake:
         provider = pa.TokenProvider(
             fake.client_id,
@@ -70,5 +90,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=21)
     parser.add_argument("--calls", type=int, default=100_000)
+    parser.add_argument("--otel", action="store_true", help="instrument with the OTel SDK")
     args = parser.parse_args()
-    asyncio.run(main(args.rounds, args.calls))
+    asyncio.run(main(args.rounds, args.calls, instrumented=args.otel))

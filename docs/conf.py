@@ -143,6 +143,13 @@ INVENTORIES: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
         "https://yarl.aio-libs.org/en/stable/",
         [("yarl.URL", "py:class", "api/#$")],
     ),
+    "opentelemetry": (
+        "https://opentelemetry-python.readthedocs.io/en/latest/",
+        [
+            ("opentelemetry.metrics.MeterProvider", "py:class", "api/metrics.html#$"),
+            ("opentelemetry.trace.TracerProvider", "py:class", "api/trace.html#$"),
+        ],
+    ),
 }
 
 _INVENTORY_DIR = Path(__file__).parent / "_build" / "inventories"
@@ -175,6 +182,8 @@ TYPE_ALIASES = {
     "AbstractAsyncContextManager": "contextlib.AbstractAsyncContextManager",
     "aiohttp.client.ClientSession": "aiohttp.ClientSession",
     "plainid_async._cache.Flight": "plainid_async.testing.Flight",
+    "MeterProvider": "opentelemetry.metrics.MeterProvider",
+    "TracerProvider": "opentelemetry.trace.TracerProvider",
 }
 
 

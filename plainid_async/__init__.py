@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from ._cache import CacheKey, MemoryTokenCache, TokenCache
 from ._endpoint import RetryPolicy
+from ._events import EventKind, FetchReason, TokenEvent
 from ._middleware import BearerAuthMiddleware
-from ._provider import ProviderStats, TokenProvider
+from ._provider import HealthReport, ProviderStats, TokenProvider
 from ._token import Token, TokenState
 from .exceptions import (
     ConfigurationError,
@@ -26,6 +27,9 @@ __all__ = [
     "BearerAuthMiddleware",
     "CacheKey",
     "ConfigurationError",
+    "EventKind",
+    "FetchReason",
+    "HealthReport",
     "InvalidCredentialsError",
     "InvalidTokenResponseError",
     "MemoryTokenCache",
@@ -36,6 +40,7 @@ __all__ = [
     "Token",
     "TokenCache",
     "TokenEndpointUnavailableError",
+    "TokenEvent",
     "TokenProvider",
     "TokenRequestError",
     "TokenState",

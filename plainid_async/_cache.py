@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Final, Protocol, runtime_checkable
 
 import attrs
 
+from ._events import BUS, EventKind, Listener, TokenEvent, publish
 from ._secret import Secret
 from .exceptions import ConfigurationError
 
@@ -141,6 +142,9 @@ _SWEEP_PER_STORE = 2
 _EVICT_SKIP = 8
 
 
+_FETCH_IDS = itertools.count(1)
+
+
 @attrs.define(eq=False)
 class Flight:
     """One token fetch in progress for one cache key, shared by every caller of that key.
@@ -154,6 +158,8 @@ class Flight:
             refresh of a STALE token), ``"expired"``, ``"forced"`` or ``"unauthorized"``.
         future: Completes with the token or the error, from any thread.
         loop: The event loop running the fetch.
+        id: Number of the fetch in this process (its events' ``fetch_id``).
+        attempts: HTTP requests it sent so far.
     """
 
     key: CacheKey = attrs.field(repr=False)
@@ -164,6 +170,15 @@ class Flight:
     wake: asyncio.Event | None = attrs.field(default=None, repr=False)
     task: asyncio.Task[Token] | None = attrs.field(default=None, repr=False)
     hurried: bool = False
+    id: int = attrs.field(factory=lambda: next(_FETCH_IDS))
+    started: float = attrs.field(factory=time.monotonic, repr=False)
+    attempts: int = 0
+    attempt_started: float = attrs.field(default=0.0, repr=False)
+
+    def attempt(self) -> None:
+        """An HTTP attempt starts."""
+        self.attempts += 1
+        self.attempt_started = time.monotonic()
 
     @property
     def background(self) -> bool:
@@ -228,7 +243,10 @@ class KeyState:
         guard_until: Monotonic time before which a 401 from the API does not replace the
             token (the 401 guard).
         guard_step: 401 guard intervals in a row (each doubles the next).
+        unauthorized: A 401 dropped the token: the next fetch is for reason "unauthorized".
+        last_success: Wall-clock time of the last successful fetch, or ``None``.
         providers: Open providers using this key.
+        listeners: The ``on_event`` listeners of those providers (for evictions).
         rejected: Token ids a shared cache was told are bad, with when they expire.
     """
 
@@ -242,7 +260,10 @@ class KeyState:
     cooldown_until: float = 0.0
     guard_until: float = 0.0
     guard_step: int = 0
+    unauthorized: bool = False
+    last_success: float | None = None
     providers: int = 0
+    listeners: tuple[Listener, ...] = attrs.field(default=(), repr=False)
     warned: bool = attrs.field(default=False, repr=False)
     rejected: dict[str, float] | None = attrs.field(default=None, repr=False)
 
@@ -324,20 +345,24 @@ class KeyStates:
             state.token = state.token_id = None
             return True
 
-    def attach(self, key: CacheKey) -> KeyState:
-        """Count one more open provider using ``key``."""
+    def attach(self, key: CacheKey, listener: Listener | None = None) -> KeyState:
+        """Count one more open provider using ``key`` (and keep its ``on_event``)."""
         with self._lock:
             state = self.state(key)
             state.providers += 1
+            if listener is not None:
+                state.listeners = (*state.listeners, listener)
             return state
 
-    def release(self, key: CacheKey) -> None:
+    def release(self, key: CacheKey, listener: Listener | None = None) -> None:
         """Count one provider fewer; forget the key if nothing else keeps it."""
         with self._lock:
             state = self._states.get(key)
             if state is None:
                 return
             state.providers -= 1
+            if listener is not None:
+                state.listeners = tuple(x for x in state.listeners if x is not listener)
             self.forget_if_idle(key)
 
     def forget_if_idle(self, key: CacheKey) -> None:
@@ -386,8 +411,22 @@ class KeyStates:
             del self._states[key]
             # A provider still holding this token must not serve it: its hot path checks
             # that the state still holds the very token it cached.
-            state.token = state.token_id = None
+            token, state.token, state.token_id = state.token, None, None
             self.evictions += 1
+            if state.listeners or BUS.listeners:
+                _evicted(key, state, token)
+
+
+def _evicted(key: CacheKey, state: KeyState, token: Token | None) -> None:
+    """Tell the key's providers and the subscribers that ``key`` was evicted."""
+    event = TokenEvent(
+        kind=EventKind.EVICTED,
+        client_id=key.client_id,
+        timestamp=time.time(),
+        expires_in=None if token is None else token.expires_in,
+        expires_at=None if token is None else token.expires_at,
+    )
+    publish(event, state.listeners)
 
 
 _SIDE_TABLES: weakref.WeakKeyDictionary[object, KeyStates] = weakref.WeakKeyDictionary()

@@ -3,8 +3,10 @@
 An embedded :class:`~plainid_async.testing.FakePlainID` issues short-lived tokens and serves
 a protected resource. Workers send requests through :meth:`TokenProvider.session` for a
 few seconds, across several token lifetimes and an outage of the token endpoint placed
-inside a refresh window. The figures come from both sides: the provider's
-:attr:`~plainid_async.TokenProvider.stats` and what the fake server saw.
+inside a refresh window. The figures come from both sides, through public API only: the
+provider's event stream (``on_event=``), :meth:`~plainid_async.TokenProvider.health` and
+:attr:`~plainid_async.TokenProvider.stats`, and what the fake server saw
+(``token_requests``, ``resource_requests``), read and never edited.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ import attrs
 
 from ._cache import MemoryTokenCache
 from ._endpoint import RetryPolicy
+from ._events import EventKind, FetchReason, TokenEvent
 from ._log import LOGGER_NAME
 from ._provider import TokenProvider
-from ._token import min_remaining, schedule_for
+from ._token import min_remaining
 from .testing import FakePlainID
 
 if TYPE_CHECKING:
@@ -103,25 +106,30 @@ class _Workload:
 
 @attrs.define
 class _ServerSide:
-    """What the fake PlainID saw, counted as it goes so its request log can be trimmed."""
+    """What the fake PlainID saw, counted as it goes: only the new requests are read."""
 
     fake: FakePlainID
     token_ok: int = 0
     token_errors: int = 0
     unauthorized: int = 0
-    _tokens_seen: int = 0
+    tokens_seen: int = 0
+    resources_seen: int = 0
 
     def update(self) -> None:
-        for request in self.fake.token_requests[self._tokens_seen :]:
+        tokens = self.fake.token_requests
+        count = len(tokens)
+        for request in tokens[self.tokens_seen : count]:
             if request.status == 200:
                 self.token_ok += 1
             else:
                 self.token_errors += 1
-        self._tokens_seen = len(self.fake.token_requests)
+        self.tokens_seen = count
         resources = self.fake.resource_requests
         count = len(resources)
-        self.unauthorized += sum(1 for r in resources[:count] if r.status == 401)
-        del resources[:count]
+        self.unauthorized += sum(
+            1 for r in resources[self.resources_seen : count] if r.status == 401
+        )
+        self.resources_seen = count
 
 
 #: Seconds of run kept after the targeted token stops being handed out: the recovery.
@@ -179,6 +187,8 @@ class Snapshot:
         p99: 99th percentile request latency, milliseconds.
         max: Slowest request, milliseconds.
         endpoint_down: Whether the token endpoint is in its outage now.
+        cached: The cached token's state from ``provider.health()``, e.g. ``"fresh"``.
+        refresh_in: Seconds until its refresh window opens, from ``provider.health()``.
     """
 
     elapsed: float
@@ -197,6 +207,8 @@ class Snapshot:
     p99: float
     max: float
     endpoint_down: bool
+    cached: str = "none"
+    refresh_in: float | None = None
 
 
 def _percentile(ordered: list[float], fraction: float) -> float:
@@ -206,29 +218,68 @@ def _percentile(ordered: list[float], fraction: float) -> float:
     return ordered[index]
 
 
-class _EventLog(logging.Handler):
-    """Collects the library's log records and the demo's own events, stamped with time."""
+class _EventLog:
+    """The provider's event stream as short lines (its ``on_event=``), and the demo's notes.
 
-    def __init__(self, started: float, token_url: str, client_id: str) -> None:
-        super().__init__(logging.INFO)
+    Lookups (one per request) are only counted by the provider; the lines tell the
+    decisions: fetches, failed attempts, cool-downs, the 401 guard, evictions.
+    """
+
+    def __init__(self, started: float, token_url: str) -> None:
         self.started = started
         self.events: list[str] = []
         self._token_url = token_url
-        self._client_id = client_id
 
     def add(self, text: str) -> None:
         self.events.append(f"t={time.monotonic() - self.started:5.2f}s  {text}")
 
-    def emit(self, record: logging.LogRecord) -> None:
-        level = "" if record.levelno <= logging.INFO else f"{record.levelname}: "
-        # The URL is the same in every message and makes lines too long to read live.
-        text = record.getMessage()
-        text = text.replace(f"token endpoint {self._token_url}", "token endpoint")
-        text = text.replace(f"from {self._token_url}", "from the token endpoint")
-        # One client and one fake: naming them in every line only makes lines wrap.
-        text = text.replace(f" for client {self._client_id}", "")
-        text = text.replace(" (scripted by FakePlainID)", "")
-        self.add(f"{level}{text}")
+    def __call__(self, event: TokenEvent) -> None:
+        """Take one event of the provider (the ``on_event`` callback); any thread."""
+        text = _describe(event)
+        if text is not None:
+            # The URL is the same in every message and makes lines too long to read live.
+            self.add(text.replace(f" {self._token_url}", ""))
+
+
+_STARTED: Final = {
+    FetchReason.COLD: "token fetch started: nothing usable cached",
+    FetchReason.REFRESH: "background refresh started: the token is STALE, still served",
+    FetchReason.FORCED: "forced refresh started",
+    FetchReason.UNAUTHORIZED: "token fetch started: the API answered 401",
+}
+
+
+def _describe(event: TokenEvent) -> str | None:  # noqa: PLR0911 (one line per kind)
+    """One line for an event worth reading live, or ``None`` (lookups)."""
+    kind, number = event.kind, f"#{event.fetch_id}"
+    status = "" if event.status is None else f" (HTTP {event.status})"
+    if kind is EventKind.FETCH_STARTED and event.reason is not None:
+        return f"{_STARTED[event.reason]} {number}"
+    if kind is EventKind.ATTEMPT_FAILED:
+        return (
+            f"attempt {event.attempts} of {number} failed{status}; "
+            f"next in {event.retry_in or 0:.2f} s"
+        )
+    if kind is EventKind.FETCH_SUCCEEDED and event.attempts:
+        recovered = f"; recovered after {event.failures} failed" if event.failures else ""
+        return (
+            f"token fetched {number} in {(event.duration or 0) * 1000:.0f} ms, "
+            f"expires in {event.expires_in or 0:g} s{recovered}"
+        )
+    if kind is EventKind.FETCH_FAILED:
+        return (
+            f"WARNING: fetch {number} failed after {event.attempts} attempts{status}; "
+            f"{event.failures} in a row"
+        )
+    if kind is EventKind.COOLDOWN_STARTED:
+        return f"cool-down: calls fail at once for {event.retry_in or 0:.1f} s"
+    if kind is EventKind.UNAUTHORIZED_HELD:
+        return "401 inside the 401 guard: token kept, the 401 goes back to the caller"
+    if kind is EventKind.EVICTED:
+        return "token evicted from the memory cache"
+    if kind is EventKind.GAVE_UP:
+        return f"a call gave up waiting for fetch {number}"
+    return None
 
 
 # -- views -------------------------------------------------------------------------------
@@ -389,6 +440,7 @@ class _RichView:
             "tokens",
             [
                 ("token endpoint", endpoint),
+                ("cached token (health)", _state_text(s)),
                 ("token requests", f"{s.token_requests:,}"),
                 ("  answered with a token", f"{s.token_ok:,}"),
                 ("  failed (outage)", f"{s.token_errors:,}"),
@@ -428,6 +480,14 @@ class _RichView:
         self._console.print(table)
         style = "bold green" if verdict.startswith("OK") else "bold red"
         self._console.print(verdict, style=style, highlight=False)
+
+
+def _state_text(s: Snapshot) -> str:
+    """The cached token's state as ``provider.health()`` gave it, e.g. "FRESH, refresh in 1.2 s"."""
+    state = s.cached.upper()
+    if s.cached == "fresh" and s.refresh_in is not None:
+        return f"{state}, refresh in {s.refresh_in:.1f} s"
+    return state
 
 
 def _fit_events(events: list[str], *, width: int, rows: int) -> list[str]:
@@ -501,20 +561,20 @@ async def _inject_outage(
         now = time.monotonic()
         if now > deadline:
             return None
-        token = provider.cache.get(provider.cache_key)
-        if token is not None:
-            # jitter=0: the earliest the provider may start refreshing this token.
-            schedule = schedule_for(token, refresh_margin=None, jitter=0.0)
-            if schedule.refresh_at - now >= 0.3:
-                break
+        # health() says when this provider will start refreshing the cached token.
+        health = provider.health()
+        refresh_in, expires_in = health.refresh_in, health.expires_in
+        if refresh_in is not None and expires_in is not None and refresh_in >= 0.3:
+            break
         await asyncio.sleep(0.05)
-    if schedule.usable_until + _RECOVERY_SHOWN > deadline:  # not expected: see _outage_start
+    refresh_at = now + refresh_in
+    # The token stops being handed out min(30 s, a tenth of its lifetime) before expiry.
+    usable_until = now + expires_in - min_remaining(fake.expires_in)
+    if usable_until + _RECOVERY_SHOWN > deadline:  # not expected: see _outage_start
         log.add("the outage did not fit in the rest of the run; none was injected")
         return None
-    span = schedule.usable_until - schedule.refresh_at
-    outage = _Outage(
-        start=schedule.refresh_at - 0.1, end=schedule.refresh_at + min(0.6, 0.3 * span)
-    )
+    span = usable_until - refresh_at
+    outage = _Outage(start=refresh_at - 0.1, end=refresh_at + min(0.6, 0.3 * span))
     fake.outage_between(outage.start - now, outage.end - now, OUTAGE_STATUS)
     log.add(
         f"outage of the token endpoint scheduled from t={outage.start - log.started:.2f}s "
@@ -560,7 +620,8 @@ class _Run:
     workload: _Workload = attrs.field(factory=_Workload)
     server: _ServerSide = attrs.field(init=False)
     outage: _Outage | None = None
-    _last: tuple[float, int] = (0.0, 0)
+    #: (time, requests) at the last snapshot, for the rate.
+    last: tuple[float, int] = (0.0, 0)
 
     def __attrs_post_init__(self) -> None:
         self.server = _ServerSide(self.fake)
@@ -570,9 +631,10 @@ class _Run:
         self.server.update()
         stats = self.provider.stats
         workload = self.workload
-        last_time, last_requests = self._last
+        last_time, last_requests = self.last
         rate = (workload.requests - last_requests) / max(now - last_time, 1e-9)
-        self._last = (now, workload.requests)
+        self.last = (now, workload.requests)
+        health = self.provider.health()
         ordered = sorted(workload.latencies)
         outage = self.outage
         return Snapshot(
@@ -592,6 +654,8 @@ class _Run:
             p99=_percentile(ordered, 0.99) * 1000,
             max=(ordered[-1] * 1000) if ordered else 0.0,
             endpoint_down=outage is not None and outage.start <= now < outage.end,
+            cached="none" if health.state is None else health.state.value,
+            refresh_in=health.refresh_in,
         )
 
 
@@ -718,6 +782,7 @@ async def run_demo(options: DemoOptions, out: IO[str] | None = None) -> int:
     stream = sys.stdout if out is None else out
     view = _make_view(options, stream)
     async with FakePlainID(expires_in=options.expires_in, latency=TOKEN_LATENCY) as fake:
+        events = _EventLog(time.monotonic(), str(fake.token_url))
         provider = TokenProvider(
             fake.client_id,
             fake.client_secret,
@@ -725,6 +790,7 @@ async def run_demo(options: DemoOptions, out: IO[str] | None = None) -> int:
             cache=MemoryTokenCache(),
             timeout=PROVIDER_TIMEOUT,
             retry=PROVIDER_RETRY,
+            on_event=events,
         )
         run = _Run(options, fake, provider)
         if outage_fits(options):
@@ -742,19 +808,19 @@ async def run_demo(options: DemoOptions, out: IO[str] | None = None) -> int:
             f"{fake.base_url}\ntokens live {options.expires_in:g} s; the token endpoint "
             f"answers in {TOKEN_LATENCY * 1000:.0f} ms{outage_note}"
         )
-        events = _EventLog(time.monotonic(), str(fake.token_url), fake.client_id)
-        with _capture_library_log(events):
+        with _quiet_library_log():
             async with provider, provider.session(timeout=aiohttp.ClientTimeout(total=5)) as s:
                 return await _drive(run, s, view, events)
 
 
 @contextlib.contextmanager
-def _capture_library_log(handler: logging.Handler) -> Iterator[None]:
-    """Send the library's INFO and above to ``handler`` only, for the duration."""
+def _quiet_library_log() -> Iterator[None]:
+    """Mute the library's log for the duration: the event stream tells the same story."""
     library = logging.getLogger(LOGGER_NAME)
     saved = (library.level, library.propagate)
+    handler = logging.NullHandler()
     library.addHandler(handler)
-    library.setLevel(logging.INFO)
+    library.setLevel(logging.CRITICAL)
     library.propagate = False
     try:
         yield
@@ -776,7 +842,7 @@ async def _drive(
     cold = time.monotonic() - cold_started
     run.baseline_waits = run.provider.stats.waits
     run.started = events.started = time.monotonic()
-    run._last = (run.started, 0)  # noqa: SLF001 (the rate starts here)
+    run.last = (run.started, 0)  # the rate starts here
     deadline = run.started + options.seconds
     outage_task = None
     if outage_fits(options):

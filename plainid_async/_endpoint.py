@@ -689,6 +689,7 @@ async def request_token(
     proxy: Proxy | None = None,
     trust_env: bool = False,
     on_attempt: Callable[[], None] | None = None,
+    on_retry: Callable[[TokenRequestError, float], None] | None = None,
     sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     jitter: Callable[[], float] = random.random,
 ) -> Token:
@@ -710,6 +711,8 @@ async def request_token(
         trust_env: Without ``proxy``, take the proxy from ``HTTPS_PROXY`` / ``HTTP_PROXY`` /
             ``NO_PROXY`` (never from ``~/.netrc``).
         on_attempt: Called before each HTTP request (for statistics).
+        on_retry: Called when an attempt failed and another follows, with the attempt's
+            error and the seconds until the next one (for the event stream).
         sleep: Waits between attempts (a test may pass a fake).
         jitter: Returns a number in [0, 1) for backoff jitter.
 
@@ -741,6 +744,7 @@ async def request_token(
             ssl=ssl,
             proxy=proxy,
             on_attempt=on_attempt,
+            on_retry=on_retry,
             sleep=sleep,
             jitter=jitter,
         )
@@ -757,6 +761,7 @@ async def _request_with_retries(
     ssl: ssl.SSLContext | bool | None,
     proxy: Proxy | None,
     on_attempt: Callable[[], None] | None,
+    on_retry: Callable[[TokenRequestError, float], None] | None,
     sleep: Callable[[float], Awaitable[object]],
     jitter: Callable[[], float],
 ) -> Token:
@@ -810,4 +815,6 @@ async def _request_with_retries(
             error,
             delay,
         )
+        if on_retry is not None:
+            on_retry(error, delay)
         await sleep(delay)

@@ -23,14 +23,17 @@ import logging
 import math
 import os
 import random
+import time
+import weakref
 from time import monotonic
-from typing import TYPE_CHECKING, Any, Final, Self
+from typing import TYPE_CHECKING, Any, Final, Literal, Self
 
 import aiohttp
 import attrs
 
 from ._cache import CacheKey, Flight, KeyState, TokenCache, default_cache, key_states_of
-from ._endpoint import RetryPolicy, request_token, resolve_endpoint, resolve_proxy
+from ._endpoint import RetryPolicy, _clean_text, request_token, resolve_endpoint, resolve_proxy
+from ._events import BUS, EventKind, FetchReason, Listener, TokenEvent, publish
 from ._log import LOGGER_NAME
 from ._middleware import provider_session
 from ._refresher import is_refresher_loop, refresher_loop
@@ -46,14 +49,14 @@ from .exceptions import (
 
 if TYPE_CHECKING:
     import ssl
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Callable, Iterable, Mapping
     from types import TracebackType
 
     from yarl import URL
 
     from ._cache import KeyStates
 
-__all__ = ["ProviderStats", "TokenProvider"]
+__all__ = ["HealthReport", "ProviderStats", "TokenProvider"]
 
 logger = logging.getLogger(LOGGER_NAME)
 
@@ -95,23 +98,151 @@ class _OrphanedError(Exception):
 
 @attrs.define
 class ProviderStats:
-    """Counters of what a provider did.
+    """Counters of what a provider did, counted from its event stream (see :class:`TokenEvent`).
+
+    Lookups are counted by the provider that answered the call; fetches by the provider
+    that started them (providers with the same credentials share fetches).
 
     Attributes:
-        token_requests: HTTP requests sent to the token endpoint (retries included).
-        tokens_fetched: Fetches that ended with a new token.
-        cache_hits: Calls answered from the cache without waiting.
-        waits: Calls that had to wait for a fetch (no usable token was cached).
-        background_refreshes: Refreshes started ahead of expiry while the token was STALE.
-        failures: Fetches that ended in an error (after their retries).
+        token_requests: HTTP requests sent to the token endpoint, retries included.
+        tokens_fetched: Fetches that ended with a new token from the token endpoint.
+        cache_hits: ``get_token()`` calls answered from the cache without waiting (FRESH or
+            STALE tokens).
+        stale_hits: Of those, the calls answered with a STALE token, while a background
+            refresh ran or was due.
+        waits: ``get_token()`` calls that waited for a fetch (no usable token was cached).
+        background_refreshes: Fetches started ahead of expiry, in the background, because
+            the cached token was STALE; a failed one tried again later counts again.
+        forced_refreshes: Fetches started by ``get_token(force_refresh=True)``.
+        unauthorized_refreshes: Fetches started after the API answered 401 to the cached
+            token (:meth:`TokenProvider.report_unauthorized`).
+        retries: HTTP attempts that failed and were retried within a fetch.
+        failures: Fetches that ended in an error, after their retries, and waiting calls
+            that gave up after their provider's time budget.
+        cooldown_rejections: Calls that failed at once, without a token request, inside a
+            cool-down after failed fetches.
+        unauthorized_held: 401s from the API inside the 401 guard: the token was kept and
+            the caller got the 401.
     """
 
     token_requests: int = 0
     tokens_fetched: int = 0
     cache_hits: int = 0
+    stale_hits: int = 0
     waits: int = 0
     background_refreshes: int = 0
+    forced_refreshes: int = 0
+    unauthorized_refreshes: int = 0
+    retries: int = 0
     failures: int = 0
+    cooldown_rejections: int = 0
+    unauthorized_held: int = 0
+
+
+_STARTED_BY: Final = {
+    FetchReason.REFRESH: "background_refreshes",
+    FetchReason.FORCED: "forced_refreshes",
+    FetchReason.UNAUTHORIZED: "unauthorized_refreshes",
+}
+
+
+def _count(  # noqa: C901 (one branch per kind)
+    stats: ProviderStats, kind: EventKind, flight: Flight | None
+) -> None:
+    """Count one event in ``stats``: the one rule from the event stream to the counters."""
+    if kind is EventKind.HIT:
+        stats.cache_hits += 1
+    elif kind is EventKind.STALE:
+        stats.cache_hits += 1
+        stats.stale_hits += 1
+    elif kind is EventKind.WAIT:
+        stats.waits += 1
+    elif kind is EventKind.COOLDOWN:
+        stats.cooldown_rejections += 1
+    elif kind is EventKind.FETCH_STARTED and flight is not None:
+        field = _STARTED_BY.get(_REASONS[flight.reason])
+        if field is not None:
+            setattr(stats, field, getattr(stats, field) + 1)
+    elif kind is EventKind.ATTEMPT_FAILED:
+        stats.retries += 1
+    elif kind is EventKind.FETCH_SUCCEEDED:
+        if flight is not None and flight.attempts:
+            stats.tokens_fetched += 1
+    elif kind is EventKind.FETCH_FAILED or kind is EventKind.GAVE_UP:
+        stats.failures += 1
+    elif kind is EventKind.UNAUTHORIZED_HELD:
+        stats.unauthorized_held += 1
+
+
+#: The event stream's reason for each of the core's reasons ("expired" is a cold fetch:
+#: no usable token was cached).
+_REASONS: Final = {
+    "cold": FetchReason.COLD,
+    "expired": FetchReason.COLD,
+    "refresh": FetchReason.REFRESH,
+    "forced": FetchReason.FORCED,
+    "unauthorized": FetchReason.UNAUTHORIZED,
+}
+
+
+@attrs.frozen(kw_only=True)
+class HealthReport:
+    """Where a provider's token stands, from :meth:`TokenProvider.health`.
+
+    Attributes:
+        state: FRESH, STALE or EXPIRED for the token cached for the provider's
+            credentials, or ``None`` when none is cached.
+        expires_in: Seconds until that token expires (0 once expired), or ``None``.
+        refresh_in: Seconds until its refresh window opens (0 once open), or ``None``.
+        failures: Fetches for these credentials that failed in a row, whichever provider
+            ran them; 0 after a success.
+        last_error: The error of the latest of those failed fetches (redacted, one line),
+            or ``None`` when the latest fetch succeeded.
+        last_success: Wall-clock time (seconds since the epoch) of the latest successful
+            fetch for these credentials in this process, or ``None``.
+        source: Where the token is served from: ``"memory"`` (the memory cache, or a
+            Redis cache that cannot reach Redis right now), ``"redis"`` (a Redis cache that
+            reaches Redis) or ``"none"`` (no token cached).
+    """
+
+    state: TokenState | None
+    expires_in: float | None
+    refresh_in: float | None
+    failures: int
+    last_error: str | None
+    last_success: float | None
+    source: Literal["memory", "redis", "none"]
+
+    @property
+    def ready(self) -> bool:
+        """Whether a call can be answered from the cache now (the token is FRESH or STALE)."""
+        return self.state is TokenState.FRESH or self.state is TokenState.STALE
+
+    def to_dict(self) -> dict[str, object]:
+        """The report as JSON-ready values, with ``ready``; ``state`` as text, e.g. ``"fresh"``."""
+        return {
+            "ready": self.ready,
+            "state": None if self.state is None else self.state.value,
+            "expires_in": self.expires_in,
+            "refresh_in": self.refresh_in,
+            "failures": self.failures,
+            "last_error": self.last_error,
+            "last_success": self.last_success,
+            "source": self.source,
+        }
+
+
+#: Open providers, so a subscriber that arrives can empty their hot slots (see _cool_all).
+_PROVIDERS: weakref.WeakSet[TokenProvider] = weakref.WeakSet()
+
+
+def _cool_all() -> None:
+    """Empty every provider's hot slot: from now on their lookups are emitted."""
+    for provider in list(_PROVIDERS):
+        provider._hot = _COLD  # noqa: SLF001 (the provider module's own class)
+
+
+BUS.watchers.append(_cool_all)
 
 
 def _check_text(name: str, value: object) -> str:
@@ -217,12 +348,18 @@ class TokenProvider:
         trust_env: Without ``proxy``, take the proxy for token requests from
             ``HTTPS_PROXY`` / ``HTTP_PROXY`` / ``NO_PROXY``. ``~/.netrc`` is never read.
             A ``session`` created with ``trust_env=True`` counts as ``True`` here.
+        on_event: Called with each :class:`~plainid_async.TokenEvent` of this provider
+            (lookups it answered, fetches it started, 401s it was told of, evictions of its
+            key), synchronously, in the thread and event loop that made the decision: keep
+            it short. An exception in it is logged once and never fails a call. While it is
+            set, lookups skip the hot path (they build an event each).
 
     Raises:
         ConfigurationError: A parameter is missing or invalid; the message names it.
     """
 
     __slots__ = (
+        "__weakref__",
         "_api_url",
         "_budget",
         "_cache",
@@ -233,6 +370,7 @@ class TokenProvider:
         "_hits",
         "_hot",
         "_key",
+        "_listener",
         "_proxy",
         "_refresh_margin",
         "_retry",
@@ -261,6 +399,7 @@ class TokenProvider:
         ssl: ssl.SSLContext | bool | None = None,
         proxy: str | URL | None = None,
         trust_env: bool = False,
+        on_event: Callable[[TokenEvent], object] | None = None,
     ) -> None:
         """Validate the configuration; do no I/O."""
         self._client_secret = _wrap_secret(client_secret)
@@ -298,10 +437,13 @@ class TokenProvider:
             raise ConfigurationError("retry must be a plainid_async.RetryPolicy")
         self._retry = RetryPolicy() if retry is None else retry
         self._ssl = ssl
+        if on_event is not None and not callable(on_event):
+            raise ConfigurationError(f"on_event must be a callable, not {type(on_event).__name__}")
+        self._listener = None if on_event is None else Listener(on_event)
         self._key = CacheKey.for_credentials(str(self._token_url), client_id, self._client_secret)
         # Flights, failure streaks, cool-downs and the 401 guard: owned by the cache.
         self._states: KeyStates = key_states_of(self._cache)
-        self._states.attach(self._key)
+        self._states.attach(self._key, self._listener)
         # (token, refresh_at, key state) of the FRESH token this provider last handed out;
         # _COLD when there is none (a tuple that never matches: no None check on the hot path).
         self._hot: tuple[Token, float, KeyState] = _COLD
@@ -312,6 +454,7 @@ class TokenProvider:
         self._cooldown_policy = attrs.evolve(self._retry, backoff_max=COOLDOWN_MAX)
         self._closed = False
         self._stats = ProviderStats()
+        _PROVIDERS.add(self)
 
     @classmethod
     def from_env(
@@ -326,6 +469,7 @@ class TokenProvider:
         ssl: ssl.SSLContext | bool | None = None,
         proxy: str | URL | None = None,
         trust_env: bool = False,
+        on_event: Callable[[TokenEvent], object] | None = None,
     ) -> TokenProvider:
         """Build a provider from ``PLAINID_CLIENT_ID``, ``PLAINID_CLIENT_SECRET`` and one of
         ``PLAINID_REGION`` / ``PLAINID_BASE_URL``.
@@ -344,6 +488,7 @@ class TokenProvider:
             ssl: As for the constructor.
             proxy: As for the constructor.
             trust_env: As for the constructor.
+            on_event: As for the constructor.
 
         Raises:
             ConfigurationError: A variable is missing, blank or invalid; the message names it.
@@ -385,6 +530,7 @@ class TokenProvider:
                 ssl=ssl,
                 proxy=proxy,
                 trust_env=trust_env,
+                on_event=on_event,
             )
         except ConfigurationError as exc:
             source = ENV_REGION if region is not None else ENV_BASE_URL
@@ -480,6 +626,40 @@ class TokenProvider:
             return None
         return self._schedule(token).state(monotonic())
 
+    def health(self) -> HealthReport:
+        """Report where this provider's token stands, for readiness probes and dashboards.
+
+        Does no I/O and starts nothing; cheap enough to call on every probe. The failure
+        streak and the last error are the cache's own record of this key (the same one the
+        cool-down works from), so every provider with these credentials reports the same.
+
+        Returns:
+            The report: the cached token's state and timings, failed fetches in a row,
+            the latest error (redacted) and success, and where the token is served from.
+        """
+        key = self._key
+        token = self._cache.get(key)
+        state = expires_in = refresh_in = None
+        source: Literal["memory", "redis", "none"] = "none"
+        if token is not None:
+            now = monotonic()
+            schedule = self._schedule(token)
+            state = schedule.state(now)
+            expires_in = max(0.0, token.expires_at_monotonic - now)
+            refresh_in = max(0.0, schedule.refresh_at - now)
+            source = "redis" if getattr(self._cache, "source", None) == "redis" else "memory"
+        record = self._states.get(key)
+        error = None if record is None else record.last_error
+        return HealthReport(
+            state=state,
+            expires_in=expires_in,
+            refresh_in=refresh_in,
+            failures=0 if record is None else record.failures,
+            last_error=None if error is None else self._describe(error, key),
+            last_success=None if record is None else record.last_success,
+            source=source,
+        )
+
     def invalidate(self, token: Token) -> bool:
         """Drop ``token`` if it is still the cached one, so the next call fetches anew.
 
@@ -519,20 +699,22 @@ class TokenProvider:
                 return True
             state = self._states.state(key)
             now = monotonic()
-            if now < state.guard_until:
-                self._note("guard_held", key)
-                logger.debug(
-                    "401 for client %s inside the 401 guard (%.1f s left): token kept",
-                    key.client_id,
-                    state.guard_until - now,
-                )
-                return False
-            previous = _guard_interval(state.guard_step)
-            repeat = state.guard_step > 0 and now < state.guard_until + previous
-            state.guard_step = state.guard_step + 1 if repeat else 1
-            state.guard_until = now + _guard_interval(state.guard_step)
-        self._note("unauthorized", key)
-        self._discard(key, token)
+            held = state.guard_until - now
+            if held <= 0:
+                previous = _guard_interval(state.guard_step)
+                repeat = state.guard_step > 0 and now < state.guard_until + previous
+                state.guard_step = state.guard_step + 1 if repeat else 1
+                state.guard_until = now + _guard_interval(state.guard_step)
+        if held > 0:
+            self._emit(EventKind.UNAUTHORIZED_HELD, key, retry_in=held)
+            logger.debug(
+                "401 for client %s inside the 401 guard (%.1f s left): token kept",
+                key.client_id,
+                held,
+            )
+            return False
+        if self._discard(key, token):
+            state.unauthorized = True  # the next fetch for this key is one because of this 401
         return True
 
     def rotate_secret(self, client_secret: str | Secret) -> None:
@@ -553,8 +735,8 @@ class TokenProvider:
         )
         self._hot = _COLD
         if not self._closed and self._key != old:
-            _start_afresh(self._states.attach(self._key))
-            self._states.release(old)
+            _start_afresh(self._states.attach(self._key, self._listener))
+            self._states.release(old, self._listener)
         logger.info("client secret of client %s replaced", self._client_id)
 
     async def _get_token_slow(self, *, force_refresh: bool) -> Token:
@@ -575,17 +757,8 @@ class TokenProvider:
                 schedule = self._schedule(token)
                 now = monotonic()
                 if now < schedule.usable_until:
-                    if now >= schedule.refresh_at:
-                        self._refresh_in_background(state, token, schedule, now)
-                    else:
-                        self._hot = (token, schedule.refresh_at, state)
-                        if self._closed:  # close() ran in another thread meanwhile
-                            self._hot = _COLD
-                    self._stats.cache_hits += 1
-                    self._note("served", key)
-                    return token
+                    return self._serve(key, state, token, schedule, now)
                 replacing, reason = token, "expired"
-            self._stats.waits += 1
             try:
                 return await self._wait(key, replacing, reason)
             except InvalidCredentialsError:
@@ -593,6 +766,25 @@ class TokenProvider:
                     raise
                 # The secret was rotated while this fetch ran: try with the new one.
                 key, force_refresh = self._key, False
+
+    def _serve(
+        self, key: CacheKey, state: KeyState, token: Token, schedule: RefreshSchedule, now: float
+    ) -> Token:
+        """Hand out a usable token: refresh a STALE one, keep a FRESH one in the hot slot."""
+        if now >= schedule.refresh_at:
+            self._refresh_in_background(state, token, schedule, now)
+            self._emit(EventKind.STALE, key, token=token)
+        elif self._listener is None and not BUS.listeners:
+            self._hot = (token, schedule.refresh_at, state)
+            # close() ran in another thread meanwhile, or a subscriber came (it emptied
+            # the hot slots before this one was filled).
+            if self._closed or BUS.listeners:
+                self._hot = _COLD
+            self._stats.cache_hits += 1
+        else:
+            # Someone listens: no hot slot, so every lookup comes here and is emitted.
+            self._emit(EventKind.HIT, key, token=token)
+        return token
 
     def _schedule(self, token: Token) -> RefreshSchedule:
         """The token's schedule for this provider, drawn once per token (jitter)."""
@@ -612,11 +804,82 @@ class TokenProvider:
             logger.debug("token of client %s dropped from the cache", self._client_id)
         return dropped
 
-    def _note(self, event: str, key: CacheKey, **fields: object) -> None:
-        """One decision point (served, refresh, waited, fetch, failed, cooldown, ...).
+    # -- the event stream --------------------------------------------------------------
 
-        A no-op today: the single place where events, health and telemetry plug in.
+    def _emit(
+        self,
+        kind: EventKind,
+        key: CacheKey,
+        *,
+        flight: Flight | None = None,
+        token: Token | None = None,
+        error: BaseException | None = None,
+        retry_in: float | None = None,
+        failures: int | None = None,
+    ) -> None:
+        """Put one decision on the event stream: count it in stats, then tell listeners.
+
+        The event object is built only when someone listens (this provider's ``on_event``
+        or a process-wide subscriber): with nobody listening, this costs a counter.
         """
+        _count(self._stats, kind, flight)
+        listener = self._listener
+        if listener is None and not BUS.listeners:
+            return
+        own = () if listener is None else (listener,)
+        if flight is None and error is None:  # a lookup or the 401 guard: few fields
+            publish(
+                TokenEvent(
+                    kind=kind,
+                    client_id=key.client_id,
+                    timestamp=time.time(),
+                    retry_in=retry_in,
+                    expires_in=None if token is None else token.expires_in,
+                    expires_at=None if token is None else token.expires_at,
+                ),
+                own,
+            )
+            return
+        now = monotonic()
+        status = text = error_type = None
+        if error is not None:
+            error_type = type(error).__name__
+            text = self._describe(error, key)
+            if isinstance(error, TokenRequestError):
+                status = error.status
+        elif kind is EventKind.FETCH_SUCCEEDED and flight is not None and flight.attempts:
+            status = 200
+        reason = fetch_id = attempts = duration = None
+        if flight is not None:
+            reason, fetch_id = _REASONS[flight.reason], flight.id
+            if kind is EventKind.ATTEMPT_FAILED:
+                attempts, duration = flight.attempts, now - flight.attempt_started
+            elif kind is not EventKind.FETCH_STARTED:
+                attempts, duration = flight.attempts, now - flight.started
+        event = TokenEvent(
+            kind=kind,
+            client_id=key.client_id,
+            timestamp=time.time(),
+            reason=reason,
+            fetch_id=fetch_id,
+            attempts=attempts,
+            status=status,
+            error=text,
+            error_type=error_type,
+            duration=duration,
+            retry_in=retry_in,
+            expires_in=None if token is None else token.expires_in,
+            expires_at=None if token is None else token.expires_at,
+            failures=failures,
+        )
+        publish(event, own)
+
+    @staticmethod
+    def _describe(error: BaseException, key: CacheKey) -> str:
+        """An error as events and health show it: redacted, one line, bounded."""
+        if isinstance(error, TokenRequestError):
+            return _clean_text(str(error), (key.client_secret,))
+        return type(error).__name__
 
     # -- flights -----------------------------------------------------------------------
 
@@ -656,6 +919,9 @@ class TokenProvider:
             if flight is not None and not flight.done():
                 return flight
             loop = self._fetch_loop()
+            if state.unauthorized and reason in ("cold", "expired"):
+                reason = "unauthorized"
+            state.unauthorized = False
             future: concurrent.futures.Future[Token] = concurrent.futures.Future()
             future.set_running_or_notify_cancel()
             flight = Flight(key=key, reason=reason, future=future, loop=loop, owner=self)
@@ -664,9 +930,8 @@ class TokenProvider:
             # spent a full retry budget, and each cool-down step costs one request.
             probe = not full_budget and reason in ("cold", "expired") and state.cooldown_until > 0
         if reason == "refresh":
-            self._stats.background_refreshes += 1
             logger.debug("background refresh started for client %s", key.client_id)
-        self._note("fetch", key, reason=reason)
+        self._emit(EventKind.FETCH_STARTED, key, flight=flight)
         coro = self._fetch(flight, replacing, probe=probe)
 
         def start() -> None:
@@ -688,21 +953,17 @@ class TokenProvider:
         deadline = monotonic() + self._budget
         second_chance = True
         skip_cooldown = reason == "forced"
+        first = True  # one lookup event per call: WAIT, or COOLDOWN
         while True:
             self._check_open()
             state = self._states.state(key)
-            now = monotonic()
-            if (
-                not skip_cooldown
-                and state.flight is None
-                and state.last_error is not None
-                and now < state.cooldown_until
-            ):
-                self._note("cooldown_held", key)
-                raise _cooling_down(state.last_error)
+            if not skip_cooldown:
+                self._check_cooldown(key, state, emit=first)
+            if first:
+                first = False
+                self._emit(EventKind.WAIT, key)
             flight = self._flight(key, state, replacing, reason, full_budget=skip_cooldown)
             flight.hurry()
-            self._note("waited", key, reason=flight.reason)
             try:
                 token = await self._await_flight(flight, state, deadline)
             except TokenRequestError as error:
@@ -725,6 +986,15 @@ class TokenProvider:
                 self._check_open()  # closed while it waited for another provider's fetch
                 return token
 
+    def _check_cooldown(self, key: CacheKey, state: KeyState, *, emit: bool) -> None:
+        """Inside a cool-down with no fetch running, fail at once with the last error."""
+        last, now = state.last_error, monotonic()
+        if state.flight is None and last is not None and now < state.cooldown_until:
+            if emit:
+                retry_in = state.cooldown_until - now
+                self._emit(EventKind.COOLDOWN, key, error=last, retry_in=retry_in)
+            raise _cooling_down(last)
+
     async def _await_flight(self, flight: Flight, state: KeyState, deadline: float) -> Token:
         waiting = asyncio.wrap_future(flight.future)
         # A flight on a loop-bound loop other than ours dies silently if that loop stops:
@@ -734,13 +1004,13 @@ class TokenProvider:
         while True:
             left = deadline - monotonic()
             if left <= 0:
-                self._stats.failures += 1
-                self._note("budget_exhausted", flight.key)
-                raise TokenEndpointUnavailableError(
+                error = TokenEndpointUnavailableError(
                     f"no token for client {flight.key.client_id} within {self._budget:g} s, "
                     "this provider's time budget (a fetch for these credentials is still "
                     "running)"
                 )
+                self._emit(EventKind.GAVE_UP, flight.key, flight=flight, error=error)
+                raise error
             try:
                 async with asyncio.timeout(min(left, ORPHAN_POLL) if watch else left):
                     return await asyncio.shield(waiting)
@@ -767,9 +1037,8 @@ class TokenProvider:
             if shared is not None and fresh and shared != replacing:
                 return shared
             retry = attrs.evolve(self._retry, attempts=1) if probe else self._retry
-            token = await self._request(key, flight.wake, retry)
+            token = await self._request(flight, retry)
             await self._cache.store(key, token)
-            self._stats.tokens_fetched += 1
             logger.info(
                 "token fetched for client %s from %s (expires in %g s)",
                 key.client_id,
@@ -778,9 +1047,16 @@ class TokenProvider:
             )
             return token
 
-    async def _request(self, key: CacheKey, wake: asyncio.Event, retry: RetryPolicy) -> Token:
+    async def _request(self, flight: Flight, retry: RetryPolicy) -> Token:
+        key, wake = flight.key, flight.wake
+        assert wake is not None  # noqa: S101 (set by _fetch before it calls here)
+
         def count() -> None:
+            flight.attempt()
             self._stats.token_requests += 1
+
+        def retrying(error: TokenRequestError, delay: float) -> None:
+            self._emit(EventKind.ATTEMPT_FAILED, key, flight=flight, error=error, retry_in=delay)
 
         hurried = 0  # backoff steps since callers came waiting
 
@@ -813,6 +1089,7 @@ class TokenProvider:
                 # A session the caller made with trust_env=True asked for the env's proxy.
                 trust_env=self._trust_env or (self._session is not None and session.trust_env),
                 on_attempt=count,
+                on_retry=retrying,
                 sleep=backoff,
             )
 
@@ -828,12 +1105,15 @@ class TokenProvider:
         if not task.cancelled():
             error = task.exception()  # also marks it retrieved: no "never retrieved" warning
         key = flight.key
+        ended = 0  # the failure streak a success ends
+        cooldown: float | None = None
         with self._states.lock:
             if state.flight is flight:
                 state.flight = None
             if task.cancelled():
                 pass
             elif error is None:
+                ended = state.failures
                 if state.failures:
                     logger.info(
                         "token endpoint recovered for client %s after %d failed fetches",
@@ -841,20 +1121,39 @@ class TokenProvider:
                         state.failures,
                     )
                 _start_afresh(state)
+                state.last_success = time.time()
             else:
-                self._failed(flight, state, error)
+                cooldown = self._failed(flight, state, error)
+                ended = state.failures
+        # Listeners hear of it outside the lock, before any waiter gets the outcome.
         if task.cancelled():
+            self._emit(EventKind.FETCH_CANCELLED, key, flight=flight)
             flight.future.set_exception(asyncio.CancelledError())
         elif error is None:
-            self._note("fetched", key)
-            flight.future.set_result(task.result())
+            token = task.result()
+            self._emit(EventKind.FETCH_SUCCEEDED, key, flight=flight, token=token, failures=ended)
+            flight.future.set_result(token)
         else:
+            assert error is not None  # noqa: S101 (neither cancelled nor a result)
+            self._emit(EventKind.FETCH_FAILED, key, flight=flight, error=error, failures=ended)
+            if cooldown is not None:
+                self._emit(
+                    EventKind.COOLDOWN_STARTED,
+                    key,
+                    flight=flight,
+                    error=error,
+                    retry_in=cooldown,
+                    failures=ended,
+                )
             flight.future.set_exception(error)
         self._states.forget_if_idle(key)
 
-    def _failed(self, flight: Flight, state: KeyState, error: BaseException) -> None:
-        """Remember a failed fetch: the streak, when to try again, one WARNING per episode."""
-        self._stats.failures += 1
+    def _failed(self, flight: Flight, state: KeyState, error: BaseException) -> float | None:
+        """Remember a failed fetch: the streak, when to try again, one WARNING per episode.
+
+        Returns:
+            The cool-down it starts, in seconds, or ``None`` (a usable token is cached).
+        """
         key = flight.key
         state.failures += 1
         state.last_error = error
@@ -863,10 +1162,10 @@ class TokenProvider:
         delay = self._cooldown_delay(state.failures, retry_after)
         state.failed_at, state.retry_at = now, now + delay
         usable = self._usable(self._cache.get(key))
+        cooldown = None
         if not usable and isinstance(error, TokenRequestError):
             state.cooldown_until = now + delay
-            self._note("cooldown", key, seconds=delay)
-        self._note("failed", key, reason=flight.reason)
+            cooldown = delay
         described = error if isinstance(error, TokenRequestError) else type(error).__name__
         if not state.warned:
             state.warned = True
@@ -893,6 +1192,7 @@ class TokenProvider:
                 state.failures,
                 described,
             )
+        return cooldown
 
     def _cooldown_delay(self, failures: int, retry_after: float | None) -> float:
         """Seconds before the next fetch after ``failures`` failed fetches in a row.
@@ -955,7 +1255,8 @@ class TokenProvider:
         mine = [f for f in self._states.flights() if f.owner is self and not f.done()]
         for flight in mine:
             flight.cancel()
-        self._states.release(self._key)
+        self._states.release(self._key, self._listener)
+        _PROVIDERS.discard(self)
         here = asyncio.get_running_loop()
         waits = [
             asyncio.wrap_future(f.future) for f in mine if f.loop is here or f.loop.is_running()

@@ -51,6 +51,7 @@ import attrs
 
 from ._cache import DEFAULT_MAX_ENTRIES, KeyStates
 from ._endpoint import RetryPolicy
+from ._events import EventKind, emit
 from ._log import LOGGER_NAME
 from ._token import Token, is_valid_lifetime
 from .exceptions import ConfigurationError
@@ -363,6 +364,14 @@ class RedisTokenCache:
         """The prefix of every key this cache writes."""
         return self._namespace
 
+    @property
+    def source(self) -> str:
+        """``"redis"`` while Redis answers, ``"memory"`` while the cache falls back to memory.
+
+        :meth:`TokenProvider.health <plainid_async.TokenProvider.health>` reports it.
+        """
+        return "memory" if self._down else "redis"
+
     def __repr__(self) -> str:
         """Show the namespace and state; never a secret or a token."""
         state = "down" if self._down else "up"
@@ -599,17 +608,20 @@ class RedisTokenCache:
                 self._down = True  # the ERROR says it all: no WARNING about an outage
             elif not self._down:
                 self._down = True
+                described = _describe(error, self._timeout)
                 logger.warning(
                     "Redis token cache unavailable (%s): using this process's memory and "
                     "fetching tokens directly until Redis answers again",
-                    _describe(error, self._timeout),
+                    described,
                 )
+                emit(EventKind.REDIS_FALLBACK_ENTERED, error=described)
             else:
                 logger.debug("Redis token cache still unavailable")
             return _UNAVAILABLE
         if self._down:
             self._down = False
             logger.info("Redis token cache answers again")
+            emit(EventKind.REDIS_FALLBACK_LEFT)
         return result
 
     def _log_refusal(self, what: str, refusal: str) -> None:

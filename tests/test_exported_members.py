@@ -10,9 +10,10 @@ import pytest
 
 import plainid_async
 import plainid_async.exceptions
+import plainid_async.otel
 import plainid_async.testing
 
-MODULES = [plainid_async, plainid_async.exceptions, plainid_async.testing]
+MODULES = [plainid_async, plainid_async.exceptions, plainid_async.otel, plainid_async.testing]
 
 
 @pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)
@@ -49,6 +50,8 @@ def test_design_names_are_importable_from_the_package() -> None:
         "InvalidCredentialsError",
         "TokenEndpointUnavailableError",
         "InvalidTokenResponseError",
+        "TokenEvent",
+        "HealthReport",
     ):
         assert name in plainid_async.__all__
     assert plainid_async.exceptions.PlainIDError is plainid_async.PlainIDError

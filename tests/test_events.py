@@ -1,0 +1,577 @@
+"""The event stream, stats and health(), end to end against FakePlainID on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import TYPE_CHECKING
+
+import attrs
+import pytest
+from test_provider import FAST_RETRY, provider_on, settle, token_with
+
+import plainid_async as pa
+from plainid_async import _events, _provider
+from plainid_async._events import EventKind, FetchReason, TokenEvent
+from plainid_async.testing import FakePlainID, running_fetches
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator
+    from pathlib import Path
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakePlainID]:
+    async with FakePlainID() as server:
+        yield server
+
+
+#: One attempt, and a cool-down of 10-20 s after a failed fetch: calls right after it are
+#: inside it on any machine.
+COOLING = pa.RetryPolicy(attempts=1, backoff_base=5.0, deadline=5.0)
+
+
+@pytest.fixture(autouse=True)
+def _isolated() -> Iterator[None]:
+    yield
+    assert running_fetches() == []
+    assert _events.BUS.listeners == ()  # every test unsubscribed what it subscribed
+
+
+class Recorder:
+    """An on_event callback that keeps what it gets."""
+
+    def __init__(self) -> None:
+        self.events: list[TokenEvent] = []
+
+    def __call__(self, event: TokenEvent) -> None:
+        self.events.append(event)
+
+    def kinds(self) -> list[EventKind]:
+        return [e.kind for e in self.events]
+
+    def of(self, kind: EventKind) -> list[TokenEvent]:
+        return [e for e in self.events if e.kind is kind]
+
+
+def recording(fake: FakePlainID, **options: object) -> tuple[pa.TokenProvider, Recorder]:
+    recorder = Recorder()
+    options.setdefault("retry", FAST_RETRY)
+    provider = provider_on(fake, pa.MemoryTokenCache(), on_event=recorder, **options)
+    return provider, recorder
+
+
+def assert_no_secret(events: list[TokenEvent], *secrets: str) -> None:
+    for event in events:
+        shown = [repr(event), *(str(v) for v in attrs.astuple(event))]
+        for secret in secrets:
+            assert not any(secret in text for text in shown), event
+
+
+# -- the events of each decision ------------------------------------------------------------
+
+
+async def test_cold_fetch_waits_fetches_once_then_hits(fake: FakePlainID) -> None:
+    provider, seen = recording(fake)
+    async with provider:
+        token = await provider.get_token()
+        await provider.get_token()
+    assert seen.kinds() == [
+        EventKind.WAIT,
+        EventKind.FETCH_STARTED,
+        EventKind.FETCH_SUCCEEDED,
+        EventKind.HIT,
+    ]
+    started, succeeded = seen.of(EventKind.FETCH_STARTED)[0], seen.of(EventKind.FETCH_SUCCEEDED)[0]
+    assert started.reason is succeeded.reason is FetchReason.COLD
+    assert started.fetch_id == succeeded.fetch_id is not None
+    assert (succeeded.attempts, succeeded.status, succeeded.failures) == (1, 200, 0)
+    assert succeeded.expires_at == token.expires_at
+    assert succeeded.duration is not None
+    assert succeeded.duration >= 0
+    [hit] = seen.of(EventKind.HIT)
+    assert hit.client_id == fake.client_id
+    assert hit.remaining is not None
+    assert 0 < hit.remaining <= fake.expires_in
+
+
+async def test_stale_token_is_served_while_a_background_refresh_runs(fake: FakePlainID) -> None:
+    provider, seen = recording(fake)
+    async with provider:
+        stale = token_with(remaining=40)
+        await provider.cache.store(provider.cache_key, stale)
+        assert await provider.get_token() is stale
+        await settle()
+    assert seen.kinds() == [EventKind.FETCH_STARTED, EventKind.STALE, EventKind.FETCH_SUCCEEDED]
+    assert {e.reason for e in seen.of(EventKind.FETCH_STARTED)} == {FetchReason.REFRESH}
+    assert provider.stats.stale_hits == provider.stats.cache_hits == 1
+    assert provider.stats.background_refreshes == 1
+
+
+async def test_outage_reports_each_failed_attempt_and_the_failed_fetch(fake: FakePlainID) -> None:
+    provider, seen = recording(fake)
+    fake.start_outage(503)
+    async with provider:
+        with pytest.raises(pa.TokenEndpointUnavailableError):
+            await provider.get_token()
+    assert seen.kinds() == [
+        EventKind.WAIT,
+        EventKind.FETCH_STARTED,
+        EventKind.ATTEMPT_FAILED,
+        EventKind.FETCH_FAILED,
+        EventKind.COOLDOWN_STARTED,  # nothing usable is cached
+    ]
+    [attempt] = seen.of(EventKind.ATTEMPT_FAILED)
+    assert (attempt.attempts, attempt.status) == (1, 503)
+    assert attempt.retry_in is not None
+    assert attempt.retry_in > 0
+    assert attempt.error_type == "TokenEndpointUnavailableError"
+    [failed] = seen.of(EventKind.FETCH_FAILED)
+    assert (failed.attempts, failed.status, failed.failures) == (2, 503, 1)
+    assert failed.error is not None
+    assert "HTTP 503" in failed.error
+    stats = provider.stats
+    assert (stats.token_requests, stats.retries, stats.failures) == (2, 1, 1)
+
+
+async def test_calls_inside_a_cooldown_are_reported_and_send_nothing(fake: FakePlainID) -> None:
+    provider, seen = recording(fake, retry=COOLING)
+    fake.start_outage(503)
+    async with provider:
+        with pytest.raises(pa.TokenEndpointUnavailableError) as first:
+            await provider.get_token()
+        for _ in range(3):
+            with pytest.raises(pa.TokenEndpointUnavailableError) as later:
+                await provider.get_token()
+            assert later.value is first.value
+    assert len(fake.token_requests) == 1
+    [started] = seen.of(EventKind.COOLDOWN_STARTED)
+    assert (started.failures, started.reason) == (1, FetchReason.COLD)
+    assert started.retry_in is not None
+    assert 10 <= started.retry_in <= 20
+    assert started.error is not None
+    assert "HTTP 503" in started.error
+    rejected = seen.of(EventKind.COOLDOWN)
+    assert len(rejected) == 3
+    for event in rejected:
+        assert event.error == started.error
+        assert event.retry_in is not None
+        assert 0 < event.retry_in <= started.retry_in
+    stats = provider.stats
+    assert (stats.cooldown_rejections, stats.waits, stats.failures) == (3, 1, 1)
+
+
+async def test_a_401_refetches_once_then_inside_the_guard_is_held_and_goes_back(
+    fake: FakePlainID,
+) -> None:
+    provider, seen = recording(fake)
+    async with provider, provider.session() as session:
+        first = await provider.get_token()
+        fake.revoke(first.access_token)
+        async with session.get("api/1.0/x") as response:
+            assert response.status == 200  # the guard opened; a new token was fetched
+        second = await provider.get_token()
+        assert second != first
+        fake.revoke(second.access_token)
+        async with session.get("api/1.0/x") as response:
+            assert response.status == 401  # inside the guard: no new token, the 401 returns
+        assert await provider.get_token() is second
+    assert len(fake.token_requests) == 2
+    [held] = seen.of(EventKind.UNAUTHORIZED_HELD)
+    assert held.client_id == fake.client_id
+    assert held.retry_in is not None
+    assert 0 < held.retry_in <= _provider.GUARD_BASE
+    assert provider.stats.unauthorized_held == 1
+    # The first 401 (outside the guard) started a fetch for reason UNAUTHORIZED.
+    reasons = [e.reason for e in seen.of(EventKind.FETCH_STARTED)]
+    assert reasons == [FetchReason.COLD, FetchReason.UNAUTHORIZED]
+    assert provider.stats.unauthorized_refreshes == 1
+
+
+async def test_an_lru_eviction_reaches_the_evicted_keys_provider_and_subscribers(
+    fake: FakePlainID,
+) -> None:
+    fake.add_client("other-client", "other-secret")
+    cache = pa.MemoryTokenCache(max_entries=1)
+    seen, everything = Recorder(), Recorder()
+    unsubscribe = _events.subscribe(everything)
+    try:
+        async with provider_on(fake, cache, on_event=seen) as first:
+            token = await first.get_token()
+            # A second key: the first one, least recently used, is evicted.
+            async with pa.TokenProvider(
+                "other-client", "other-secret", base_url=str(fake.base_url), cache=cache
+            ) as other:
+                assert first.health().state is None
+                await other.get_token()
+                again = await first.get_token()  # fetches anew (and evicts the other)
+    finally:
+        unsubscribe()
+    assert again != token
+    assert len(fake.token_requests) == 3
+    [evicted] = seen.of(EventKind.EVICTED)
+    assert evicted.client_id == fake.client_id
+    assert evicted.expires_at == token.expires_at
+    assert [e.client_id for e in everything.of(EventKind.EVICTED)] == [
+        fake.client_id,
+        "other-client",
+    ]
+    assert cache.key_states.evictions == 2
+    assert seen.kinds()[-3:] == [
+        EventKind.WAIT,
+        EventKind.FETCH_STARTED,
+        EventKind.FETCH_SUCCEEDED,
+    ]
+    assert_no_secret(everything.events, fake.client_secret, "other-secret", *fake.issued_tokens)
+
+
+async def test_a_caller_that_gives_up_on_another_providers_fetch_is_reported(
+    fake: FakePlainID,
+) -> None:
+    cache = pa.MemoryTokenCache()
+    patient = provider_on(fake, cache, timeout=30.0)
+    seen = Recorder()
+    quick = provider_on(fake, cache, timeout=0.3, retry=pa.RetryPolicy(attempts=1), on_event=seen)
+    fake.hang = True
+    async with patient, quick:
+        waiting = asyncio.ensure_future(patient.get_token())
+        while not fake.token_requests:  # noqa: ASYNC110 (the patient fetch is under way)
+            await asyncio.sleep(0.005)
+        with pytest.raises(pa.TokenEndpointUnavailableError, match="time budget"):
+            await quick.get_token()
+        await patient.close()
+        with pytest.raises((asyncio.CancelledError, pa.ProviderClosedError)):
+            await waiting
+    [gave_up] = seen.of(EventKind.GAVE_UP)
+    assert gave_up.reason is FetchReason.COLD
+    assert gave_up.error is not None
+    assert "time budget" in gave_up.error
+    assert seen.of(EventKind.FETCH_STARTED) == []  # the patient provider started it
+    assert quick.stats.failures == 1
+    assert len(fake.token_requests) == 1
+
+
+async def test_force_refresh_starts_a_fetch_for_reason_forced(fake: FakePlainID) -> None:
+    provider, seen = recording(fake)
+    async with provider:
+        await provider.get_token()
+        await provider.get_token(force_refresh=True)
+    reasons = [e.reason for e in seen.of(EventKind.FETCH_STARTED)]
+    assert reasons == [FetchReason.COLD, FetchReason.FORCED]
+    assert provider.stats.forced_refreshes == 1
+
+
+async def test_closing_during_a_fetch_reports_it_cancelled(fake: FakePlainID) -> None:
+    provider, seen = recording(fake)
+    fake.hang = True
+    async with provider:
+        await provider.cache.store(provider.cache_key, token_with(remaining=40))
+        await provider.get_token()
+    assert seen.kinds()[-1] is EventKind.FETCH_CANCELLED
+    assert provider.stats.failures == 0
+
+
+async def test_no_event_carries_a_secret_or_a_token(fake: FakePlainID) -> None:
+    provider, seen = recording(fake)
+    async with provider, provider.session() as session:
+        first = await provider.get_token()
+        fake.revoke(first.access_token)
+        async with session.get("api/1.0/x") as response:
+            assert response.status == 200
+        await provider.get_token(force_refresh=True)
+        third = await provider.get_token()
+        fake.revoke(third.access_token)
+        async with session.get("api/1.0/x") as response:
+            assert response.status == 401  # the guard holds
+        fake.start_outage(503)
+        with pytest.raises(pa.TokenEndpointUnavailableError):
+            await provider.get_token(force_refresh=True)
+        with pytest.raises(pa.TokenEndpointUnavailableError):
+            await provider.get_token()  # inside the cool-down
+        fake.end_outage()
+        fake.rotate_secret(fake.client_id, "the-next-secret")
+        with pytest.raises(pa.InvalidCredentialsError):
+            await provider.get_token(force_refresh=True)
+    assert {e.kind for e in seen.events} >= {
+        EventKind.HIT,
+        EventKind.WAIT,
+        EventKind.COOLDOWN,
+        EventKind.FETCH_STARTED,
+        EventKind.ATTEMPT_FAILED,
+        EventKind.FETCH_SUCCEEDED,
+        EventKind.FETCH_FAILED,
+        EventKind.COOLDOWN_STARTED,
+        EventKind.UNAUTHORIZED_HELD,
+    }
+    assert len(fake.issued_tokens) == 3
+    assert_no_secret(seen.events, fake.client_secret, "the-next-secret", *fake.issued_tokens)
+
+
+# -- listeners --------------------------------------------------------------------------------
+
+
+async def test_a_failing_on_event_is_logged_once_and_never_breaks_a_call(
+    fake: FakePlainID, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls: list[EventKind] = []
+
+    def broken(event: TokenEvent) -> None:
+        calls.append(event.kind)
+        raise RuntimeError("listener bug")
+
+    caplog.set_level(logging.DEBUG, logger="plainid_async")
+    provider = provider_on(fake, pa.MemoryTokenCache(), on_event=broken)
+    async with provider:
+        tokens = [await provider.get_token() for _ in range(5)]
+    assert len({t.access_token for t in tokens}) == 1
+    assert len(calls) == 3 + 4  # wait, started, succeeded, four hits: it kept being called
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1
+    assert "listener bug" in caplog.text  # the traceback, once
+
+
+async def test_a_failing_subscriber_is_logged_once_and_never_breaks_a_call(
+    fake: FakePlainID, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(event: TokenEvent) -> None:
+        raise ValueError(event.kind.value)
+
+    unsubscribe = _events.subscribe(broken)
+    try:
+        provider = provider_on(fake, pa.MemoryTokenCache())
+        async with provider:
+            for _ in range(3):
+                await provider.get_token()
+    finally:
+        unsubscribe()
+    assert len([r for r in caplog.records if r.levelno >= logging.ERROR]) == 1
+    unsubscribe()  # idempotent
+
+
+async def test_subscribers_see_every_provider_and_stop_when_unsubscribed(
+    fake: FakePlainID,
+) -> None:
+    seen = Recorder()
+    unsubscribe = _events.subscribe(seen)
+    async with provider_on(fake, pa.MemoryTokenCache()) as a:
+        await a.get_token()
+        async with provider_on(fake, pa.MemoryTokenCache()) as b:
+            await b.get_token()
+        unsubscribe()
+        await a.get_token()
+    assert [e.kind for e in seen.events].count(EventKind.FETCH_SUCCEEDED) == 2
+    assert EventKind.HIT not in [e.kind for e in seen.events]
+
+
+async def test_a_cache_hit_builds_no_event_when_nobody_listens(
+    fake: FakePlainID, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built: list[EventKind] = []
+    real = TokenEvent
+
+    def counting(**fields: object) -> TokenEvent:
+        event = real(**fields)  # type: ignore[arg-type]
+        built.append(event.kind)
+        return event
+
+    monkeypatch.setattr(_provider, "TokenEvent", counting)
+    quiet = provider_on(fake, pa.MemoryTokenCache())
+    async with quiet:
+        for _ in range(10):
+            await quiet.get_token()
+    assert built == []  # nobody listens: not even the fetch builds one
+    assert quiet.stats.cache_hits == 9
+    assert quiet.stats.tokens_fetched == 1
+    built.clear()
+    listening, _ = recording(fake)
+    async with listening:
+        for _ in range(10):
+            await listening.get_token()
+    assert built.count(EventKind.HIT) == 9
+
+
+def test_on_event_must_be_callable() -> None:
+    with pytest.raises(pa.ConfigurationError, match="on_event"):
+        pa.TokenProvider("id", "secret", region="us1", on_event="print")  # type: ignore[arg-type]
+
+
+async def test_from_env_takes_on_event(fake: FakePlainID) -> None:
+    seen = Recorder()
+    environ = {
+        "PLAINID_CLIENT_ID": fake.client_id,
+        "PLAINID_CLIENT_SECRET": fake.client_secret,
+        "PLAINID_BASE_URL": str(fake.base_url),
+    }
+    provider = pa.TokenProvider.from_env(environ, cache=pa.MemoryTokenCache(), on_event=seen)
+    async with provider:
+        await provider.get_token()
+    assert EventKind.FETCH_SUCCEEDED in seen.kinds()
+
+
+async def test_a_subscriber_that_comes_later_sees_the_hits_of_a_hot_provider(
+    fake: FakePlainID,
+) -> None:
+    provider = provider_on(fake, pa.MemoryTokenCache())
+    seen = Recorder()
+    async with provider:
+        await provider.get_token()
+        await provider.get_token()  # answered from the hot slot
+        unsubscribe = _events.subscribe(seen)
+        try:
+            for _ in range(3):
+                await provider.get_token()
+        finally:
+            unsubscribe()
+        await provider.get_token()
+    assert seen.kinds() == [EventKind.HIT] * 3
+    assert provider.stats.cache_hits == 5
+
+
+def test_events_are_immutable() -> None:
+    event = TokenEvent(kind=EventKind.HIT, client_id="c", timestamp=1.0, expires_at=61.0)
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        event.client_id = "other"  # type: ignore[misc]
+    assert event.remaining == 60.0
+
+
+def test_every_stats_field_is_documented() -> None:
+    doc = pa.ProviderStats.__doc__ or ""
+    for field in attrs.fields(pa.ProviderStats):
+        assert f"{field.name}:" in doc, field.name
+
+
+# -- health() ---------------------------------------------------------------------------------
+
+
+async def test_health_in_each_state(fake: FakePlainID) -> None:
+    provider, _ = recording(fake, refresh_margin=None)
+    async with provider:
+        empty = provider.health()
+        assert (empty.state, empty.expires_in, empty.refresh_in, empty.source) == (
+            None,
+            None,
+            None,
+            "none",
+        )
+        assert (empty.failures, empty.last_error, empty.last_success) == (0, None, None)
+        assert not empty.ready
+
+        await provider.get_token()
+        fresh = provider.health()
+        assert fresh.state is pa.TokenState.FRESH
+        assert fresh.ready
+        assert fresh.source == "memory"
+        assert fresh.expires_in is not None
+        assert fresh.refresh_in is not None
+        assert 0 < fresh.refresh_in < fresh.expires_in <= fake.expires_in
+        assert fresh.last_success is not None
+        assert fresh.failures == 0
+
+        await provider.cache.store(provider.cache_key, token_with(remaining=40))
+        stale = provider.health()
+        assert (stale.state, stale.refresh_in, stale.ready) == (pa.TokenState.STALE, 0.0, True)
+
+        await provider.cache.store(provider.cache_key, token_with(remaining=5))
+        expired = provider.health()
+        assert (expired.state, expired.ready) == (pa.TokenState.EXPIRED, False)
+
+        fake.start_outage(503)
+        with pytest.raises(pa.TokenEndpointUnavailableError):
+            await provider.get_token(force_refresh=True)
+        failing = provider.health()
+        assert (failing.failures, failing.state, failing.source) == (1, None, "none")
+        assert failing.last_error is not None
+        assert "HTTP 503" in failing.last_error
+        assert failing.last_success == fresh.last_success
+        # The key's record in the cache is the truth: another provider on it says the same.
+        async with provider_on(fake, provider.cache) as twin:  # type: ignore[arg-type]
+            assert twin.health() == failing
+
+        fake.end_outage()
+        await provider.get_token(force_refresh=True)
+        recovered = provider.health()
+        assert (recovered.failures, recovered.state) == (0, pa.TokenState.FRESH)
+        assert recovered.last_error is None
+        assert recovered.last_success is not None
+        assert fresh.last_success is not None
+        assert recovered.last_success > fresh.last_success
+    for report in (empty, fresh, stale, expired, failing, recovered):
+        assert fake.client_secret not in repr(report)
+        for issued in fake.issued_tokens:
+            assert issued not in repr(report)
+
+
+async def test_health_does_no_io_and_starts_nothing(fake: FakePlainID) -> None:
+    provider, seen = recording(fake)
+    async with provider:
+        await provider.cache.store(provider.cache_key, token_with(remaining=40))
+        for _ in range(100):
+            assert provider.health().state is pa.TokenState.STALE
+    assert fake.token_requests == []
+    assert seen.events == []
+
+
+async def test_health_report_as_json(fake: FakePlainID) -> None:
+    provider, _ = recording(fake)
+    async with provider:
+        await provider.get_token()
+        shown = json.loads(json.dumps(provider.health().to_dict()))
+    assert shown["ready"] is True
+    assert shown["state"] == "fresh"
+    assert shown["source"] == "memory"
+    assert set(shown) == {"ready", *(f.name for f in attrs.fields(pa.HealthReport))}
+
+
+def test_health_report_is_immutable() -> None:
+    report = pa.TokenProvider("id", "secret", region="us1").health()
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        report.failures = 3  # type: ignore[misc]
+
+
+# -- Redis fallback, against a real redis-server -------------------------------------------
+
+
+async def test_redis_fallback_is_entered_and_left_and_health_says_where_tokens_come_from(
+    fake: FakePlainID, tmp_path: Path
+) -> None:
+    import redis.asyncio  # noqa: PLC0415 (only this test needs it)
+    from _redis_server import RedisServer, redis_binary  # noqa: PLC0415
+
+    from plainid_async.redis import RedisTokenCache  # noqa: PLC0415
+
+    server = RedisServer(redis_binary(), tmp_path)
+    server.start()
+    seen = Recorder()
+    unsubscribe = _events.subscribe(seen)
+    client = redis.asyncio.Redis(host="127.0.0.1", port=server.port)
+    try:
+        cache = RedisTokenCache(client, timeout=0.3, retry_interval=0.01)
+        async with pa.TokenProvider(
+            fake.client_id, fake.client_secret, base_url=str(fake.base_url), cache=cache
+        ) as provider:
+            await provider.get_token()
+            assert provider.health().source == "redis"
+            server.stop()
+            await provider.get_token(force_refresh=True)
+            assert provider.health().source == "memory"
+            server.start()
+            for _ in range(50):  # the first command may meet the dead connection
+                await provider.get_token(force_refresh=True)
+                if provider.health().source == "redis":
+                    break
+            assert provider.health().source == "redis"
+    finally:
+        unsubscribe()
+        await client.aclose()
+        server.stop()
+    kinds = [e.kind for e in seen.events]
+    assert kinds.count(EventKind.REDIS_FALLBACK_ENTERED) == 1
+    assert kinds.count(EventKind.REDIS_FALLBACK_LEFT) == 1
+    assert kinds.index(EventKind.REDIS_FALLBACK_ENTERED) < kinds.index(
+        EventKind.REDIS_FALLBACK_LEFT
+    )
+    [entered] = seen.of(EventKind.REDIS_FALLBACK_ENTERED)
+    assert entered.client_id is None
+    assert entered.error
+    assert_no_secret(seen.events, fake.client_secret, *fake.issued_tokens)
