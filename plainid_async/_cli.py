@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 import os
 import re
 import signal
@@ -23,6 +22,7 @@ from typing import IO, TYPE_CHECKING, Final, NoReturn
 
 import attrs
 
+from ._checks import count_problem, seconds_problem
 from ._endpoint import RetryPolicy, proxy_from_env
 from ._log import LOGGER_NAME
 from ._provider import (
@@ -36,6 +36,7 @@ from ._provider import (
     strip_one_newline,
 )
 from ._secret import Secret, redact
+from ._token import lifetime_problem
 from .exceptions import (
     ConfigurationError,
     InvalidCredentialsError,
@@ -250,57 +251,78 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def _seconds(text: str, *, allow_zero: bool = True) -> float:
-    """Argparse type: a finite number of seconds >= 0 (> 0 unless ``allow_zero``).
-
-    Every value out of range gets the same message, which states the whole rule.
-    """
-    rule = f"must be a finite number of seconds {'>= 0' if allow_zero else '> 0'}"
+def _number(text: str) -> float | str:
+    """``text`` as a float, or as it is when it is no number (the rule then says so)."""
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number: it {rule}") from None
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        raise argparse.ArgumentTypeError(f"{text!r} {rule}")
-    return value
+        return text
+
+
+def _checked(text: str, problem: str | None) -> None:
+    # The library's own words for the rule, beside the value as it was typed.
+    if problem is not None:
+        raise argparse.ArgumentTypeError(f"{text!r} {problem}")
+
+
+def _seconds(text: str, *, allow_zero: bool = True) -> float:
+    """Argparse type: a number of seconds, by the library's rule (>= 0, or > 0)."""
+    value = _number(text)
+    _checked(text, seconds_problem(value, allow_zero=allow_zero))
+    return float(value)
 
 
 def _positive_seconds(text: str) -> float:
-    """Argparse type: a finite number of seconds > 0."""
+    """Argparse type: a number of seconds > 0."""
     return _seconds(text, allow_zero=False)
+
+
+def _lifetime(text: str) -> float:
+    """Argparse type: a token lifetime, by the library's rule for ``expires_in``."""
+    value = _number(text)
+    _checked(text, lifetime_problem(value))
+    return float(value)
+
+
+def _integer(text: str) -> int | str:
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def _count(text: str, *, minimum: int = 1) -> int:
+    """Argparse type: an integer >= ``minimum``, by the library's rule for counts."""
+    value = _integer(text)
+    _checked(text, count_problem(value, minimum=minimum))
+    return int(value)
 
 
 def _positive_int(text: str) -> int:
     """Argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return _count(text)
+
+
+def _non_negative_int(text: str) -> int:
+    """Argparse type: an integer >= 0."""
+    return _count(text, minimum=0)
+
+
+def _int_between(text: str, low: int, high: int, what: str) -> int:
+    value = _integer(text)
+    if not isinstance(value, int) or not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what} ({low} to {high})")
     return value
 
 
 def _port(text: str) -> int:
     """Argparse type: a TCP port, 0 for any free one."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0 to 65535)")
-    return value
+    return _int_between(text, 0, 65535, "a port number")
 
 
 def _status(text: str) -> int:
     """Argparse type: an HTTP error status the fake can answer."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an HTTP status") from None
-    if not 400 <= value <= 599:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an HTTP error status (400 to 599)")
-    return value
+    return _int_between(text, 400, 599, "an HTTP error status")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -410,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
     fake.add_argument(
         "--expires-in",
         metavar="SECONDS",
-        type=_positive_seconds,
+        type=_lifetime,
         default=3600.0,
         help="lifetime of the tokens it issues (default: %(default)g)",
     )
@@ -424,7 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     fake.add_argument(
         "--fail-first",
         metavar="N",
-        type=int,
+        type=_non_negative_int,
         default=0,
         help="answer the first N token requests with --error-status",
     )
@@ -477,7 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--expires-in",
         metavar="SECONDS",
-        type=_positive_seconds,
+        type=_lifetime,
         default=5.0,
         help="lifetime of the fake's tokens (default: %(default)g)",
     )
@@ -727,8 +749,6 @@ async def _serve_fake(args: argparse.Namespace) -> int:
 
 
 def _run_fake_server(args: argparse.Namespace) -> int:
-    if args.fail_first < 0:
-        raise _ExitError(EXIT_CONFIG, "--fail-first must be 0 or more")
     for start, end in args.outage:
         if not end > start:
             raise _ExitError(EXIT_CONFIG, f"--outage {start:g} {end:g}: END must be after START")

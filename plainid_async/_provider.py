@@ -30,6 +30,7 @@ import aiohttp
 import attrs
 
 from ._cache import CacheKey, Flight, KeyState, TokenCache, default_cache, key_states_of
+from ._checks import check_bool, check_seconds, check_text
 from ._endpoint import RetryPolicy, request_token, resolve_endpoint, resolve_proxy
 from ._log import LOGGER_NAME
 from ._middleware import provider_session
@@ -114,16 +115,6 @@ class ProviderStats:
     failures: int = 0
 
 
-def _check_text(name: str, value: object) -> str:
-    if not isinstance(value, str):
-        raise ConfigurationError(f"{name} must be a string, not {type(value).__name__}")
-    if not value.strip():
-        raise ConfigurationError(f"{name} must not be empty or blank")
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
-        raise ConfigurationError(f"{name} must not contain control characters")
-    return value
-
-
 def _read_env(environ: Mapping[str, str], name: str) -> str | None:
     value = environ.get(name)
     return value if value is not None and value.strip() else None
@@ -135,9 +126,9 @@ def _secret_or_none(value: str | None) -> Secret | None:
 
 def _wrap_secret(client_secret: object) -> Secret:
     if isinstance(client_secret, Secret):
-        _check_text("client_secret", client_secret.reveal())
+        check_text("client_secret", client_secret.reveal())
         return client_secret
-    return Secret(_check_text("client_secret", client_secret))
+    return Secret(check_text("client_secret", client_secret))
 
 
 def strip_one_newline(text: str) -> str:
@@ -168,16 +159,6 @@ def read_secret_file(path: str | os.PathLike[str], *, source: str) -> str:
     if not secret.strip():
         raise ConfigurationError(f"{source} {os.fspath(path)!r} is empty")
     return secret
-
-
-def _check_seconds(name: str, value: object, *, allow_zero: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigurationError(f"{name}={value!r} must be a number of seconds")
-    seconds = float(value)
-    if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ConfigurationError(f"{name}={value!r} must be a finite number {bound}")
-    return seconds
 
 
 def _wait_budget(retry: RetryPolicy, timeout: float) -> float:
@@ -266,18 +247,16 @@ class TokenProvider:
         self._client_secret = _wrap_secret(client_secret)
         # From here on no frame holds the secret in a plain local (tracebacks with locals).
         del client_secret
-        self._client_id = _check_text("client_id", client_id)
+        self._client_id = check_text("client_id", client_id)
         self._proxy = resolve_proxy(proxy)
-        if not isinstance(trust_env, bool):
-            raise ConfigurationError(f"trust_env must be a bool, not {type(trust_env).__name__}")
-        self._trust_env = trust_env
+        self._trust_env = check_bool("trust_env", trust_env)
         endpoint = resolve_endpoint(region=region, base_url=base_url)
         self._api_url = endpoint.api_url
         self._token_url = endpoint.token_url
         self._refresh_margin = (
             None
             if refresh_margin is None
-            else _check_seconds("refresh_margin", refresh_margin, allow_zero=True)
+            else check_seconds("refresh_margin", refresh_margin, allow_zero=True)
         )
         if cache is not None and not isinstance(cache, TokenCache):
             raise ConfigurationError("cache must implement plainid_async.TokenCache")
@@ -293,7 +272,7 @@ class TokenProvider:
                     "token requests send the credentials in the form body only"
                 )
         self._session = session
-        self._timeout = _check_seconds("timeout", timeout, allow_zero=False)
+        self._timeout = check_seconds("timeout", timeout, allow_zero=False)
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise ConfigurationError("retry must be a plainid_async.RetryPolicy")
         self._retry = RetryPolicy() if retry is None else retry
