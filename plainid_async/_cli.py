@@ -12,8 +12,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
-import os
 import re
 import signal
 import sys
@@ -23,19 +21,23 @@ from typing import IO, TYPE_CHECKING, Final, NoReturn
 
 import attrs
 
+from ._checks import count_problem, seconds_problem
 from ._endpoint import RetryPolicy, proxy_from_env
 from ._log import LOGGER_NAME
-from ._provider import (
+from ._provider import TokenProvider
+from ._secret import Secret, redact
+from ._settings import (
     ENV_BASE_URL,
     ENV_CLIENT_ID,
     ENV_CLIENT_SECRET,
     ENV_CLIENT_SECRET_FILE,
     ENV_REGION,
-    TokenProvider,
+    Flags,
+    Settings,
     read_secret_file,
     strip_one_newline,
 )
-from ._secret import Secret, redact
+from ._token import lifetime_problem
 from .exceptions import (
     ConfigurationError,
     InvalidCredentialsError,
@@ -250,57 +252,78 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def _seconds(text: str, *, allow_zero: bool = True) -> float:
-    """Argparse type: a finite number of seconds >= 0 (> 0 unless ``allow_zero``).
-
-    Every value out of range gets the same message, which states the whole rule.
-    """
-    rule = f"must be a finite number of seconds {'>= 0' if allow_zero else '> 0'}"
+def _number(text: str) -> float | str:
+    """``text`` as a float, or as it is when it is no number (the rule then says so)."""
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number: it {rule}") from None
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        raise argparse.ArgumentTypeError(f"{text!r} {rule}")
-    return value
+        return text
+
+
+def _checked(text: str, problem: str | None) -> None:
+    # The library's own words for the rule, beside the value as it was typed.
+    if problem is not None:
+        raise argparse.ArgumentTypeError(f"{text!r} {problem}")
+
+
+def _seconds(text: str, *, allow_zero: bool = True) -> float:
+    """Argparse type: a number of seconds, by the library's rule (>= 0, or > 0)."""
+    value = _number(text)
+    _checked(text, seconds_problem(value, allow_zero=allow_zero))
+    return float(value)
 
 
 def _positive_seconds(text: str) -> float:
-    """Argparse type: a finite number of seconds > 0."""
+    """Argparse type: a number of seconds > 0."""
     return _seconds(text, allow_zero=False)
+
+
+def _lifetime(text: str) -> float:
+    """Argparse type: a token lifetime, by the library's rule for ``expires_in``."""
+    value = _number(text)
+    _checked(text, lifetime_problem(value))
+    return float(value)
+
+
+def _integer(text: str) -> int | str:
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def _count(text: str, *, minimum: int = 1) -> int:
+    """Argparse type: an integer >= ``minimum``, by the library's rule for counts."""
+    value = _integer(text)
+    _checked(text, count_problem(value, minimum=minimum))
+    return int(value)
 
 
 def _positive_int(text: str) -> int:
     """Argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return _count(text)
+
+
+def _non_negative_int(text: str) -> int:
+    """Argparse type: an integer >= 0."""
+    return _count(text, minimum=0)
+
+
+def _int_between(text: str, low: int, high: int, what: str) -> int:
+    value = _integer(text)
+    if not isinstance(value, int) or not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what} ({low} to {high})")
     return value
 
 
 def _port(text: str) -> int:
     """Argparse type: a TCP port, 0 for any free one."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0 to 65535)")
-    return value
+    return _int_between(text, 0, 65535, "a port number")
 
 
 def _status(text: str) -> int:
     """Argparse type: an HTTP error status the fake can answer."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an HTTP status") from None
-    if not 400 <= value <= 599:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an HTTP error status (400 to 599)")
-    return value
+    return _int_between(text, 400, 599, "an HTTP error status")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -410,7 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     fake.add_argument(
         "--expires-in",
         metavar="SECONDS",
-        type=_positive_seconds,
+        type=_lifetime,
         default=3600.0,
         help="lifetime of the tokens it issues (default: %(default)g)",
     )
@@ -424,7 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     fake.add_argument(
         "--fail-first",
         metavar="N",
-        type=int,
+        type=_non_negative_int,
         default=0,
         help="answer the first N token requests with --error-status",
     )
@@ -477,7 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--expires-in",
         metavar="SECONDS",
-        type=_positive_seconds,
+        type=_lifetime,
         default=5.0,
         help="lifetime of the fake's tokens (default: %(default)g)",
     )
@@ -498,69 +521,48 @@ def build_parser() -> argparse.ArgumentParser:
 # -- token -------------------------------------------------------------------------------
 
 
-def _env(environ: Mapping[str, str], name: str) -> str | None:
-    value = environ.get(name)
-    return value if value is not None and value.strip() else None
+#: How ``token`` names each setting besides its variables, in the "missing" message.
+_FLAGS: Final = Flags(
+    client_id="--client-id",
+    secret="--client-secret-file PATH or --client-secret-stdin",  # noqa: S106 (flag names)
+    location="--region or --base-url",
+)
 
 
-def _read_secret(
-    args: argparse.Namespace, environ: Mapping[str, str], stdin: IO[str]
-) -> Secret | None:
-    """The client secret from the flags or the environment; ``None`` when none is given."""
-    try:
-        if args.client_secret_file is not None:
+def _flag_secret(args: argparse.Namespace, stdin: IO[str]) -> Secret | None:
+    """The client secret a flag names (a file, or stdin); ``None`` when no flag does."""
+    if args.client_secret_file is not None:
+        try:
             return Secret(read_secret_file(args.client_secret_file, source="--client-secret-file"))
-        if args.client_secret_stdin:
-            try:
-                secret = Secret(strip_one_newline(stdin.read()))
-            except (OSError, UnicodeDecodeError):
-                raise _ExitError(EXIT_CONFIG, "cannot read the client secret from stdin") from None
-            if not secret.reveal().strip():
-                raise _ExitError(EXIT_CONFIG, "--client-secret-stdin: standard input is empty")
-            return secret
-        # Wrapped at once: no frame here holds the secret in a plain local.
-        secret_env = (
-            None if _env(environ, ENV_CLIENT_SECRET) is None else Secret(environ[ENV_CLIENT_SECRET])
+        except ConfigurationError as exc:
+            raise _ExitError(EXIT_CONFIG, str(exc)) from None
+    if args.client_secret_stdin:
+        try:
+            # Wrapped at once: no frame here holds the secret in a plain local.
+            secret = Secret(strip_one_newline(stdin.read()))
+        except (OSError, UnicodeDecodeError):
+            raise _ExitError(EXIT_CONFIG, "cannot read the client secret from stdin") from None
+        if not secret.reveal().strip():
+            raise _ExitError(EXIT_CONFIG, "--client-secret-stdin: standard input is empty")
+        return secret
+    return None
+
+
+def _settings(args: argparse.Namespace, stdin: IO[str]) -> Settings:
+    """The settings from the flags, then the environment (the resolver from_env uses)."""
+    try:
+        return Settings.from_environ(
+            client_id=args.client_id,
+            client_secret=_flag_secret(args, stdin),
+            region=args.region,
+            base_url=args.base_url,
+            flags=_FLAGS,
         )
-        secret_file = _env(environ, ENV_CLIENT_SECRET_FILE)
-        if secret_env is not None and secret_file is not None:
-            raise _ExitError(
-                EXIT_CONFIG, f"set only one of {ENV_CLIENT_SECRET} and {ENV_CLIENT_SECRET_FILE}"
-            )
-        if secret_file is not None:
-            return Secret(read_secret_file(secret_file, source=ENV_CLIENT_SECRET_FILE))
     except ConfigurationError as exc:
         raise _ExitError(EXIT_CONFIG, str(exc)) from None
-    return secret_env
 
 
-def _build_provider(
-    args: argparse.Namespace, environ: Mapping[str, str], secret: Secret | None
-) -> TokenProvider:
-    client_id = args.client_id if args.client_id is not None else _env(environ, ENV_CLIENT_ID)
-    region: str | None = args.region
-    base_url: str | None = args.base_url
-    if region is None and base_url is None:
-        region, base_url = _env(environ, ENV_REGION), _env(environ, ENV_BASE_URL)
-        if region is not None and base_url is not None:
-            raise _ExitError(
-                EXIT_CONFIG,
-                f"both {ENV_REGION} and {ENV_BASE_URL} are set: unset one, or use --region "
-                "or --base-url",
-            )
-    # Everything missing in one message, so one try shows all there is to set.
-    missing = []
-    if client_id is None:
-        missing.append(f"client id ({ENV_CLIENT_ID} or --client-id)")
-    if secret is None:
-        missing.append(
-            f"client secret ({ENV_CLIENT_SECRET} or {ENV_CLIENT_SECRET_FILE}, or "
-            "--client-secret-file PATH or --client-secret-stdin)"
-        )
-    if region is None and base_url is None:
-        missing.append(f"region ({ENV_REGION} or {ENV_BASE_URL}, or --region or --base-url)")
-    if client_id is None or secret is None or missing:
-        raise _ExitError(EXIT_CONFIG, "missing " + "; ".join(missing))
+def _build_provider(args: argparse.Namespace, settings: Settings) -> TokenProvider:
     # The timeout bounds the whole command; one attempt gets at most 10 s of it, so a hung
     # connection still leaves time for a retry.
     timeout: float = args.timeout
@@ -568,10 +570,10 @@ def _build_provider(
     # As curl: --proxy wins ('' meaning none), else the environment's proxy variables.
     proxy: str | None = args.proxy or None
     provider = TokenProvider(
-        client_id,
-        secret,
-        region=region,
-        base_url=base_url,
+        settings.client_id,
+        settings.client_secret,
+        region=settings.region,
+        base_url=settings.base_url,
         timeout=min(timeout, 10.0),
         retry=retry,
         proxy=proxy,
@@ -623,13 +625,12 @@ def _configure_logging(verbosity: int) -> None:
 
 
 def _run_token(args: argparse.Namespace) -> int:
-    environ = os.environ
     if args.secret_flag is not None:
         raise _ExitError(EXIT_CONFIG, _SECRET_FLAG_REFUSED)
-    secret = _read_secret(args, environ, sys.stdin)
+    settings = _settings(args, sys.stdin)
     try:
         try:
-            provider = _build_provider(args, environ, secret)
+            provider = _build_provider(args, settings)
         except ConfigurationError as exc:
             raise _ExitError(EXIT_CONFIG, f"configuration error: {exc}") from None
         _configure_logging(args.verbose)
@@ -648,9 +649,7 @@ def _run_token(args: argparse.Namespace) -> int:
     except _ExitError as exc:
         # Belt and braces: the library never puts the secret in a message, and we check
         # with the library's own redaction (literal and URL-encoded, never mangling words).
-        if secret is None:
-            raise
-        raise _ExitError(exc.code, redact(str(exc), (secret,))) from None
+        raise _ExitError(exc.code, redact(str(exc), (settings.client_secret,))) from None
     sys.stdout.write(_render_token(token, args.format) + "\n")
     sys.stdout.flush()
     return EXIT_OK
@@ -727,8 +726,6 @@ async def _serve_fake(args: argparse.Namespace) -> int:
 
 
 def _run_fake_server(args: argparse.Namespace) -> int:
-    if args.fail_first < 0:
-        raise _ExitError(EXIT_CONFIG, "--fail-first must be 0 or more")
     for start, end in args.outage:
         if not end > start:
             raise _ExitError(EXIT_CONFIG, f"--outage {start:g} {end:g}: END must be after START")

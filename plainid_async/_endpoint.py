@@ -12,7 +12,6 @@ import email.utils
 import ipaddress
 import json
 import logging
-import math
 import os
 import random
 import re
@@ -25,10 +24,11 @@ import attrs
 from aiohttp import payload
 from yarl import URL
 
+from ._checks import check_count, check_seconds
 from ._log import LOGGER_NAME
 from ._origins import check_http_url, is_loopback_host, without_userinfo
 from ._secret import Secret, redact
-from ._token import MAX_LIFETIME, Token
+from ._token import Token, lifetime_problem
 from .exceptions import (
     ConfigurationError,
     InvalidCredentialsError,
@@ -244,24 +244,15 @@ def _reject_constant(name: str) -> NoReturn:
 
 
 def _parse_lifetime(value: object) -> float:
-    if isinstance(value, bool) or value is None:
-        _invalid(f"expires_in must be a number of seconds, not {type(value).__name__}")
+    # The wire format also allows a numeric string; the rule itself is _token's.
     if isinstance(value, str):
         if not _LIFETIME_TEXT_RE.fullmatch(value.strip()):
             _invalid("expires_in is a string that is not a plain number of seconds")
-        seconds = float(value.strip())
-    elif isinstance(value, (int, float)):
-        try:
-            seconds = float(value)
-        except OverflowError:
-            _invalid("expires_in is too large")
-    else:
-        _invalid(f"expires_in must be a number of seconds, not {type(value).__name__}")
-    if not math.isfinite(seconds) or seconds <= 0:
-        _invalid("expires_in must be a positive, finite number of seconds")
-    if seconds > MAX_LIFETIME:
-        _invalid(f"expires_in is absurdly large (over {MAX_LIFETIME:.0f} s)")
-    return seconds
+        value = float(value.strip())
+    problem = lifetime_problem(value)
+    if problem is not None:
+        _invalid(f"expires_in {problem}")
+    return float(value)  # type: ignore[arg-type]  # lifetime_problem saw an int or float
 
 
 def parse_token_response(
@@ -360,17 +351,12 @@ class RetryPolicy:
 
     @attempts.validator
     def _check_attempts(self, _: attrs.Attribute[int], value: int) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigurationError(f"attempts={value!r} must be an integer >= 1")
+        check_count("attempts", value)
 
     def __attrs_post_init__(self) -> None:
         """Check the durations."""
         for name in ("backoff_base", "backoff_max", "max_retry_after", "deadline"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ConfigurationError(f"{name}={value!r} must be a number of seconds")
-            if not math.isfinite(value) or value < 0:
-                raise ConfigurationError(f"{name}={value!r} must be a finite number >= 0")
+            check_seconds(name, getattr(self, name), allow_zero=True)
 
     def backoff(self, attempt: int, jitter: float) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based), with no hint.

@@ -21,7 +21,6 @@ import concurrent.futures
 import contextlib
 import logging
 import math
-import os
 import random
 import time
 import weakref
@@ -32,12 +31,14 @@ import aiohttp
 import attrs
 
 from ._cache import CacheKey, Flight, KeyState, TokenCache, default_cache, key_states_of
+from ._checks import check_bool, check_seconds, check_text
 from ._endpoint import RetryPolicy, _clean_text, request_token, resolve_endpoint, resolve_proxy
 from ._events import BUS, EventKind, FetchReason, Listener, TokenEvent, publish
 from ._log import LOGGER_NAME
 from ._middleware import provider_session
 from ._refresher import is_refresher_loop, refresher_loop
 from ._secret import Secret
+from ._settings import ENV_BASE_URL, ENV_CLIENT_ID, ENV_REGION, Settings
 from ._token import RefreshSchedule, Token, TokenState, schedule_for
 from .exceptions import (
     ConfigurationError,
@@ -76,13 +77,6 @@ GUARD_MAX: Final = 60.0
 WAIT_GRACE: Final = 0.25
 #: How often a caller waiting on a fetch of another, loop-bound loop checks that loop runs.
 ORPHAN_POLL: Final = 0.05
-
-ENV_CLIENT_ID: Final = "PLAINID_CLIENT_ID"
-ENV_CLIENT_SECRET: Final = "PLAINID_CLIENT_SECRET"  # noqa: S105 (a variable name)
-ENV_CLIENT_SECRET_FILE: Final = "PLAINID_CLIENT_SECRET_FILE"  # noqa: S105 (a variable name)
-ENV_REGION: Final = "PLAINID_REGION"
-ENV_BASE_URL: Final = "PLAINID_BASE_URL"
-
 
 _COLD_STATE: Final = KeyState()
 _NO_TOKEN: Final = Token("-", "Bearer", 1.0, 0.0, 0.0)  # never served: its refresh_at is -inf
@@ -245,70 +239,11 @@ def _cool_all() -> None:
 BUS.watchers.append(_cool_all)
 
 
-def _check_text(name: str, value: object) -> str:
-    if not isinstance(value, str):
-        raise ConfigurationError(f"{name} must be a string, not {type(value).__name__}")
-    if not value.strip():
-        raise ConfigurationError(f"{name} must not be empty or blank")
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
-        raise ConfigurationError(f"{name} must not contain control characters")
-    return value
-
-
-def _read_env(environ: Mapping[str, str], name: str) -> str | None:
-    value = environ.get(name)
-    return value if value is not None and value.strip() else None
-
-
-def _secret_or_none(value: str | None) -> Secret | None:
-    return None if value is None else Secret(value)
-
-
 def _wrap_secret(client_secret: object) -> Secret:
     if isinstance(client_secret, Secret):
-        _check_text("client_secret", client_secret.reveal())
+        check_text("client_secret", client_secret.reveal())
         return client_secret
-    return Secret(_check_text("client_secret", client_secret))
-
-
-def strip_one_newline(text: str) -> str:
-    """Drop one trailing line break (LF or CRLF), as editors and ``echo`` add one."""
-    return text.removesuffix("\n").removesuffix("\r") if text.endswith("\n") else text
-
-
-def read_secret_file(path: str | os.PathLike[str], *, source: str) -> str:
-    """Read a client secret from a file, such as a mounted Kubernetes or Docker secret.
-
-    Args:
-        path: The file.
-        source: What named the file, for messages (an environment variable or a flag).
-
-    Returns:
-        The secret, without one trailing newline.
-
-    Raises:
-        ConfigurationError: The file cannot be read or holds no secret; the message names
-            ``source`` and the path, never the content.
-    """
-    try:
-        with open(path, encoding="utf-8") as file:  # noqa: PTH123 (str and PathLike alike)
-            secret = strip_one_newline(file.read())
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "unreadable"
-        raise ConfigurationError(f"cannot read {source} {os.fspath(path)!r}: {reason}") from None
-    if not secret.strip():
-        raise ConfigurationError(f"{source} {os.fspath(path)!r} is empty")
-    return secret
-
-
-def _check_seconds(name: str, value: object, *, allow_zero: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigurationError(f"{name}={value!r} must be a number of seconds")
-    seconds = float(value)
-    if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ConfigurationError(f"{name}={value!r} must be a finite number {bound}")
-    return seconds
+    return Secret(check_text("client_secret", client_secret))
 
 
 def _wait_budget(retry: RetryPolicy, timeout: float) -> float:
@@ -405,18 +340,16 @@ class TokenProvider:
         self._client_secret = _wrap_secret(client_secret)
         # From here on no frame holds the secret in a plain local (tracebacks with locals).
         del client_secret
-        self._client_id = _check_text("client_id", client_id)
+        self._client_id = check_text("client_id", client_id)
         self._proxy = resolve_proxy(proxy)
-        if not isinstance(trust_env, bool):
-            raise ConfigurationError(f"trust_env must be a bool, not {type(trust_env).__name__}")
-        self._trust_env = trust_env
+        self._trust_env = check_bool("trust_env", trust_env)
         endpoint = resolve_endpoint(region=region, base_url=base_url)
         self._api_url = endpoint.api_url
         self._token_url = endpoint.token_url
         self._refresh_margin = (
             None
             if refresh_margin is None
-            else _check_seconds("refresh_margin", refresh_margin, allow_zero=True)
+            else check_seconds("refresh_margin", refresh_margin, allow_zero=True)
         )
         if cache is not None and not isinstance(cache, TokenCache):
             raise ConfigurationError("cache must implement plainid_async.TokenCache")
@@ -432,7 +365,7 @@ class TokenProvider:
                     "token requests send the credentials in the form body only"
                 )
         self._session = session
-        self._timeout = _check_seconds("timeout", timeout, allow_zero=False)
+        self._timeout = check_seconds("timeout", timeout, allow_zero=False)
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise ConfigurationError("retry must be a plainid_async.RetryPolicy")
         self._retry = RetryPolicy() if retry is None else retry
@@ -491,37 +424,16 @@ class TokenProvider:
             on_event: As for the constructor.
 
         Raises:
-            ConfigurationError: A variable is missing, blank or invalid; the message names it.
+            ConfigurationError: A variable is missing, blank or invalid; the message names
+                it, and names every missing variable at once.
         """  # noqa: D205 (the summary names four variables and needs two lines)
-        # No local of this frame holds the environment or the secret in plain text once
-        # they are read: a traceback with locals (Sentry's default) would show them.
-        env = os.environ if environ is None else environ
-        client_id, region, base_url = (
-            _read_env(env, name) for name in (ENV_CLIENT_ID, ENV_REGION, ENV_BASE_URL)
-        )
-        client_secret = _secret_or_none(_read_env(env, ENV_CLIENT_SECRET))
-        secret_file = _read_env(env, ENV_CLIENT_SECRET_FILE)
-        del env, environ
-        if client_secret is not None and secret_file is not None:
-            raise ConfigurationError(
-                f"set only one of {ENV_CLIENT_SECRET} and {ENV_CLIENT_SECRET_FILE}"
-            )
-        if secret_file is not None:
-            client_secret = Secret(read_secret_file(secret_file, source=ENV_CLIENT_SECRET_FILE))
-        if client_id is None:
-            raise ConfigurationError(f"environment variable {ENV_CLIENT_ID} is not set")
-        if client_secret is None:
-            raise ConfigurationError(
-                f"environment variable {ENV_CLIENT_SECRET} (or {ENV_CLIENT_SECRET_FILE}) is not set"
-            )
-        if (region is None) == (base_url is None):
-            raise ConfigurationError(f"set exactly one of {ENV_REGION} and {ENV_BASE_URL}")
+        settings = Settings.from_environ(environ)
         try:
             return cls(
-                client_id,
-                client_secret,
-                region=region,
-                base_url=base_url,
+                settings.client_id,
+                settings.client_secret,
+                region=settings.region,
+                base_url=settings.base_url,
                 refresh_margin=refresh_margin,
                 cache=cache,
                 session=session,
@@ -533,7 +445,7 @@ class TokenProvider:
                 on_event=on_event,
             )
         except ConfigurationError as exc:
-            source = ENV_REGION if region is not None else ENV_BASE_URL
+            source = ENV_REGION if settings.region is not None else ENV_BASE_URL
             raise ConfigurationError(f"{exc} (from {source} or {ENV_CLIENT_ID})") from None
 
     # -- public properties -------------------------------------------------------------

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Final, Protocol, cast
 
 from yarl import URL
 
+from ._checks import check_bool
 from ._origins import allowed_schemes, check_http_url, check_origins
 from .exceptions import ConfigurationError
 
@@ -82,8 +83,7 @@ class TokenScope:
     ) -> None:
         """Check the arguments and precompute the allowed origins."""
         provider = check_source(provider)
-        if not isinstance(retry_on_401, bool):
-            raise ConfigurationError(f"retry_on_401 must be a bool, not {retry_on_401!r}")
+        check_bool("retry_on_401", retry_on_401)
         self._provider: Final = provider
         extra = check_origins(origins)
         self._origins: Final = (provider.api_url.origin(), *extra)

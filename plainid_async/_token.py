@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import math
 import time
+from typing import TypeGuard
 
 import attrs
 
@@ -19,6 +20,8 @@ __all__ = [
     "RefreshSchedule",
     "Token",
     "TokenState",
+    "is_valid_lifetime",
+    "lifetime_problem",
     "schedule_for",
 ]
 
@@ -212,10 +215,35 @@ def schedule_for(token: Token, *, refresh_margin: float | None, jitter: float) -
     return RefreshSchedule(refresh_at=expiry - jittered, usable_until=expiry - hard)
 
 
-def is_valid_lifetime(value: float) -> bool:
-    """Whether ``value`` is a usable ``expires_in``: positive, finite, not absurd."""
-    return math.isfinite(value) and 0 < value <= MAX_LIFETIME
-
-
 #: Longest ``expires_in`` accepted: one year. Anything longer is a broken response.
 MAX_LIFETIME = 366 * 24 * 3600.0
+
+
+def lifetime_problem(value: object) -> str | None:
+    """What is wrong with ``value`` as a token lifetime (``expires_in``), or ``None``.
+
+    The one rule for lifetimes: parsing a token response, reading a token back from a
+    shared cache, and the lifetimes FakePlainID and the command line are given all use it.
+    A lifetime is a number of seconds (an ``int`` or ``float``, not a bool), positive,
+    finite and at most :data:`MAX_LIFETIME`.
+
+    Args:
+        value: The lifetime to check.
+
+    Returns:
+        What is wrong, worded to follow the parameter's name (``"expires_in " + problem``),
+        or ``None``.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"must be a number of seconds, not {type(value).__name__}"
+    # Compared as they are: Python compares an int of any size with a float exactly.
+    if (isinstance(value, float) and not math.isfinite(value)) or value <= 0:
+        return "must be a positive, finite number of seconds"
+    if value > MAX_LIFETIME:
+        return f"is absurdly large (over {MAX_LIFETIME:.0f} s)"
+    return None
+
+
+def is_valid_lifetime(value: object) -> TypeGuard[float]:
+    """Whether ``value`` is a usable ``expires_in`` (:func:`lifetime_problem` finds nothing)."""
+    return lifetime_problem(value) is None

@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Final, TypeVar
 import attrs
 
 from ._cache import DEFAULT_MAX_ENTRIES, KeyStates
+from ._checks import check_seconds
 from ._endpoint import RetryPolicy
 from ._events import EventKind, emit
 from ._log import LOGGER_NAME
@@ -221,12 +222,11 @@ def _open(key: CacheKey, value: str, ttl_ms: int) -> _Entry | None:
     if not isinstance(fields, dict):
         return None
     access_token, token_type = fields.get("access_token"), fields.get("token_type")
-    expires_in, expires_at = _number(fields.get("expires_in")), _number(fields.get("expires_at"))
+    expires_in, expires_at = fields.get("expires_in"), _number(fields.get("expires_at"))
     if (
         not isinstance(access_token, str)
         or not access_token
         or not isinstance(token_type, str)
-        or expires_in is None
         or not is_valid_lifetime(expires_in)
         or expires_at is None
         or not hmac.compare_digest(token_id, _token_id(key, access_token))
@@ -236,7 +236,7 @@ def _open(key: CacheKey, value: str, ttl_ms: int) -> _Entry | None:
     token = Token.from_wall_clock(
         access_token,
         token_type=token_type,
-        expires_in=expires_in,
+        expires_in=float(expires_in),
         expires_at=expires_at,
         now_monotonic=now_monotonic,
     )
@@ -256,15 +256,6 @@ def _text(value: object) -> str | None:
         except UnicodeDecodeError:
             return None
     return value if isinstance(value, str) else None
-
-
-def _positive(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigurationError(f"{name}={value!r} must be a number of seconds")
-    seconds = float(value)
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise ConfigurationError(f"{name}={value!r} must be a finite number > 0")
-    return seconds
 
 
 def _permission_refusal(error: BaseException) -> str | None:
@@ -342,10 +333,12 @@ class RedisTokenCache:
             raise ConfigurationError("namespace must not contain whitespace or braces")
         self._client = client
         self._namespace = namespace
-        self._timeout = _positive("timeout", timeout)
-        self._lock_timeout = _positive("lock_timeout", lock_timeout)
-        self._lock_poll_interval = _positive("lock_poll_interval", lock_poll_interval)
-        self._retry_interval = _positive("retry_interval", retry_interval)
+        self._timeout = check_seconds("timeout", timeout, allow_zero=False)
+        self._lock_timeout = check_seconds("lock_timeout", lock_timeout, allow_zero=False)
+        self._lock_poll_interval = check_seconds(
+            "lock_poll_interval", lock_poll_interval, allow_zero=False
+        )
+        self._retry_interval = check_seconds("retry_interval", retry_interval, allow_zero=False)
         # The lock poll backs off with the same rule as token retries and cool-downs.
         self._poll = RetryPolicy(
             backoff_base=self._lock_poll_interval, backoff_max=4 * self._lock_poll_interval

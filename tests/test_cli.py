@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import logging
+import math
 import os
 import re
 import signal
@@ -22,8 +23,10 @@ from rich.console import Console
 
 import plainid_async as pa
 from plainid_async import _cli, _demo
+from plainid_async._checks import count_problem, seconds_problem
 from plainid_async._demo import DemoOptions, run_demo
 from plainid_async._log import LOGGER_NAME
+from plainid_async._token import lifetime_problem
 from plainid_async.testing import FakePlainID, FakeResponse, free_port
 
 if TYPE_CHECKING:
@@ -474,6 +477,26 @@ async def test_timeout_minus_one_and_zero_state_the_same_rule(env: dict[str, str
         messages.append(line.replace(f"'{value}'", "VALUE"))
     assert messages[0] == messages[1]
     assert "> 0" in messages[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (("token", "--timeout", "nan"), seconds_problem(math.nan, allow_zero=False)),
+        (("token", "--attempts", "0"), count_problem(0)),
+        (("fake-server", "--latency", "-1"), seconds_problem(-1, allow_zero=True)),
+        (("fake-server", "--fail-first", "-1"), count_problem(-1, minimum=0)),
+        (("fake-server", "--expires-in", "1e10"), lifetime_problem(1e10)),
+        (("demo", "--expires-in", "1e10"), lifetime_problem(1e10)),
+        (("demo", "--workers", "x"), count_problem("x")),
+    ],
+    ids=" ".join,
+)
+async def test_option_values_are_refused_in_the_words_of_the_library_rule(
+    args: tuple[str, ...], words: str
+) -> None:
+    line = (await run_cli(*args)).assert_error(2)
+    assert f"argument {args[1]}: '{args[2]}' {words}" in line
 
 
 async def test_wrong_base_url_exits_4_and_says_check_region_or_base_url(

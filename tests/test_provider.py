@@ -196,6 +196,20 @@ def test_from_env_names_the_missing_or_bad_variable(env: dict[str, str], named: 
         pa.TokenProvider.from_env(env)
 
 
+def test_from_env_names_every_missing_variable_at_once() -> None:
+    with pytest.raises(pa.ConfigurationError) as info:
+        pa.TokenProvider.from_env({"PLAINID_CLIENT_SECRET": "s3cret-value"})
+    message = str(info.value)
+    for name in ("PLAINID_CLIENT_ID", "PLAINID_REGION", "PLAINID_BASE_URL"):
+        assert name in message
+    assert "client secret" not in message
+    assert "s3cret-value" not in message
+    with pytest.raises(pa.ConfigurationError) as info:
+        pa.TokenProvider.from_env({})
+    for name in ("PLAINID_CLIENT_ID", "PLAINID_CLIENT_SECRET", "PLAINID_REGION"):
+        assert name in str(info.value)
+
+
 def test_from_env_reads_the_secret_from_a_file(tmp_path: Path) -> None:
     secret_file = tmp_path / "secret"
     secret_file.write_text("file-secret\n")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import aiohttp
+import attrs
 import pytest
 import redis.asyncio
 from _redis_server import RedisServer, redis_binary
@@ -27,7 +28,8 @@ from plainid_async import (
     TokenCache,
     TokenProvider,
 )
-from plainid_async.redis import RedisTokenCache
+from plainid_async._token import MAX_LIFETIME
+from plainid_async.redis import RedisTokenCache, _open, _seal, _token_id
 from plainid_async.testing import FakePlainID
 
 if TYPE_CHECKING:
@@ -283,6 +285,17 @@ async def test_namespace_prefixes_every_key(client: redis.asyncio.Redis) -> None
         f"team-a:lock:{{{key.digest()}}}".encode(),
         f"team-a:token:{{{key.digest()}}}".encode(),
     ]
+
+
+@pytest.mark.parametrize("lifetime", [0, -1, MAX_LIFETIME + 1, True, None, "600"], ids=repr)
+def test_stored_token_whose_lifetime_breaks_the_rule_is_ignored(lifetime: object) -> None:
+    """A value the secret opens is still ignored when its expires_in breaks _token's rule."""
+    key = CacheKey.for_credentials("http://127.0.0.1:1/t", "c", "s")
+    good = made("tok")
+    token_id = _token_id(key, "tok")
+    assert _open(key, _seal(key, good, token_id), ttl_ms=0) is not None
+    odd = attrs.evolve(good, expires_in=lifetime)  # type: ignore[arg-type]
+    assert _open(key, _seal(key, odd, token_id), ttl_ms=0) is None
 
 
 async def test_expired_token_is_not_written(

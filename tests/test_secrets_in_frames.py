@@ -19,7 +19,13 @@ import pytest
 import sentry_sdk
 from sentry_sdk.transport import Transport
 
-from plainid_async import MemoryTokenCache, RetryPolicy, TokenProvider, TokenRequestError
+from plainid_async import (
+    ConfigurationError,
+    MemoryTokenCache,
+    RetryPolicy,
+    TokenProvider,
+    TokenRequestError,
+)
 from plainid_async.testing import FakePlainID, FakeResponse
 
 if TYPE_CHECKING:
@@ -172,3 +178,29 @@ def test_bad_configuration_from_the_environment(monkeypatch: pytest.MonkeyPatch)
     for current in chain(info.value):
         text = with_locals(current)
         assert all(form not in text for form in FORMS)
+
+
+@pytest.mark.parametrize(
+    "variables",
+    [
+        {"PLAINID_REGION": "us1"},  # no client id: the resolver itself raises
+        {"PLAINID_CLIENT_ID": "a", "PLAINID_REGION": "us1", "PLAINID_BASE_URL": "https://x.io"},
+        {"PLAINID_CLIENT_ID": "a", "PLAINID_CLIENT_SECRET_FILE": "/no/such/file"},
+    ],
+)
+def test_settings_from_the_environment_that_fail_hold_no_secret_in_a_frame(
+    monkeypatch: pytest.MonkeyPatch, variables: dict[str, str]
+) -> None:
+    """Every frame of the resolver's errors, Sentry's event included, is free of the secret."""
+    monkeypatch.setenv("PLAINID_CLIENT_SECRET", SECRET)
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigurationError) as info:
+        TokenProvider.from_env()
+    text = with_locals(info.value)
+    assert "client_secret = Secret('***')" in text or "env_secret = Secret('***')" in text
+    for current in chain(info.value):
+        assert all(form not in with_locals(current) for form in FORMS)
+    event = json.dumps(sentry_event(info.value), default=repr)
+    assert '"vars"' in event
+    assert all(form not in event for form in FORMS)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 from typing import Any
 
 import attrs
 import pytest
 
+from plainid_async import ConfigurationError, InvalidTokenResponseError
+from plainid_async._endpoint import parse_token_response
 from plainid_async._token import (
     JITTER_FRACTION,
     MAX_LIFETIME,
@@ -15,8 +18,10 @@ from plainid_async._token import (
     Token,
     TokenState,
     is_valid_lifetime,
+    lifetime_problem,
     schedule_for,
 )
+from plainid_async.testing import FakePlainID
 
 ACCESS = "eyJhbGciOi.secret-token-value.sig"
 
@@ -124,6 +129,57 @@ def test_token_survives_pickling_with_equal_value() -> None:
 )
 def test_is_valid_lifetime(value: float, valid: bool) -> None:
     assert is_valid_lifetime(value) is valid
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [
+        (True, "must be a number of seconds, not bool"),
+        (None, "must be a number of seconds, not NoneType"),
+        ("60", "must be a number of seconds, not str"),
+        (0, "must be a positive, finite number of seconds"),
+        (-1.5, "must be a positive, finite number of seconds"),
+        (float("nan"), "must be a positive, finite number of seconds"),
+        (float("inf"), "must be a positive, finite number of seconds"),
+        (-(10**400), "must be a positive, finite number of seconds"),
+        (MAX_LIFETIME + 1, "is absurdly large (over 31622400 s)"),
+        (10**400, "is absurdly large (over 31622400 s)"),
+    ],
+)
+def test_lifetime_problem_says_what_is_wrong(value: object, words: str) -> None:
+    assert lifetime_problem(value) == words
+    assert not is_valid_lifetime(value)
+
+
+@pytest.mark.parametrize("value", [1, 0.05, 3600, MAX_LIFETIME, int(MAX_LIFETIME)])
+def test_lifetime_problem_finds_nothing_in_a_usable_lifetime(value: float) -> None:
+    assert lifetime_problem(value) is None
+    assert is_valid_lifetime(value)
+
+
+#: Lifetimes JSON can carry that the rule refuses.
+WIRE_BAD = [0, -1, MAX_LIFETIME + 1, 10**400, True, None, [60]]
+
+
+@pytest.mark.parametrize("value", WIRE_BAD, ids=repr)
+def test_a_token_response_is_refused_with_the_words_of_the_one_rule(value: object) -> None:
+    body = {"access_token": "t", "token_type": "Bearer", "expires_in": value}
+    with pytest.raises(InvalidTokenResponseError) as info:
+        parse_token_response(json.dumps(body).encode())
+    assert f"expires_in {lifetime_problem(value)}" in str(info.value)
+
+
+@pytest.mark.parametrize("value", [*WIRE_BAD, float("nan"), float("inf"), "60"], ids=repr)
+def test_fake_plainid_takes_only_lifetimes_the_library_accepts(value: object) -> None:
+    expected = f"expires_in={value!r} {lifetime_problem(value)}"
+    with pytest.raises(ConfigurationError) as info:
+        FakePlainID(expires_in=value)  # type: ignore[arg-type]
+    assert str(info.value) == expected
+    fake = FakePlainID(expires_in=60)
+    with pytest.raises(ConfigurationError) as info:
+        fake.expires_in = value  # type: ignore[assignment]
+    assert str(info.value) == expected
+    assert fake.expires_in == 60
 
 
 # -- RefreshSchedule.state -----------------------------------------------------------------

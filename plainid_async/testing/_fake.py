@@ -7,9 +7,7 @@ import collections
 import contextlib
 import hmac
 import http
-import ipaddress
 import json
-import math
 import re
 import secrets
 import socket
@@ -22,6 +20,11 @@ from typing import TYPE_CHECKING, Final, Self, TypeAlias, TypeVar
 import attrs
 from aiohttp import WSCloseCode, WSMsgType, hdrs, web
 from yarl import URL
+
+from plainid_async._checks import check_count, check_seconds, check_text
+from plainid_async._origins import is_loopback_host
+from plainid_async._token import lifetime_problem
+from plainid_async.exceptions import ConfigurationError
 
 if TYPE_CHECKING:
     import ssl
@@ -238,16 +241,7 @@ def _is_loopback_target(target: str) -> bool:
         return False
     if url.host is None:
         return not url.scheme and target.startswith("/") and not target.startswith("//")
-    return url.scheme in {"http", "https"} and _is_loopback_host(url.host)
-
-
-def _is_loopback_host(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return url.scheme in {"http", "https"} and is_loopback_host(url.host)
 
 
 def _parse_form(raw: bytes) -> tuple[dict[str, str], str | None]:
@@ -312,8 +306,6 @@ class FakePlainID:
 
     Attributes:
         client_id: The client id the fake was created with.
-        expires_in: Lifetime of the tokens it issues, in seconds.
-        latency: Seconds to wait before answering any token request.
         token_type: The ``token_type`` it answers, ``"Bearer"`` by default.
         hang: When true, token requests are never answered (until the client gives up
             or the fake closes); they are recorded with status ``0``.
@@ -364,28 +356,26 @@ class FakePlainID:
 
         Raises:
             ValueError: If the prefix has characters other than unreserved ones and
-                ``/``, or ``latency`` is negative, or a credential is empty.
+                ``/``, or ``latency`` is not a number of seconds >= 0, or ``expires_in`` not
+                a valid token lifetime, or a credential is empty or blank
+                (:class:`~plainid_async.ConfigurationError`, a ``ValueError``, for those).
         """
-        if not client_id or not client_secret:
-            raise ValueError("client_id and client_secret must not be empty")
-        if latency < 0:
-            raise ValueError("latency must not be negative")
+        check_text("client_id", client_id)
+        check_text("client_secret", client_secret)
         stripped = path_prefix.strip("/")
         prefix = f"/{stripped}" if stripped else ""
         if not _PREFIX_RE.fullmatch(prefix):
             raise ValueError(f"path_prefix {path_prefix!r} must be a plain path such as '/api'")
         self.client_id: str = client_id
-        self.expires_in: float = expires_in
-        self.latency: float = latency
+        self.expires_in = expires_in
+        self.latency = latency
         self.token_type: str = "Bearer"  # noqa: S105 - a token type, not a password
         self.hang: bool = False
         self.on_token_request: TokenRequestHook | None = None
         self.clock: Callable[[], float] = clock
         self.token_requests: list[TokenRequest] = []
         self.resource_requests: list[ResourceRequest] = []
-        if isinstance(max_records, bool) or not isinstance(max_records, int) or max_records < 1:
-            raise ValueError("max_records must be an integer >= 1")
-        self.max_records: int = max_records
+        self.max_records: int = check_count("max_records", max_records)
         self._host = host
         self._port = port
         self._prefix = prefix
@@ -401,6 +391,34 @@ class FakePlainID:
         self._shutdown: asyncio.Event | None = None
         self._base_url: URL | None = None
         self._closed = False
+
+    # -- knobs checked by the library's own rules ------------------------------------------
+
+    @property
+    def expires_in(self) -> float:
+        """Lifetime of the tokens it issues, in seconds; an int is answered as an int.
+
+        Any value the library accepts as ``expires_in``; set another and it raises
+        :class:`~plainid_async.ConfigurationError` (a ``ValueError``). To answer an invalid
+        lifetime, script it: ``fail_next(FakeResponse(body={..., "expires_in": -1}))``.
+        """
+        return self._expires_in
+
+    @expires_in.setter
+    def expires_in(self, value: float) -> None:
+        problem = lifetime_problem(value)
+        if problem is not None:
+            raise ConfigurationError(f"expires_in={value!r} {problem}")
+        self._expires_in = value
+
+    @property
+    def latency(self) -> float:
+        """Seconds to wait before answering any token request (a number >= 0)."""
+        return self._latency
+
+    @latency.setter
+    def latency(self, value: float) -> None:
+        self._latency = check_seconds("latency", value, allow_zero=True)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -520,11 +538,10 @@ class FakePlainID:
             client_secret: Its secret.
 
         Raises:
-            ValueError: If either is empty.
+            ValueError: If either is empty or blank.
         """
-        if not client_id or not client_secret:
-            raise ValueError("client_id and client_secret must not be empty")
-        self._clients[client_id] = client_secret
+        check_text("client_id", client_id)
+        self._clients[client_id] = check_text("client_secret", client_secret)
 
     def rotate_secret(self, client_id: str, new_secret: str) -> None:
         """Replace a client's secret, as PlainID's "regenerate secret" does.
@@ -538,13 +555,11 @@ class FakePlainID:
 
         Raises:
             KeyError: If the client is unknown.
-            ValueError: If the new secret is empty.
+            ValueError: If the new secret is empty or blank.
         """
         if client_id not in self._clients:
             raise KeyError(client_id)
-        if not new_secret:
-            raise ValueError("new_secret must not be empty")
-        self._clients[client_id] = new_secret
+        self._clients[client_id] = check_text("new_secret", new_secret)
 
     def is_valid(self, access_token: str) -> bool:
         """Whether a token was issued by this fake and is neither expired nor revoked.
@@ -746,7 +761,7 @@ class FakePlainID:
         token = secrets.token_urlsafe(32)
         lifetime = self.expires_in
         self._tokens[token] = _Issued(client_id=client_id, expires_at=self.clock() + lifetime)
-        whole = isinstance(lifetime, int) or (math.isfinite(lifetime) and lifetime.is_integer())
+        whole = isinstance(lifetime, int) or lifetime.is_integer()  # finite: the setter checks
         return web.json_response(
             {
                 "access_token": token,
@@ -776,11 +791,10 @@ class FakePlainID:
         if len(records) > self.max_records + self.max_records // 10:
             del records[: len(records) - self.max_records]
 
-    async def _handle_resource(self, request: web.Request) -> web.StreamResponse:
-        body = await request.read()
-        sent, authorized = self._bearer(request)
-        misdirected = _is_token_request(request, body)
-        status = 404 if misdirected else 200 if authorized else 401
+    def _record_resource(
+        self, request: web.Request, bearer: tuple[bool, bool], status: int, body: bytes = b""
+    ) -> None:
+        sent, authorized = bearer
         self._record(
             self.resource_requests,
             ResourceRequest(
@@ -792,6 +806,13 @@ class FakePlainID:
                 body=body,
             ),
         )
+
+    async def _handle_resource(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        sent, authorized = self._bearer(request)
+        misdirected = _is_token_request(request, body)
+        status = 404 if misdirected else 200 if authorized else 401
+        self._record_resource(request, (sent, authorized), status, body)
         if misdirected:
             # PlainID knows no such path: a wrong base_url must not look like bad credentials.
             return _json_error(404, f"no such path: {request.path}")
@@ -804,16 +825,7 @@ class FakePlainID:
         ws = web.WebSocketResponse()
         upgrade = ws.can_prepare(request).ok
         status = 401 if not authorized else 101 if upgrade else 400
-        self._record(
-            self.resource_requests,
-            ResourceRequest(
-                method=request.method,
-                path=request.path,
-                authorized=authorized,
-                status=status,
-                authorization_header=sent,
-            ),
-        )
+        self._record_resource(request, (sent, authorized), status)
         if not authorized:
             return self._unauthorized()
         if not upgrade:
