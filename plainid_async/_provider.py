@@ -978,8 +978,11 @@ class TokenProvider:
             # first step: they are not held by a long step chosen while nobody waited.
             nonlocal hurried
             if not wake.is_set():
+                # Not asyncio.wait_for: on Python 3.11 it drops a cancel (close()) that
+                # lands as the wait ends.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), delay)
+                    async with asyncio.timeout(delay):
+                        await wake.wait()
                 if wake.is_set():
                     hurried = 1
                 return

@@ -590,10 +590,14 @@ class RedisTokenCache:
         """
         if time.monotonic() < self._skip_until:
             return _UNAVAILABLE
+        task = asyncio.current_task()
+        cancels = 0 if task is None else task.cancelling()
         try:
             async with asyncio.timeout(self._timeout):
                 result = await command()
-        except Exception as error:  # noqa: BLE001 (whatever Redis does, the call must not fail)
+        except Exception as error:  # whatever Redis does, the call must not fail
+            if task is not None and task.cancelling() > cancels:
+                raise asyncio.CancelledError from error  # a cancel the client swallowed
             self._skip_until = time.monotonic() + self._retry_interval
             refusal = _permission_refusal(error)
             if refusal is not None:
@@ -611,6 +615,12 @@ class RedisTokenCache:
             else:
                 logger.debug("Redis token cache still unavailable")
             return _UNAVAILABLE
+        if task is not None and task.cancelling() > cancels:
+            # Cancelled during the command, yet the client answered: redis-py
+            # sends through asyncio.wait_for, which on Python 3.11 drops a cancel that lands
+            # as the write completes. Honour it, or a closed provider would go on polling
+            # the fleet lock until lock_timeout and then fetch a token.
+            raise asyncio.CancelledError
         if self._down:
             self._down = False
             logger.info("Redis token cache answers again")

@@ -531,6 +531,59 @@ async def test_closing_a_provider_that_waits_for_the_lock_leaves_it_alone(
     assert fake.token_requests == []
 
 
+class SwallowsOneCancel:
+    """A real client whose EVAL once answers although its task was cancelled meanwhile.
+
+    What redis-py (8.x, ``socket_timeout`` set) does on Python 3.11 now and then: it sends
+    through ``asyncio.wait_for``, which drops a cancel that lands as the write completes,
+    and the command returns its reply. Here the cancel lands there every time.
+    """
+
+    def __init__(self, client: redis.asyncio.Redis) -> None:
+        self.client = client
+        self.answered = asyncio.Event()  # an EVAL has its reply and waits to return it
+        self.swallowed = False
+
+    async def eval(self, *args: object) -> object:
+        reply = await self.client.eval(*args)  # type: ignore[arg-type]
+        if not self.swallowed:
+            self.answered.set()
+            try:
+                await asyncio.Event().wait()  # until cancelled
+            except asyncio.CancelledError:
+                self.swallowed = True  # the reply is returned, the cancel is lost
+        return reply
+
+    async def set(self, *args: object, **kwargs: object) -> object:
+        return await self.client.set(*args, **kwargs)  # type: ignore[arg-type]
+
+
+async def test_a_cancel_the_redis_client_swallows_still_stops_the_lock_wait(
+    client: redis.asyncio.Redis, cache_client: redis.asyncio.Redis, fake: FakePlainID
+) -> None:
+    swallowing = SwallowsOneCancel(cache_client)
+    cache = RedisTokenCache(
+        swallowing,  # type: ignore[arg-type]
+        timeout=5.0,
+        lock_timeout=30.0,
+        lock_poll_interval=0.02,
+    )
+    provider = provider_for(fake, cache)
+    name = cache.lock_key(provider.cache_key)
+    await client.set(name, "another-process", px=30_000)
+    waiting = asyncio.create_task(provider.get_token())
+    async with asyncio.timeout(10):  # far below the 30 s lock timeout; before: 30 s
+        await swallowing.answered.wait()  # the first lock poll is under way
+        await provider.close()  # its cancel lands inside that EVAL, which answers anyway
+        with pytest.raises(ProviderClosedError):
+            await waiting
+    assert swallowing.swallowed
+    await cache.flush()
+    assert await client.get(name) == b"another-process"
+    assert fake.token_requests == []
+    assert cache.key_states.flights() == []
+
+
 async def test_a_stale_lock_blocks_no_longer_than_the_lock_timeout(
     client: redis.asyncio.Redis, cache_client: redis.asyncio.Redis, fake: FakePlainID
 ) -> None:
