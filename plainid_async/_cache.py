@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Final, Protocol, runtime_checkable
 
 import attrs
 
-from ._events import BUS, EventKind, Listener, TokenEvent, publish
+from ._events import EventKind, Listener, emit
 from ._secret import Secret
 from .exceptions import ConfigurationError
 
@@ -264,7 +264,6 @@ class KeyState:
     last_success: float | None = None
     providers: int = 0
     listeners: tuple[Listener, ...] = attrs.field(default=(), repr=False)
-    warned: bool = attrs.field(default=False, repr=False)
     rejected: dict[str, float] | None = attrs.field(default=None, repr=False)
 
     def idle(self, now: float) -> bool:
@@ -413,20 +412,14 @@ class KeyStates:
             # that the state still holds the very token it cached.
             token, state.token, state.token_id = state.token, None, None
             self.evictions += 1
-            if state.listeners or BUS.listeners:
-                _evicted(key, state, token)
-
-
-def _evicted(key: CacheKey, state: KeyState, token: Token | None) -> None:
-    """Tell the key's providers and the subscribers that ``key`` was evicted."""
-    event = TokenEvent(
-        kind=EventKind.EVICTED,
-        client_id=key.client_id,
-        timestamp=time.time(),
-        expires_in=None if token is None else token.expires_in,
-        expires_at=None if token is None else token.expires_at,
-    )
-    publish(event, state.listeners)
+            # To the log, the key's providers and the subscribers.
+            emit(
+                EventKind.EVICTED,
+                key.client_id,
+                own=state.listeners,
+                expires_in=None if token is None else token.expires_in,
+                expires_at=None if token is None else token.expires_at,
+            )
 
 
 _SIDE_TABLES: weakref.WeakKeyDictionary[object, KeyStates] = weakref.WeakKeyDictionary()

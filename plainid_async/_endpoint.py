@@ -698,7 +698,7 @@ async def request_token(
             ``NO_PROXY`` (never from ``~/.netrc``).
         on_attempt: Called before each HTTP request (for statistics).
         on_retry: Called when an attempt failed and another follows, with the attempt's
-            error and the seconds until the next one (for the event stream).
+            error and the seconds until the next one (for the event stream, which logs it).
         sleep: Waits between attempts (a test may pass a fake).
         jitter: Returns a number in [0, 1) for backoff jitter.
 
@@ -794,13 +794,6 @@ async def _request_with_retries(
                 )
             error.retry_after = outcome.retry_after  # the provider's cool-down honours it
             raise error from outcome.cause
-        logger.info(
-            "token request %d for client %s failed (%s); retrying in %.2f s",
-            attempt,
-            client_id,
-            error,
-            delay,
-        )
         if on_retry is not None:
             on_retry(error, delay)
         await sleep(delay)

@@ -1,16 +1,19 @@
 """The event stream: one immutable event per decision the provider and the caches make.
 
-:attr:`TokenProvider.stats <plainid_async.TokenProvider.stats>` and :mod:`plainid_async.otel`
-consume this one stream, so they cannot disagree; :meth:`TokenProvider.health
-<plainid_async.TokenProvider.health>` reads the per-key state the same decisions leave in the
-cache. The emission points are the very places the core logs from.
+:attr:`TokenProvider.stats <plainid_async.TokenProvider.stats>`, :mod:`plainid_async.otel`
+and the ``plainid_async`` log consume this one stream, so they cannot disagree;
+:meth:`TokenProvider.health <plainid_async.TokenProvider.health>` reads the per-key state the
+same decisions leave in the cache.
 
-Listeners: the ``on_event=`` callable of one provider, and the process-wide subscribers
-(:func:`subscribe`, used by :mod:`plainid_async.otel`). No event object is built unless
-someone listens, and a provider's hot path looks at nothing of this: while anyone listens,
-lookups take the provider's slow path, which emits them (a subscriber that arrives empties
-every provider's hot slot through :data:`BUS`'s watchers). An exception in a listener is
-logged once per listener and never reaches the call that emitted the event.
+Consumers: the ``plainid_async`` log (:func:`emit` writes each decision's record, the one
+place that says what each kind logs and at which level), the ``on_event=`` callable of one
+provider, and the process-wide subscribers (:func:`subscribe`, used by
+:mod:`plainid_async.otel`). No event object is built unless a listener hears it, and no log
+record unless the logger is enabled for its level; a provider's hot path looks at nothing
+of this: while anyone listens, lookups take the provider's slow path, which emits them (a
+subscriber that arrives empties every provider's hot slot through :data:`BUS`'s
+watchers). Lookups are never logged, so the log needs no such detour. An exception in a
+listener is logged once per listener and never reaches the call that emitted the event.
 
 No event carries a secret or a token: only the client id, reasons, counts, HTTP statuses,
 durations, expiry times and redacted error text.
@@ -29,7 +32,7 @@ import attrs
 from ._log import LOGGER_NAME
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable, Iterable, Mapping
 
 __all__ = [
     "BUS",
@@ -39,6 +42,7 @@ __all__ = [
     "TokenEvent",
     "emit",
     "listening",
+    "log_level",
     "publish",
     "subscribe",
 ]
@@ -67,7 +71,9 @@ class EventKind(enum.Enum):
       ``expires_at``, ``failures``: failed fetches in a row that this one ends). ``attempts``
       is 0 when a shared cache already held a new token.
     * ``FETCH_FAILED``: no token was obtained, retries included (``attempts``, ``status``,
-      ``error``, ``error_type``, ``failures``: failed fetches in a row, this one included).
+      ``error``, ``error_type``, ``failures``: failed fetches in a row, this one included;
+      ``retry_in``: until the next fetch may start, the cool-down or the wait before the
+      next background refresh, ``None`` when calls may fetch again at once).
     * ``FETCH_CANCELLED``: the fetch was cancelled (its provider closed or its loop ended).
     * ``GAVE_UP``: a waiting caller gave up after its own provider's time budget, while the
       fetch it waited for goes on for the others (``error``, ``reason``, ``fetch_id``).
@@ -254,12 +260,253 @@ def listening(own: Listener | None) -> bool:
     return own is not None or bool(BUS.listeners)
 
 
-def emit(kind: EventKind, *, error: str | None = None) -> None:
-    """Put an event of a whole cache (no client id) on the stream, if anyone subscribed.
+def emit(
+    kind: EventKind,
+    client_id: str | None = None,
+    *,
+    own: tuple[Listener, ...] = (),
+    reason: FetchReason | None = None,
+    fetch_id: int | None = None,
+    attempts: int | None = None,
+    status: int | None = None,
+    error: str | None = None,
+    error_type: str | None = None,
+    duration: float | None = None,
+    retry_in: float | None = None,
+    expires_in: float | None = None,
+    expires_at: float | None = None,
+    failures: int | None = None,
+    cached: bool | None = None,
+) -> None:
+    """Put one decision on the stream: write its log record, then tell its listeners.
+
+    The :class:`TokenEvent` is built only when a listener hears it (``own`` or a
+    subscriber); the log record only when the logger is enabled for its level.
 
     Args:
         kind: What was decided.
+        client_id: The API client id, or ``None`` for an event of a whole cache.
+        own: The ``on_event`` listeners of the provider (or the key) it concerns.
+        reason: The :class:`TokenEvent` field of that name; so are the others below.
+        fetch_id: As in :class:`TokenEvent`.
+        attempts: As in :class:`TokenEvent`.
+        status: As in :class:`TokenEvent`.
         error: What went wrong, already fit to show (no secret, one line).
+        error_type: As in :class:`TokenEvent`.
+        duration: As in :class:`TokenEvent`.
+        retry_in: As in :class:`TokenEvent`.
+        expires_in: As in :class:`TokenEvent`.
+        expires_at: As in :class:`TokenEvent`.
+        failures: As in :class:`TokenEvent`.
+        cached: For the log only, on ``FETCH_FAILED``: whether a usable token is still
+            cached (it keeps being served), which the WARNING's wording tells.
     """
-    if BUS.listeners:
-        publish(TokenEvent(kind=kind, client_id=None, timestamp=time.time(), error=error))
+    level = log_level(kind, failures)
+    if level:
+        _log(
+            kind,
+            level,
+            client_id,
+            reason=reason,
+            attempts=attempts,
+            error=error,
+            retry_in=retry_in,
+            expires_in=expires_in,
+            failures=failures,
+            cached=cached,
+        )
+    if own or BUS.listeners:
+        event = TokenEvent(
+            kind=kind,
+            client_id=client_id,
+            timestamp=time.time(),
+            reason=reason,
+            fetch_id=fetch_id,
+            attempts=attempts,
+            status=status,
+            error=error,
+            error_type=error_type,
+            duration=duration,
+            retry_in=retry_in,
+            expires_in=expires_in,
+            expires_at=expires_at,
+            failures=failures,
+        )
+        publish(event, own)
+
+
+# -- the log: one more consumer of the stream ---------------------------------------------
+
+#: The level the log writes each kind at. Kinds not here are not logged: lookups come once
+#: per call (stats, health and listeners count them), and a cool-down, a caller that gave
+#: up or a cancelled fetch follows from a record that is logged or from the caller's error.
+_LOG_LEVELS: Final[dict[EventKind, int]] = {
+    EventKind.FETCH_STARTED: logging.DEBUG,
+    EventKind.ATTEMPT_FAILED: logging.INFO,
+    EventKind.FETCH_SUCCEEDED: logging.INFO,
+    EventKind.FETCH_FAILED: logging.WARNING,  # once per failure episode: DEBUG after
+    EventKind.UNAUTHORIZED_HELD: logging.DEBUG,
+    EventKind.REDIS_FALLBACK_ENTERED: logging.WARNING,
+    EventKind.REDIS_FALLBACK_LEFT: logging.INFO,
+    EventKind.EVICTED: logging.DEBUG,
+}
+#: The same, by the members' ids: hashing an enum member runs Python code (~0.2 us), and
+#: emit() looks a level up for every event, lookups included. Members live as long as
+#: the process, so their ids never change.
+_LEVEL_BY_ID: Final = {id(kind): level for kind, level in _LOG_LEVELS.items()}
+
+
+def log_level(kind: EventKind, failures: int | None = None) -> int:
+    """The level the log writes ``kind`` at now; 0 when it writes nothing.
+
+    Nothing: ``kind`` is not logged, or the ``plainid_async`` logger drops that level. A
+    failed fetch is a WARNING for the first failure in a row (one per failure episode),
+    DEBUG for the next ones.
+
+    Args:
+        kind: What was decided.
+        failures: For ``FETCH_FAILED``: failed fetches in a row, this one included.
+    """
+    level = _LEVEL_BY_ID.get(id(kind), 0)
+    if level and kind is EventKind.FETCH_FAILED and failures != 1:
+        level = logging.DEBUG
+    return level if level and logger.isEnabledFor(level) else 0
+
+
+def _log(  # noqa: C901 (one branch per kind)
+    kind: EventKind,
+    level: int,
+    client_id: str | None,
+    *,
+    reason: FetchReason | None,
+    attempts: int | None,
+    error: str | None,
+    retry_in: float | None,
+    expires_in: float | None,
+    failures: int | None,
+    cached: bool | None,
+) -> None:
+    """Write the record of one decision: what each kind says, from the event's fields.
+
+    Each record carries the kind's name as ``record.plainid_event`` (e.g. ``"fetch_failed"``).
+    """
+    extra = {"plainid_event": kind.value}
+    if kind is EventKind.FETCH_STARTED:
+        if reason is FetchReason.REFRESH:
+            logger.log(level, "background refresh started for client %s", client_id, extra=extra)
+        else:
+            why = None if reason is None else reason.value
+            logger.log(level, "token fetch started for client %s (%s)", client_id, why, extra=extra)
+    elif kind is EventKind.ATTEMPT_FAILED:
+        logger.log(
+            level,
+            "token request %d for client %s failed (%s); retrying in %.2f s",
+            attempts,
+            client_id,
+            error,
+            retry_in,
+            extra=extra,
+        )
+    elif kind is EventKind.FETCH_SUCCEEDED:
+        if attempts:  # 0: a shared cache already held a new token
+            logger.log(
+                level,
+                "token fetched for client %s (expires in %g s)",
+                client_id,
+                expires_in,
+                extra=extra,
+            )
+        if failures:
+            logger.log(
+                level,
+                "token endpoint recovered for client %s after %d failed fetches",
+                client_id,
+                failures,
+                extra=extra,
+            )
+    elif kind is EventKind.FETCH_FAILED:
+        _log_failed(
+            level,
+            extra,
+            client_id,
+            error=error,
+            retry_in=retry_in,
+            failures=failures,
+            cached=cached,
+        )
+    elif kind is EventKind.UNAUTHORIZED_HELD:
+        logger.log(
+            level,
+            "401 for client %s inside the 401 guard (%.1f s left): token kept",
+            client_id,
+            retry_in,
+            extra=extra,
+        )
+    elif kind is EventKind.REDIS_FALLBACK_ENTERED:
+        logger.log(
+            level,
+            "Redis token cache unavailable (%s): using this process's memory and fetching "
+            "tokens directly until Redis answers again",
+            error,
+            extra=extra,
+        )
+    elif kind is EventKind.REDIS_FALLBACK_LEFT:
+        logger.log(level, "Redis token cache answers again", extra=extra)
+    elif kind is EventKind.EVICTED:
+        logger.log(
+            level,
+            "token of client %s evicted: the memory cache holds its max_entries keys; "
+            "its next call fetches again",
+            client_id,
+            extra=extra,
+        )
+
+
+def _log_failed(
+    level: int,
+    extra: Mapping[str, object],
+    client_id: str | None,
+    *,
+    error: str | None,
+    retry_in: float | None,
+    failures: int | None,
+    cached: bool | None,
+) -> None:
+    """A failed fetch: the WARNING of an episode, by what is cached, or DEBUG after it."""
+    if failures != 1:
+        logger.log(
+            level,
+            "token fetch for client %s failed again (%d in a row): %s",
+            client_id,
+            failures,
+            error,
+            extra=extra,
+        )
+    elif cached:
+        logger.log(
+            level,
+            "token fetch for client %s failed: %s; the cached token, still valid, keeps "
+            "being served; next try in %.1f s",
+            client_id,
+            error,
+            retry_in,
+            extra=extra,
+        )
+    elif retry_in is not None:
+        logger.log(
+            level,
+            "token fetch for client %s failed: %s; no usable token is cached: calls fail at "
+            "once for %.1f s (cool-down), then try again",
+            client_id,
+            error,
+            retry_in,
+            extra=extra,
+        )
+    else:
+        logger.log(
+            level,
+            "token fetch for client %s failed: %s; no usable token is cached",
+            client_id,
+            error,
+            extra=extra,
+        )

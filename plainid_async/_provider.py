@@ -33,7 +33,7 @@ import attrs
 from ._cache import CacheKey, Flight, KeyState, TokenCache, default_cache, key_states_of
 from ._checks import check_bool, check_seconds, check_text
 from ._endpoint import RetryPolicy, _clean_text, request_token, resolve_endpoint, resolve_proxy
-from ._events import BUS, EventKind, FetchReason, Listener, TokenEvent, publish
+from ._events import BUS, EventKind, FetchReason, Listener, TokenEvent, emit, log_level
 from ._log import LOGGER_NAME
 from ._middleware import provider_session
 from ._refresher import is_refresher_loop, refresher_loop
@@ -619,11 +619,6 @@ class TokenProvider:
                 state.guard_until = now + _guard_interval(state.guard_step)
         if held > 0:
             self._emit(EventKind.UNAUTHORIZED_HELD, key, retry_in=held)
-            logger.debug(
-                "401 for client %s inside the 401 guard (%.1f s left): token kept",
-                key.client_id,
-                held,
-            )
             return False
         if self._discard(key, token):
             state.unauthorized = True  # the next fetch for this key is one because of this 401
@@ -728,28 +723,30 @@ class TokenProvider:
         error: BaseException | None = None,
         retry_in: float | None = None,
         failures: int | None = None,
+        cached: bool | None = None,
     ) -> None:
-        """Put one decision on the event stream: count it in stats, then tell listeners.
+        """Put one decision on the event stream: count it in stats, then log and tell listeners.
 
-        The event object is built only when someone listens (this provider's ``on_event``
-        or a process-wide subscriber): with nobody listening, this costs a counter.
+        The event's fields are worked out only when the log writes a record for it or
+        someone listens (this provider's ``on_event`` or a process-wide subscriber): with
+        neither, this costs a counter and a look at the logger's level.
         """
         _count(self._stats, kind, flight)
         listener = self._listener
-        if listener is None and not BUS.listeners:
-            return
         own = () if listener is None else (listener,)
+        if not own and not BUS.listeners and not log_level(kind, failures):
+            return
+        expires_in = expires_at = None
+        if token is not None:
+            expires_in, expires_at = token.expires_in, token.expires_at
         if flight is None and error is None:  # a lookup or the 401 guard: few fields
-            publish(
-                TokenEvent(
-                    kind=kind,
-                    client_id=key.client_id,
-                    timestamp=time.time(),
-                    retry_in=retry_in,
-                    expires_in=None if token is None else token.expires_in,
-                    expires_at=None if token is None else token.expires_at,
-                ),
-                own,
+            emit(
+                kind,
+                key.client_id,
+                own=own,
+                retry_in=retry_in,
+                expires_in=expires_in,
+                expires_at=expires_at,
             )
             return
         now = monotonic()
@@ -768,10 +765,10 @@ class TokenProvider:
                 attempts, duration = flight.attempts, now - flight.attempt_started
             elif kind is not EventKind.FETCH_STARTED:
                 attempts, duration = flight.attempts, now - flight.started
-        event = TokenEvent(
-            kind=kind,
-            client_id=key.client_id,
-            timestamp=time.time(),
+        emit(
+            kind,
+            key.client_id,
+            own=own,
             reason=reason,
             fetch_id=fetch_id,
             attempts=attempts,
@@ -780,11 +777,11 @@ class TokenProvider:
             error_type=error_type,
             duration=duration,
             retry_in=retry_in,
-            expires_in=None if token is None else token.expires_in,
-            expires_at=None if token is None else token.expires_at,
+            expires_in=expires_in,
+            expires_at=expires_at,
             failures=failures,
+            cached=cached,
         )
-        publish(event, own)
 
     @staticmethod
     def _describe(error: BaseException, key: CacheKey) -> str:
@@ -841,8 +838,6 @@ class TokenProvider:
             # After a cool-down, one attempt probes the endpoint: the failure streak already
             # spent a full retry budget, and each cool-down step costs one request.
             probe = not full_budget and reason in ("cold", "expired") and state.cooldown_until > 0
-        if reason == "refresh":
-            logger.debug("background refresh started for client %s", key.client_id)
         self._emit(EventKind.FETCH_STARTED, key, flight=flight)
         coro = self._fetch(flight, replacing, probe=probe)
 
@@ -951,12 +946,6 @@ class TokenProvider:
             retry = attrs.evolve(self._retry, attempts=1) if probe else self._retry
             token = await self._request(flight, retry)
             await self._cache.store(key, token)
-            logger.info(
-                "token fetched for client %s from %s (expires in %g s)",
-                key.client_id,
-                self._token_url,
-                token.expires_in,
-            )
             return token
 
     async def _request(self, flight: Flight, retry: RetryPolicy) -> Token:
@@ -1021,7 +1010,8 @@ class TokenProvider:
             error = task.exception()  # also marks it retrieved: no "never retrieved" warning
         key = flight.key
         ended = 0  # the failure streak a success ends
-        cooldown: float | None = None
+        retry_in: float | None = None
+        usable = cooling = False
         with self._states.lock:
             if state.flight is flight:
                 state.flight = None
@@ -1029,16 +1019,10 @@ class TokenProvider:
                 pass
             elif error is None:
                 ended = state.failures
-                if state.failures:
-                    logger.info(
-                        "token endpoint recovered for client %s after %d failed fetches",
-                        key.client_id,
-                        state.failures,
-                    )
                 _start_afresh(state)
                 state.last_success = time.time()
             else:
-                cooldown = self._failed(flight, state, error)
+                retry_in, usable, cooling = self._failed(flight, state, error)
                 ended = state.failures
         # Listeners hear of it outside the lock, before any waiter gets the outcome.
         if task.cancelled():
@@ -1050,24 +1034,35 @@ class TokenProvider:
             flight.future.set_result(token)
         else:
             assert error is not None  # noqa: S101 (neither cancelled nor a result)
-            self._emit(EventKind.FETCH_FAILED, key, flight=flight, error=error, failures=ended)
-            if cooldown is not None:
+            self._emit(
+                EventKind.FETCH_FAILED,
+                key,
+                flight=flight,
+                error=error,
+                retry_in=retry_in,
+                failures=ended,
+                cached=usable,
+            )
+            if cooling:
                 self._emit(
                     EventKind.COOLDOWN_STARTED,
                     key,
                     flight=flight,
                     error=error,
-                    retry_in=cooldown,
+                    retry_in=retry_in,
                     failures=ended,
                 )
             flight.future.set_exception(error)
         self._states.forget_if_idle(key)
 
-    def _failed(self, flight: Flight, state: KeyState, error: BaseException) -> float | None:
-        """Remember a failed fetch: the streak, when to try again, one WARNING per episode.
+    def _failed(
+        self, flight: Flight, state: KeyState, error: BaseException
+    ) -> tuple[float | None, bool, bool]:
+        """Remember a failed fetch: the streak, and when to try again.
 
         Returns:
-            The cool-down it starts, in seconds, or ``None`` (a usable token is cached).
+            Seconds until the next fetch may start (``None``: at once), whether a usable
+            token is still cached (it keeps being served), and whether a cool-down started.
         """
         key = flight.key
         state.failures += 1
@@ -1076,38 +1071,15 @@ class TokenProvider:
         retry_after = error.retry_after if isinstance(error, TokenRequestError) else None
         delay = self._cooldown_delay(state.failures, retry_after)
         state.failed_at, state.retry_at = now, now + delay
-        usable = self._usable(self._cache.get(key))
-        cooldown = None
-        if not usable and isinstance(error, TokenRequestError):
+        cached = self._cache.get(key)
+        if cached is not None and self._usable(cached):
+            # As _refresh_in_background waits: its backoff, cut short near expiry.
+            left = self._schedule(cached).usable_until - now
+            return min(delay, max(left / 2, BACKGROUND_RETRY_FLOOR)), True, False
+        if isinstance(error, TokenRequestError):
             state.cooldown_until = now + delay
-            cooldown = delay
-        described = error if isinstance(error, TokenRequestError) else type(error).__name__
-        if not state.warned:
-            state.warned = True
-            if usable:
-                logger.warning(
-                    "token fetch for client %s failed: %s; the cached token, still valid, "
-                    "keeps being served; next try in %.1f s",
-                    key.client_id,
-                    described,
-                    delay,
-                )
-            else:
-                logger.warning(
-                    "token fetch for client %s failed: %s; no usable token is cached: calls "
-                    "fail at once for %.1f s (cool-down), then try again",
-                    key.client_id,
-                    described,
-                    delay,
-                )
-        else:
-            logger.debug(
-                "token fetch for client %s failed again (%d in a row): %s",
-                key.client_id,
-                state.failures,
-                described,
-            )
-        return cooldown
+            return delay, False, True
+        return None, False, False
 
     def _cooldown_delay(self, failures: int, retry_after: float | None) -> float:
         """Seconds before the next fetch after ``failures`` failed fetches in a row.
@@ -1201,7 +1173,6 @@ def _start_afresh(state: KeyState) -> None:
     state.failures = 0
     state.last_error = None
     state.retry_at = state.cooldown_until = state.failed_at = 0.0
-    state.warned = False
 
 
 def _guard_interval(step: int) -> float:

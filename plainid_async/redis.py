@@ -605,13 +605,7 @@ class RedisTokenCache:
                 self._down = True  # the ERROR says it all: no WARNING about an outage
             elif not self._down:
                 self._down = True
-                described = _describe(error, self._timeout)
-                logger.warning(
-                    "Redis token cache unavailable (%s): using this process's memory and "
-                    "fetching tokens directly until Redis answers again",
-                    described,
-                )
-                emit(EventKind.REDIS_FALLBACK_ENTERED, error=described)
+                emit(EventKind.REDIS_FALLBACK_ENTERED, error=_describe(error, self._timeout))
             else:
                 logger.debug("Redis token cache still unavailable")
             return _UNAVAILABLE
@@ -623,7 +617,6 @@ class RedisTokenCache:
             raise asyncio.CancelledError
         if self._down:
             self._down = False
-            logger.info("Redis token cache answers again")
             emit(EventKind.REDIS_FALLBACK_LEFT)
         return result
 

@@ -375,7 +375,7 @@ async def test_a_cache_hit_builds_no_event_when_nobody_listens(
         built.append(event.kind)
         return event
 
-    monkeypatch.setattr(_provider, "TokenEvent", counting)
+    monkeypatch.setattr(_events, "TokenEvent", counting)
     quiet = provider_on(fake, pa.MemoryTokenCache())
     async with quiet:
         for _ in range(10):
@@ -439,6 +439,129 @@ def test_every_stats_field_is_documented() -> None:
     doc = pa.ProviderStats.__doc__ or ""
     for field in attrs.fields(pa.ProviderStats):
         assert f"{field.name}:" in doc, field.name
+
+
+# -- the log: one more consumer of the stream ---------------------------------------------
+
+
+def logged(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    """The library's records that report a decision (they name its kind)."""
+    return [r for r in caplog.records if hasattr(r, "plainid_event")]
+
+
+def runs(kinds: list[str]) -> list[str]:
+    """``kinds`` without repeats in a row (a decision may log one record or two)."""
+    return [k for i, k in enumerate(kinds) if i == 0 or kinds[i - 1] != k]
+
+
+async def test_a_provider_nobody_listens_to_logs_its_warning_without_building_events(
+    fake: FakePlainID, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="plainid_async")
+    built: list[TokenEvent] = []
+    real = TokenEvent
+
+    def counting(**fields: object) -> TokenEvent:
+        built.append(real(**fields))  # type: ignore[arg-type]
+        return built[-1]
+
+    monkeypatch.setattr(_events, "TokenEvent", counting)
+    fake.start_outage(503)
+    async with provider_on(fake, pa.MemoryTokenCache(), retry=FAST_RETRY) as provider:
+        with pytest.raises(pa.TokenEndpointUnavailableError):
+            await provider.get_token()
+    assert built == []
+    records = logged(caplog)
+    assert [r.plainid_event for r in records] == [  # type: ignore[attr-defined]
+        "fetch_started",
+        "attempt_failed",
+        "fetch_failed",
+    ]
+    started, retried, warning = records
+    assert (started.levelno, retried.levelno, warning.levelno) == (
+        logging.DEBUG,
+        logging.INFO,
+        logging.WARNING,
+    )
+    assert "token fetch started for client" in started.getMessage()
+    assert "retrying in" in retried.getMessage()
+    message = warning.getMessage()
+    assert "HTTP 503" in message
+    assert "no usable token is cached: calls fail at once for" in message
+
+
+async def test_the_log_reports_the_decisions_a_listener_sees(
+    fake: FakePlainID, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="plainid_async")
+    cache, seen = pa.MemoryTokenCache(), Recorder()
+    async with provider_on(fake, cache, on_event=seen, retry=FAST_RETRY) as provider:
+        stale = token_with(remaining=40)
+        await cache.store(provider.cache_key, stale)
+        fake.start_outage(503)
+        assert await provider.get_token() is stale  # its background refresh fails
+        await settle()
+        fake.end_outage()
+        state = cache.key_states.get(provider.cache_key)
+        assert state is not None
+        state.retry_at = 0.0  # let the backoff pass without sleeping
+        assert await provider.get_token() is stale  # its background refresh recovers
+        await settle()
+        fake.start_outage(503)
+        with pytest.raises(pa.TokenEndpointUnavailableError):
+            await provider.get_token(force_refresh=True)  # nothing usable is left
+    records = logged(caplog)
+    kinds = [r.plainid_event for r in records]  # type: ignore[attr-defined]
+    heard = [e.kind.value for e in seen.events if e.kind.value in kinds]
+    assert runs(kinds) == runs(heard)
+    assert set(kinds) == {"fetch_started", "attempt_failed", "fetch_succeeded", "fetch_failed"}
+    kept, cooling = [r for r in records if r.levelno == logging.WARNING]
+    first, second = seen.of(EventKind.FETCH_FAILED)
+    assert first.error is not None
+    assert second.error is not None
+    assert first.error in kept.getMessage()
+    assert "the cached token, still valid, keeps being served; next try in" in kept.getMessage()
+    assert second.error in cooling.getMessage()
+    assert "no usable token is cached" in cooling.getMessage()
+    # The next try the WARNINGs name is on the events too.
+    [cooldown] = seen.of(EventKind.COOLDOWN_STARTED)
+    assert second.retry_in == cooldown.retry_in
+    assert first.retry_in is not None
+    assert 0 < first.retry_in <= 40
+    [recovered] = [r for r in records if "recovered" in r.getMessage()]
+    assert recovered.levelno == logging.INFO
+    assert recovered.plainid_event == "fetch_succeeded"  # type: ignore[attr-defined]
+
+
+async def test_an_eviction_is_logged_with_nobody_listening(
+    fake: FakePlainID, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="plainid_async")
+    fake.add_client("other-client", "other-secret")
+    cache = pa.MemoryTokenCache(max_entries=1)
+    async with provider_on(fake, cache) as first:
+        await first.get_token()
+        async with pa.TokenProvider(
+            "other-client", "other-secret", base_url=str(fake.base_url), cache=cache
+        ) as other:
+            await other.get_token()
+    [evicted] = [r for r in logged(caplog) if r.plainid_event == "evicted"]  # type: ignore[attr-defined]
+    assert evicted.levelno == logging.DEBUG
+    assert f"token of client {fake.client_id} evicted" in evicted.getMessage()
+
+
+async def test_the_log_writes_nothing_below_its_level(
+    fake: FakePlainID, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="plainid_async")
+    async with provider_on(fake, pa.MemoryTokenCache()) as provider:
+        await provider.get_token()
+        await provider.get_token(force_refresh=True)
+    assert logged(caplog) == []
+    assert _events.log_level(EventKind.FETCH_STARTED) == 0
+    assert _events.log_level(EventKind.FETCH_FAILED, failures=1) == logging.WARNING
+    assert _events.log_level(EventKind.FETCH_FAILED, failures=2) == 0  # DEBUG after the first
+    assert _events.log_level(EventKind.HIT) == 0  # lookups are never logged
 
 
 # -- health() ---------------------------------------------------------------------------------
@@ -533,13 +656,14 @@ def test_health_report_is_immutable() -> None:
 
 
 async def test_redis_fallback_is_entered_and_left_and_health_says_where_tokens_come_from(
-    fake: FakePlainID, tmp_path: Path
+    fake: FakePlainID, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     import redis.asyncio  # noqa: PLC0415 (only this test needs it)
     from _redis_server import RedisServer, redis_binary  # noqa: PLC0415
 
     from plainid_async.redis import RedisTokenCache  # noqa: PLC0415
 
+    caplog.set_level(logging.INFO, logger="plainid_async")
     server = RedisServer(redis_binary(), tmp_path)
     server.start()
     seen = Recorder()
@@ -574,4 +698,11 @@ async def test_redis_fallback_is_entered_and_left_and_health_says_where_tokens_c
     [entered] = seen.of(EventKind.REDIS_FALLBACK_ENTERED)
     assert entered.client_id is None
     assert entered.error
+    # The log reports the same two decisions: one WARNING naming the error, one INFO.
+    fallback = [r for r in logged(caplog) if "redis" in r.plainid_event]  # type: ignore[attr-defined]
+    assert [(r.plainid_event, r.levelno) for r in fallback] == [  # type: ignore[attr-defined]
+        ("redis_fallback_entered", logging.WARNING),
+        ("redis_fallback_left", logging.INFO),
+    ]
+    assert entered.error in fallback[0].getMessage()
     assert_no_secret(seen.events, fake.client_secret, *fake.issued_tokens)
