@@ -487,7 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--seconds",
         metavar="N",
         type=_positive_seconds,
-        default=10.0,
+        default=8.0,
         help="how long the workload runs (default: %(default)g)",
     )
     demo.add_argument(

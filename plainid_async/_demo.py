@@ -80,7 +80,7 @@ class DemoOptions:
         plain: Print plain lines even where a rich live view is possible.
     """
 
-    seconds: float = 10.0
+    seconds: float = 8.0
     workers: int = 20
     expires_in: float = 5.0
     outage: bool = True
