@@ -7,11 +7,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 # The demo needs only the package and rich: a first `make demo` installs no dev tools.
 DEMO_STAMP := $(VENV)/.installed-demo
-# The Python's own pip installs into the venv (--python, pip >= 22.3, as Python 3.11 ships);
-# the build backend that pyproject.toml's [build-system] names is installed once, with
-# `editables` for an editable install, instead of into an isolated environment per build.
+# The Python's own pip installs into the venv (--python, pip >= 22.3, as Python 3.11 ships)
+# what pyproject.toml says the package and its `rich` extra need; the demo then runs the
+# package from this checkout (`python -m` puts it first on sys.path), so no build backend and
+# no build are needed for it. `make test` installs the package itself, editable.
 DEMO_PIP := $(PYTHON) -m pip --python $(BIN)/python install --quiet --disable-pip-version-check --no-compile
-BUILD_REQUIRES = $(shell $(PYTHON) -c "import tomllib; print(' '.join(repr(r) for r in tomllib.load(open('pyproject.toml', 'rb'))['build-system']['requires']))")
+DEMO_REQUIRES = $(shell $(PYTHON) -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print(' '.join(repr(r) for r in p['dependencies'] + p['optional-dependencies']['rich']))")
 
 .PHONY: demo test lint typecheck pytest docs bench clean
 
@@ -27,8 +28,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	touch $@
 
 $(DEMO_STAMP): pyproject.toml | $(BIN)/python
-	$(DEMO_PIP) $(BUILD_REQUIRES) editables
-	$(DEMO_PIP) --no-build-isolation -e '.[rich]'
+	$(DEMO_PIP) $(DEMO_REQUIRES)
 	touch $@
 
 ## The main job: the demo on the embedded fake PlainID server.
