@@ -242,10 +242,32 @@ class _ExitError(Exception):
         self.code = code
 
 
-def _version() -> str:
-    from . import __version__  # noqa: PLC0415 (read from the package metadata on demand)
+class _VersionAction(argparse.Action):
+    """``--version``: reads the package metadata only when asked, not on every parse.
 
-    return __version__
+    The demo runs from a checkout without the package installed (``make demo``), where there
+    is no metadata to read.
+    """
+
+    def __init__(self, option_strings: Sequence[str], dest: str, help: str | None = None) -> None:  # noqa: A002 (argparse's name)
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,  # noqa: ARG002 (argparse's signature)
+        values: object,  # noqa: ARG002
+        option_string: str | None = None,  # noqa: ARG002
+    ) -> None:
+        """Print the version and exit."""
+        from importlib.metadata import PackageNotFoundError  # noqa: PLC0415
+
+        try:
+            from . import __version__  # noqa: PLC0415 (read from the package metadata on demand)
+        except PackageNotFoundError:
+            __version__ = "(not installed: running from a source checkout)"
+        sys.stdout.write(f"{parser.prog} {__version__}\n")  # on stdout, as argparse's own
+        parser.exit()
 
 
 def _one_line(text: str) -> str:
@@ -340,9 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=f'{exit_codes_help()}\n\nRun "{PROG} COMMAND --help" for the options of a command.',
     )
-    parser.add_argument(
-        "--version", action="version", version=f"%(prog)s {_version()}", help="print the version"
-    )
+    parser.add_argument("--version", action=_VersionAction, help="print the version")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     token = commands.add_parser(

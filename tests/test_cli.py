@@ -456,6 +456,23 @@ async def test_version_prints_the_package_version() -> None:
     assert result.stdout.strip() == f"plainid-async {pa.__version__}"
 
 
+def test_a_checkout_without_package_metadata_parses_and_says_so_on_version(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`make demo` runs the package from the checkout, where there is no metadata to read."""
+    import importlib.metadata  # noqa: PLC0415
+
+    def missing(name: str) -> str:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", missing)
+    parser = _cli.build_parser()  # reads no metadata
+    with pytest.raises(SystemExit) as exited:
+        parser.parse_args(["--version"])
+    assert exited.value.code == 0
+    assert "not installed" in capsys.readouterr().out
+
+
 async def test_every_missing_variable_is_named_in_one_message(fake: FakePlainID) -> None:
     line = (await run_cli("token")).assert_error(2)
     for name in ("PLAINID_CLIENT_ID", "PLAINID_CLIENT_SECRET", "PLAINID_REGION"):
