@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import socket
 import subprocess
 import time
 from typing import TYPE_CHECKING, Self
 
-import pytest
+from _programs import require_program
 from aiohttp import web
 from yarl import URL
 
@@ -39,13 +37,7 @@ PROXY_VARIABLES = (
 
 def tinyproxy_binary() -> str:
     """Return the tinyproxy path, or skip (fail under ``PLAINID_REQUIRE_TINYPROXY``)."""
-    binary = shutil.which("tinyproxy")
-    if binary is None:
-        reason = "tinyproxy is not installed (apt-get install tinyproxy)"
-        if os.environ.get(REQUIRE_ENV):
-            pytest.fail(f"{reason}, and {REQUIRE_ENV} is set")
-        pytest.skip(reason)
-    return binary
+    return require_program("tinyproxy", package="tinyproxy", require_env=REQUIRE_ENV)
 
 
 class TinyProxy:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
 import socket
 import subprocess
 import time
 from typing import TYPE_CHECKING
 
-import pytest
+from _programs import require_program
 
 from plainid_async.testing import free_port
 
@@ -23,13 +21,7 @@ REQUIRE_ENV = "PLAINID_REQUIRE_REDIS"
 
 def redis_binary() -> str:
     """Return the redis-server path, or skip (fail under ``PLAINID_REQUIRE_REDIS``)."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        reason = "redis-server is not installed (apt-get install redis-server)"
-        if os.environ.get(REQUIRE_ENV):
-            pytest.fail(f"{reason}, and {REQUIRE_ENV} is set")
-        pytest.skip(reason)
-    return binary
+    return require_program("redis-server", package="redis-server", require_env=REQUIRE_ENV)
 
 
 class RedisServer:

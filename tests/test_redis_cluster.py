@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -13,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 import redis.asyncio
+from _programs import require_program
 from _redis_server import redis_binary
 from redis.asyncio.cluster import RedisCluster
 
@@ -51,13 +50,8 @@ asyncio.run(main(*sys.argv[1:]))
 
 
 def redis_cli() -> str:
-    binary = shutil.which("redis-cli")
-    if binary is None:
-        reason = "redis-cli is not installed (apt-get install redis-tools)"
-        if os.environ.get(REQUIRE_ENV):
-            pytest.fail(f"{reason}, and {REQUIRE_ENV} is set")
-        pytest.skip(reason)
-    return binary
+    """Return the redis-cli path, or skip (fail under ``PLAINID_REQUIRE_REDIS_CLUSTER``)."""
+    return require_program("redis-cli", package="redis-tools", require_env=REQUIRE_ENV)
 
 
 def cluster_ports(count: int) -> list[int]:
