@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    import subprocess
+    from collections.abc import Callable
 
 
 def require_program(name: str, *, package: str, require_env: str) -> str:
@@ -24,3 +30,31 @@ def require_program(name: str, *, package: str, require_env: str) -> str:
             pytest.fail(f"{reason}, and {require_env} is set")
         pytest.skip(reason)
     return binary
+
+
+def wait_started(
+    process: subprocess.Popen[bytes],
+    ready: Callable[[], bool],
+    *,
+    what: str,
+    timeout: float,
+    stop: Callable[[], None],
+) -> None:
+    """Wait until ``ready()`` says the program started; else ``stop()`` it and raise.
+
+    Args:
+        process: The program's process: if it exits, waiting stops at once.
+        ready: Whether the program answers yet.
+        what: What is starting, for the error (``"redis-server on port 6379"``).
+        timeout: How long to wait, in seconds.
+        stop: Stops the program before the error is raised.
+
+    Raises:
+        RuntimeError: The program exited, or did not answer within ``timeout``.
+    """
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop()
+            raise RuntimeError(f"{what} did not start")
+        time.sleep(0.02)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import time
 from typing import TYPE_CHECKING, Self
 
-from _programs import require_program
+from _programs import require_program, wait_started
 from aiohttp import web
 from yarl import URL
 
@@ -82,12 +81,13 @@ class TinyProxy:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + timeout
-        while not self._listening():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"tinyproxy did not start on port {self.port}")
-            time.sleep(0.02)
+        wait_started(
+            self.process,
+            self._listening,
+            what=f"tinyproxy on port {self.port}",
+            timeout=timeout,
+            stop=self.stop,
+        )
 
     def _listening(self) -> bool:
         try:

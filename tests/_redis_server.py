@@ -5,10 +5,9 @@ from __future__ import annotations
 import signal
 import socket
 import subprocess
-import time
 from typing import TYPE_CHECKING
 
-from _programs import require_program
+from _programs import require_program, wait_started
 
 from plainid_async.testing import free_port
 
@@ -52,12 +51,13 @@ class RedisServer:
         self.process = subprocess.Popen(  # noqa: S603 (a fixed binary found on PATH, fixed args)
             args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        deadline = time.monotonic() + timeout
-        while not self.ping():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"redis-server did not start on port {self.port}")
-            time.sleep(0.02)
+        wait_started(
+            self.process,
+            self.ping,
+            what=f"redis-server on port {self.port}",
+            timeout=timeout,
+            stop=self.stop,
+        )
 
     def ping(self) -> bool:
         try:

@@ -9,7 +9,7 @@ import pytest
 from _reliability import LoopWatch
 
 from plainid_async._refresher import refresher_loop
-from plainid_async.testing import running_fetches
+from plainid_async.testing import Flight, running_fetches
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -22,6 +22,24 @@ def _refresher_running() -> None:
     refresher_loop()
 
 
+async def cancel_leftover_fetches() -> list[Flight]:
+    """Cancel the token fetches still running, wait for them, and return them."""
+    leftover = running_fetches()
+    for flight in leftover:
+        flight.cancel()
+    if leftover:
+        await asyncio.gather(*(f.wait() for f in leftover), return_exceptions=True)
+    return leftover
+
+
+@pytest.fixture
+async def no_leftover_fetches() -> AsyncIterator[None]:
+    """Fail a test that leaves a token fetch running (each fetch removes itself when done)."""
+    yield
+    leftover = await cancel_leftover_fetches()
+    assert not leftover, f"token fetches still running at the end of the test: {leftover}"
+
+
 @pytest.fixture
 async def loop_watch() -> AsyncIterator[LoopWatch]:
     """A LoopWatch over the test; at the end no fetch or task it left, no loop error it caused.
@@ -32,11 +50,7 @@ async def loop_watch() -> AsyncIterator[LoopWatch]:
     """
     watch = LoopWatch.start()
     yield watch
-    leaked = running_fetches()
-    for flight in leaked:
-        flight.cancel()
-    if leaked:
-        await asyncio.gather(*(f.wait() for f in leaked), return_exceptions=True)
+    leaked = await cancel_leftover_fetches()
     seen = await watch.finish()
     assert not leaked, f"token fetches still running at the end of the test: {leaked}"
     assert seen["leaked_tasks"] == 0, watch.leaked_tasks()

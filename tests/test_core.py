@@ -46,14 +46,8 @@ async def settle() -> None:
     await asyncio.gather(*(f.wait() for f in running_fetches()), return_exceptions=True)
 
 
-@pytest.fixture(autouse=True)
-async def _no_leftover_flights() -> AsyncIterator[None]:
-    yield
-    leftover = running_fetches()
-    for flight in leftover:
-        flight.cancel()
-    await asyncio.gather(*(f.wait() for f in leftover), return_exceptions=True)
-    assert not leftover
+#: Every test here fails if it leaves a token fetch running.
+pytestmark = pytest.mark.usefixtures("no_leftover_fetches")
 
 
 @contextlib.contextmanager

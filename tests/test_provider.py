@@ -40,15 +40,8 @@ async def provider(
         yield p
 
 
-@pytest.fixture(autouse=True)
-async def _no_leftover_flights() -> AsyncIterator[None]:
-    yield
-    # every flight removes itself when done; a leftover would be a leak
-    leftover = running_fetches()
-    for flight in leftover:
-        flight.cancel()
-    await asyncio.gather(*(f.wait() for f in leftover), return_exceptions=True)
-    assert not leftover
+#: Every test here fails if it leaves a token fetch running.
+pytestmark = pytest.mark.usefixtures("no_leftover_fetches")
 
 
 def token_with(remaining: float, lifetime: float = 100.0, value: str = "preloaded") -> pa.Token:
