@@ -909,6 +909,10 @@ class TokenProvider:
         loop = flight.loop
         watch = loop is not asyncio.get_running_loop() and not is_refresher_loop(loop)
         while True:
+            if flight.future.done():
+                # The budget bounds waiting for a fetch, not taking its result: a loop busy
+                # past the deadline runs this waiter's timeout and its wake-up together.
+                return await asyncio.shield(waiting)
             left = deadline - monotonic()
             if left <= 0:
                 error = TokenEndpointUnavailableError(

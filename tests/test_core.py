@@ -148,6 +148,42 @@ async def test_a_fail_fast_provider_waits_only_its_own_budget_on_a_hung_shared_f
     )
 
 
+async def test_a_waiter_takes_the_token_that_arrived_while_its_loop_was_too_busy_to_wake_it() -> (
+    None
+):
+    """The fetch succeeds in time, but the callers' loop is busy past their budget (1,000
+    httpx requests queued on one pool did it in the cold-stampede benchmark): each waiter's
+    timeout and its wake-up then run together, and the token that is there wins.
+    """
+    budget = 0.3 + 0.25  # timeout, one attempt, plus the grace
+    succeeded = threading.Event()
+
+    def on_event(event: pa.TokenEvent) -> None:
+        if event.kind is pa.EventKind.FETCH_SUCCEEDED:
+            succeeded.set()
+
+    def other_work() -> None:
+        """Runs on the callers' loop: nothing else runs there until it returns."""
+        succeeded.wait(10)
+        time.sleep(budget * 2)
+
+    with fake_in_thread() as fake:
+        provider = provider_on(
+            fake,
+            pa.MemoryTokenCache(),
+            timeout=0.3,
+            retry=pa.RetryPolicy(attempts=1),
+            on_event=on_event,
+        )
+        async with provider:
+            callers = [asyncio.create_task(provider.get_token()) for _ in range(20)]
+            asyncio.get_running_loop().call_soon(other_work)  # after the callers start waiting
+            tokens = await asyncio.wait_for(asyncio.gather(*callers), 10)
+        assert succeeded.is_set()
+        assert {token.access_token for token in tokens} == set(fake.issued_tokens)
+        assert len(fake.token_requests) == 1
+
+
 async def test_waiters_on_another_loop_fetch_anew_when_the_fetch_loop_stops() -> None:
     """A fetch bound to loop A (a session= of A): A stops, the waiter on this loop goes on."""
     async with FakePlainID() as fake:
