@@ -16,13 +16,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import multiprocessing
 import statistics
 import sys
 import time
 
 import httpx
-from bench_middleware import TOKEN_BODY, _server_process
+from bench_middleware import TOKEN_BODY, serving
 
 from plainid_async import MemoryTokenCache, TokenProvider
 from plainid_async.httpx import BearerAuth
@@ -96,15 +95,8 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--goal", type=float, default=0.98)
     args = parser.parse_args()
-    parent, child = multiprocessing.Pipe()
-    server = multiprocessing.Process(target=_server_process, args=(child,), daemon=True)
-    server.start()
-    try:
-        port = parent.recv()
+    with serving() as port:
         ratio = asyncio.run(bench(port, args.rounds, args.requests))
-    finally:
-        parent.send("stop")
-        server.join(10)
     return 0 if ratio >= args.goal else 1
 
 

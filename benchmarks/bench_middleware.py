@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import multiprocessing
 import statistics
 import sys
@@ -29,6 +30,7 @@ from plainid_async import MemoryTokenCache, TokenProvider
 from plainid_async._middleware import BearerAuthMiddleware
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from multiprocessing.connection import Connection
 
     from aiohttp import ClientResponse
@@ -60,6 +62,20 @@ async def _serve(conn: Connection) -> None:
 
 def _server_process(conn: Connection) -> None:
     asyncio.run(_serve(conn))
+
+
+@contextlib.contextmanager
+def serving() -> Iterator[int]:
+    """The loopback server in a child process (its own CPU time); yields its port."""
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    server = ctx.Process(target=_server_process, args=(child,), daemon=True)
+    server.start()
+    try:
+        yield parent.recv()
+    finally:
+        parent.send("stop")
+        server.join(10)
 
 
 async def _run(session: aiohttp.ClientSession, url: URL, n: int) -> tuple[float, float]:
@@ -164,16 +180,8 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--goal", type=float, default=0.98)
     args = parser.parse_args()
-    ctx = multiprocessing.get_context("spawn")
-    parent, child = ctx.Pipe()
-    server = ctx.Process(target=_server_process, args=(child,), daemon=True)
-    server.start()
-    try:
-        port = parent.recv()
+    with serving() as port:
         ratio = asyncio.run(bench(port, args.rounds, args.requests))
-    finally:
-        parent.send("stop")
-        server.join(10)
     verdict = "met" if ratio >= args.goal else "NOT met"
     print(f"goal: middleware / static header >= {args.goal} (median of rounds): {verdict}")
     return 0 if ratio >= args.goal else 1

@@ -12,6 +12,8 @@ import json
 import ssl
 import subprocess
 import sys
+import tomllib
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -558,3 +560,36 @@ async def test_flow_asks_for_a_token_only_for_allowed_origins() -> None:
     assert mine["authorization"] == "Bearer t"
     assert calls == ["get_token"]
     assert json.dumps(other)  # a plain JSON echo, nothing else
+
+
+class _RecordingFinder:
+    """A ``sys.meta_path`` finder that records the modules Python had to look for."""
+
+    def __init__(self) -> None:
+        self.looked_up: list[str] = []
+
+    def find_spec(self, name: str, path: object = None, target: object = None) -> None:  # noqa: ARG002
+        self.looked_up.append(name)
+
+
+async def test_requests_do_not_search_for_sniffio_each_time(fake: FakePlainID) -> None:
+    """httpcore 1.0.x runs ``import sniffio`` for every lock and event it sets up; with
+    sniffio missing (anyio >= 4.11 no longer installs it) each one is a failed search of
+    sys.path, a few ms per request under concurrency. The ``httpx`` extra installs it.
+    """
+    finder = _RecordingFinder()
+    async with make_provider(fake) as provider, client(provider) as http:
+        await http.get("/api/1.0/policies")
+        sys.meta_path.insert(0, finder)
+        try:
+            for _ in range(3):
+                assert (await http.get("/api/1.0/policies")).status_code == 200
+        finally:
+            sys.meta_path.remove(finder)
+    assert "sniffio" not in finder.looked_up
+
+
+def test_the_httpx_extra_requires_sniffio() -> None:
+    project = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
+    extra = project["project"]["optional-dependencies"]["httpx"]
+    assert any(requirement.startswith("sniffio") for requirement in extra)
