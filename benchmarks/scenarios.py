@@ -121,11 +121,18 @@ def _base(scenario: str, contender: c.Contender, params: Record) -> Record:
 
 
 async def _open(server: ServerProcess, contender: c.Contender, **fake: float) -> c.Client:
+    """A fresh fake with ``fake``'s settings, and ``contender``'s client for it.
+
+    A static-header floor cannot refresh its token, so it always gets an hour-long one: its
+    rows are the same load with no token work at all, what the transport alone gives.
+    """
+    if contender.floor:
+        fake["expires_in"] = 3600.0
     base_url = await server.new_fake(client_id=CLIENT_ID, client_secret=CLIENT_SECRET, **fake)
     return await contender.make(c.Target(base_url, CLIENT_ID, CLIENT_SECRET))
 
 
-async def _run_at_rate(tally: Tally, client: c.Client, rate: float, duration: float) -> None:
+async def run_at_rate(tally: Tally, client: c.Client, rate: float, duration: float) -> None:
     """Start a GET every ``1 / rate`` s for ``duration`` s, then a bounded drain.
 
     An open load, as a web service sees it: requests arrive on their own schedule, whether or
@@ -149,9 +156,14 @@ async def _run_at_rate(tally: Tally, client: c.Client, rate: float, duration: fl
         if delay > 0:
             await asyncio.sleep(delay)
         tasks.append(asyncio.create_task(tally.call(client)))
+    await _settle(tasks, DRAIN_LIMIT)
+
+
+async def _settle(tasks: list[asyncio.Task[None]], limit: float) -> None:
+    """Wait up to ``limit`` s for ``tasks``, then cancel the rest and wait for them too."""
     if not tasks:
         return
-    _, pending = await asyncio.wait(tasks, timeout=DRAIN_LIMIT)
+    _, pending = await asyncio.wait(tasks, timeout=limit)
     for task in pending:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
@@ -176,10 +188,7 @@ async def cold_stampede(
         before = await server.stats()
         start = time.perf_counter()
         tasks = [asyncio.create_task(tally.call(client)) for _ in range(requests)]
-        _, pending = await asyncio.wait(tasks, timeout=limit)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await _settle(tasks, limit)
         wall = time.perf_counter() - start
         after = await server.stats()
     finally:
@@ -295,8 +304,7 @@ async def expiry_under_load(
 
     One request fetches the first token before the clock starts, so the cold start (which
     every client pays once) is not counted; everything after it is. A static-header floor
-    gets an hour-long token (it cannot refresh one): its row is the same load with no token
-    work at all, what the transport alone gives.
+    gets an hour-long token (see :func:`_open`).
     """
     params = {
         "expires_in_s": expires_in,
@@ -305,14 +313,13 @@ async def expiry_under_load(
         "duration_s": duration,
         "slow_s": slow,
     }
-    lifetime = 3600.0 if contender.floor else expires_in
-    client = await _open(server, contender, expires_in=lifetime, latency=latency)
+    client = await _open(server, contender, expires_in=expires_in, latency=latency)
     tally = Tally()
     try:
         await client.get(c.RESOURCE_PATH)
         stats_before = client.stats()
         before = await server.stats()
-        await _run_at_rate(tally, client, rate, duration)
+        await run_at_rate(tally, client, rate, duration)
         after = await server.stats()
         stats_after = client.stats()
     finally:
@@ -352,7 +359,7 @@ async def outage_in_refresh_window(
     """The token endpoint answers 503 from ``outage[0]`` to ``outage[1]`` s after the first
     token was fetched, while the token is still valid until ``expires_in``.
 
-    A static-header floor gets an hour-long token, as in :func:`expiry_under_load`.
+    A static-header floor gets an hour-long token (see :func:`_open`).
     """
     params = {
         "expires_in_s": expires_in,
@@ -361,8 +368,7 @@ async def outage_in_refresh_window(
         "duration_s": duration,
         "slow_s": slow,
     }
-    lifetime = 3600.0 if contender.floor else expires_in
-    client = await _open(server, contender, expires_in=lifetime)
+    client = await _open(server, contender, expires_in=expires_in)
     tally = Tally()
     counter = _CountWarnings()
     root = logging.getLogger()
@@ -372,7 +378,7 @@ async def outage_in_refresh_window(
         stats_before = client.stats()
         before = await server.stats()
         await server.outage(*outage)
-        await _run_at_rate(tally, client, rate, duration)
+        await run_at_rate(tally, client, rate, duration)
         after = await server.stats()
         stats_after = client.stats()
     finally:
