@@ -240,3 +240,19 @@ def test_middleware_bench_prints_the_cheapest_middleware_row(
     out = capsys.readouterr().out
     for name in (bench_middleware.OURS, bench_middleware.CHEAPEST, bench_middleware.STATIC):
         assert name in out
+
+
+def test_refresh_load_bench_measures_lag_and_cpu_per_refresh() -> None:
+    import bench_refresh_load as b  # noqa: PLC0415
+
+    with b.serving_https() as (port, context):
+        figures = asyncio.run(b.bench(port, context, rounds=3, seconds=0.2, tenants=2))
+    assert set(figures) == {
+        b.IDLE,
+        *(f"{kind}, {rate}" for kind in (b.REFRESHER, b.KEPT_ALIVE) for rate in ("20/s", "100/s")),
+    }
+    assert "CPU ms per refresh" not in figures[b.IDLE]
+    for name, figure in figures.items():
+        assert figure["p99 lag / idle"].rounds == 3
+        if name != b.IDLE:
+            assert figure["CPU ms per refresh"].rounds == 3
