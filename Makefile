@@ -19,7 +19,7 @@ DEMO_STAMP := $(VENV)/.installed-demo
 DEMO_PIP := $(PYTHON) -m pip --python $(BIN)/python install --quiet --disable-pip-version-check --no-compile
 DEMO_REQUIRES = $(shell $(PYTHON) -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print(' '.join(repr(r) for r in p['dependencies'] + p['optional-dependencies']['rich']))")
 
-.PHONY: demo test lint typecheck workflows pytest pytest-slow pytest-lowest docs dist bench clean
+.PHONY: demo readme-demo test lint typecheck workflows pytest pytest-slow pytest-lowest docs dist bench clean
 
 # The venv starts without pip (ensurepip costs seconds a first `make demo` need not pay): the
 # demo installs into it with the Python's own pip, and the dev set bootstraps pip first.
@@ -55,6 +55,10 @@ $(DEMO_STAMP): pyproject.toml | $(BIN)/python
 ## The main job: the demo on the embedded fake PlainID server.
 demo: $(DEMO_STAMP)
 	$(BIN)/python -m plainid_async demo
+
+## README.md's demo sample, from a fresh run of the demo.
+readme-demo: $(DEMO_STAMP)
+	$(BIN)/python scripts/update_readme_demo.py
 
 ## Every check: lint, format, types, workflows, docs, the test suite without the slow tests.
 test: lint typecheck workflows docs pytest
