@@ -78,6 +78,7 @@ class Process:
         log: Path,
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
+        stdin: bool = False,
     ) -> None:
         self.args = list(args)
         self.log_path = log
@@ -90,6 +91,7 @@ class Process:
             self.args,
             stdout=self._log,
             stderr=subprocess.STDOUT,
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
             env=environ,
             cwd=cwd or APPS,
             start_new_session=True,

@@ -22,19 +22,26 @@ logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(mess
 
 
 def redis_cache() -> TokenCache | None:
-    """A ``RedisTokenCache`` on ``REDIS_URL``, or ``None`` (the memory cache) when it is unset."""
+    """A ``RedisTokenCache`` on ``REDIS_URL`` or ``SENTINELS``; ``None`` (memory) without."""
     url = os.environ.get("REDIS_URL")
-    if not url:
+    sentinels = os.environ.get("SENTINELS")
+    if not url and not sentinels:
         return None
     from plainid_async.redis import RedisTokenCache  # noqa: PLC0415 (only with Redis)
 
+    if sentinels:  # "host:port,host:port,...": a master_for client of the "mymaster" service
+        from redis.asyncio.sentinel import Sentinel  # noqa: PLC0415
+
+        addresses = [(h, int(p)) for h, _, p in (a.rpartition(":") for a in sentinels.split(","))]
+        return RedisTokenCache(Sentinel(addresses, socket_timeout=1.0).master_for("mymaster"))
+
     from_url = getattr(RedisTokenCache, "from_url", None)
-    if from_url is not None:  # 0.3: a client per event loop, fork-safe
+    if url and from_url is not None:  # 0.3: a client per event loop, fork-safe
         cache: TokenCache = from_url(url)
         return cache
     import redis.asyncio  # noqa: PLC0415
 
-    return RedisTokenCache(redis.asyncio.Redis.from_url(url))
+    return RedisTokenCache(redis.asyncio.Redis.from_url(str(url)))
 
 
 def make_provider(cache: TokenCache | None = None) -> pa.TokenProvider:
