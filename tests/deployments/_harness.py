@@ -105,6 +105,13 @@ class Process:
         """Everything the process wrote so far."""
         return self.log_path.read_text(errors="replace")
 
+    def wait(self, timeout: float) -> int:
+        """Wait for the process to end by itself; its exit status."""
+        try:
+            return self.process.wait(timeout)
+        finally:
+            self._log.close()
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         """Send ``sig``, wait for the exit, and return the exit status (SIGKILL on a hang)."""
         if self.process.poll() is None:
