@@ -36,7 +36,10 @@ ROOT = HERE.parent.parent
 REQUIRE_ENV = "PLAINID_REQUIRE_DEPLOY"
 #: The fake's credentials (``fake-server`` serves these).
 CLIENT_ID = "test-client"
-CLIENT_SECRET = "test-secret"  # noqa: S105 (a fake credential)
+CLIENT_SECRET = "test-secret"
+#: Token lifetime for the tests that run across refreshes (seconds): long enough for a
+#: process to start, short enough for a few refreshes in a test of ~10 s.
+LIFETIME = 4.0
 
 
 def require_module(name: str) -> None:
@@ -83,7 +86,7 @@ class Process:
         self.args = list(args)
         self.log_path = log
         environ = {k: v for k, v in os.environ.items() if "PROXY" not in k.upper()}
-        environ["PYTHONPATH"] = os.pathsep.join([str(APPS), str(ROOT)])
+        environ["PYTHONPATH"] = os.pathsep.join([str(HERE.parent), str(ROOT)])
         environ["PYTHONUNBUFFERED"] = "1"
         environ.update(env or {})
         self._log = log.open("wb")
@@ -138,7 +141,9 @@ class Process:
 
 def problems(output: str) -> list[str]:
     """The lines of a log that a healthy run must not have: WARNING and above, tracebacks."""
-    bad = re.compile(r"\b(WARNING|ERROR|CRITICAL)\b.*plainid|Traceback|plainid_async.*\b(WARNING|ERROR)\b")
+    bad = re.compile(
+        r"\b(WARNING|ERROR|CRITICAL)\b.*plainid|Traceback|plainid_async.*\b(WARNING|ERROR)\b"
+    )
     return [line for line in output.splitlines() if bad.search(line)]
 
 
@@ -190,7 +195,7 @@ class ApiServer:
     def __init__(self, tmp: Path, fake: FakeServer) -> None:
         self.port = free_port()
         self.process = Process(
-            [sys.executable, str(APPS / "plainid_api.py"), fake.base_url, str(self.port)],
+            [sys.executable, "-m", "deployments.apps.plainid_api", fake.base_url, str(self.port)],
             log=tmp / "api.log",
         )
         self.url = f"http://127.0.0.1:{self.port}"
@@ -207,6 +212,15 @@ class ApiServer:
 
     def stop(self) -> None:
         assert self.process.stop(signal.SIGTERM) == 0, self.process.output()
+
+
+def uvicorn(port: int, app: str = "deployments.apps.fastapi_app:app", *, workers: int) -> list[str]:
+    """The command line of uvicorn serving ``app`` with ``workers`` processes on ``port``."""
+    return [
+        sys.executable, "-m", "uvicorn", app, "--workers", str(workers),
+        "--host", "127.0.0.1", "--port", str(port), "--no-access-log",
+        "--timeout-graceful-shutdown", "10",
+    ]  # fmt: skip
 
 
 def free_port() -> int:
@@ -228,7 +242,9 @@ def service_env(fake: FakeServer, api: ApiServer, **extra: str) -> dict[str, str
 
 
 @contextlib.contextmanager
-def plainid(tmp: Path, *, expires_in: float, latency: float = 0.0) -> Iterator[tuple[FakeServer, ApiServer]]:
+def plainid(
+    tmp: Path, *, expires_in: float, latency: float = 0.0
+) -> Iterator[tuple[FakeServer, ApiServer]]:
     """A fake token endpoint and the API, stopped (cleanly, checked) at the end."""
     fake = FakeServer(tmp, expires_in=expires_in, latency=latency).start()
     api: ApiServer | None = None

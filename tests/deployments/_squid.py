@@ -8,8 +8,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from _harness import REQUIRE_ENV, free_port, listening, wait_for
 from _programs import require_program
+
+from deployments._harness import REQUIRE_ENV, free_port, listening, wait_for
 
 #: Where Debian's squid keeps its helpers.
 NCSA_AUTH = Path("/usr/lib/squid/basic_ncsa_auth")
@@ -20,7 +21,9 @@ class Squid:
 
     def __init__(self, login: str, password: str) -> None:
         self.binary = require_program("squid", package="squid", require_env=REQUIRE_ENV)
-        self.htpasswd = require_program("htpasswd", package="apache2-utils", require_env=REQUIRE_ENV)
+        self.htpasswd = require_program(
+            "htpasswd", package="apache2-utils", require_env=REQUIRE_ENV
+        )
         self.login = login
         self.password = password
         self.port = free_port()

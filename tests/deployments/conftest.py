@@ -5,15 +5,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import pytest
-from _harness import ApiServer, FakeServer, plainid
+
+from deployments._harness import LIFETIME, ApiServer, FakeServer, plainid
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
-
-#: Token lifetime for the tests that run across refreshes (seconds): long enough for a
-#: process to start, short enough for a few refreshes in a test of ~10 s.
-LIFETIME = 4.0
 
 
 @pytest.fixture

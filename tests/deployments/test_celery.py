@@ -7,14 +7,14 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from _harness import Process, problems, refreshes, require_module, service_env
 from _redis_server import RedisServer, redis_binary
-from conftest import LIFETIME
+
+from deployments._harness import LIFETIME, Process, problems, refreshes, require_module, service_env
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from _harness import ApiServer, FakeServer
+    from deployments._harness import ApiServer, FakeServer
 
 CONCURRENCY = 4
 SECONDS = 10.0
@@ -33,7 +33,7 @@ def test_celery_worker_tasks_call_the_api_with_one_fetch_per_process_per_refresh
     env = service_env(fake, api, CELERY_BROKER_URL=broker.url)
     worker = Process(
         [
-            sys.executable, "-m", "celery", "-A", "celery_app", "worker",
+            sys.executable, "-m", "celery", "-A", "deployments.apps.celery_app", "worker",
             "--pool", pool, "--concurrency", str(CONCURRENCY), "--loglevel", "WARNING",
             "--without-gossip", "--without-mingle", "--without-heartbeat",
         ],

@@ -9,7 +9,8 @@ import time
 from typing import TYPE_CHECKING
 
 import pytest
-from _harness import APPS, Process, plainid, problems, service_env, wait_for
+
+from deployments._harness import Process, plainid, problems, service_env, wait_for
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -65,7 +66,7 @@ class Function:
 
 def start_function(tmp: Path, env: dict[str, str]) -> Function:
     process = Process(
-        [sys.executable, str(APPS / "lambda_runtime.py")],
+        [sys.executable, "-m", "deployments.apps.lambda_runtime"],
         log=tmp / "function.log",
         env=env,
         stdin=True,

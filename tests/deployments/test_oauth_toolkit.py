@@ -8,8 +8,15 @@ import sys
 from typing import TYPE_CHECKING
 
 import pytest
-from _harness import APPS, Process, free_port, listening, refreshes, require_module, wait_for
 
+from deployments._harness import (
+    Process,
+    free_port,
+    listening,
+    refreshes,
+    require_module,
+    wait_for,
+)
 from plainid_async import InvalidCredentialsError, MemoryTokenCache, TokenProvider
 
 if TYPE_CHECKING:
@@ -46,13 +53,15 @@ def toolkit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Toolkit]:
         "DOT_EXPIRES_IN": str(LIFETIME),
     }
     setup = Process(
-        [sys.executable, str(APPS / "oauth_site.py"), "setup"], log=tmp_path / "setup.log", env=env
+        [sys.executable, "-m", "deployments.apps.oauth_site", "setup"],
+        log=tmp_path / "setup.log",
+        env=env,
     )
     assert setup.wait(120) == 0, setup.output()
     port = free_port()
     server = Process(
         [
-            sys.executable, "-m", "gunicorn", "oauth_site:application",
+            sys.executable, "-m", "gunicorn", "deployments.apps.oauth_site:application",
             "--bind", f"127.0.0.1:{port}", "--workers", "1",
         ],
         log=tmp_path / "dot.log",
@@ -66,7 +75,9 @@ def toolkit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Toolkit]:
         server.kill()
 
 
-def provider(toolkit: Toolkit, client_id: str = "dot-client", secret: str = SECRET) -> TokenProvider:
+def provider(
+    toolkit: Toolkit, client_id: str = "dot-client", secret: str = SECRET
+) -> TokenProvider:
     return TokenProvider(client_id, secret, base_url=toolkit.url, cache=MemoryTokenCache())
 
 

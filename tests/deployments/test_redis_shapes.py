@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import subprocess
-import sys
-import time
 from typing import TYPE_CHECKING
 
 import pytest
-from _harness import (
+from _programs import require_program
+from _redis_server import RedisServer, redis_binary
+
+from deployments._harness import (
+    LIFETIME,
     REQUIRE_ENV,
     Load,
     Process,
@@ -18,28 +20,18 @@ from _harness import (
     refreshes,
     require_module,
     service_env,
+    uvicorn,
     wait_for,
 )
-from _programs import require_program
-from _redis_server import RedisServer, redis_binary
-from conftest import LIFETIME
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
-    from _harness import ApiServer, FakeServer
+    from deployments._harness import ApiServer, FakeServer
 
 WORKERS = 2
 SECONDS = 10.0
-
-
-def uvicorn(port: int) -> list[str]:
-    return [
-        sys.executable, "-m", "uvicorn", "fastapi_app:app", "--workers", str(WORKERS),
-        "--host", "127.0.0.1", "--port", str(port), "--no-access-log",
-        "--timeout-graceful-shutdown", "10",
-    ]  # fmt: skip
 
 
 def redis_cli(port: int, *args: str) -> str:
@@ -63,7 +55,9 @@ class SentinelSet:
         self.sentinels: list[subprocess.Popen[bytes]] = []
 
     def start(self) -> None:
-        sentinel = require_program("redis-sentinel", package="redis-sentinel", require_env=REQUIRE_ENV)
+        sentinel = require_program(
+            "redis-sentinel", package="redis-sentinel", require_env=REQUIRE_ENV
+        )
         master, replica = self.servers
         master.start()
         replica.start()
@@ -96,7 +90,9 @@ class SentinelSet:
         )
 
     def master_port(self) -> int:
-        answer = redis_cli(self.sentinel_ports[0], "SENTINEL", "GET-MASTER-ADDR-BY-NAME", "mymaster")
+        answer = redis_cli(
+            self.sentinel_ports[0], "SENTINEL", "GET-MASTER-ADDR-BY-NAME", "mymaster"
+        )
         return int(answer.split()[-1])
 
     @property
@@ -128,7 +124,7 @@ def test_sentinel_failover_mid_run_fails_no_call_and_the_fleet_fetches_once_per_
     fake, api = fake_and_api
     port = free_port()
     env = service_env(fake, api, SENTINELS=sentinel_set.addresses)
-    service = Process(uvicorn(port), log=tmp_path / "service.log", env=env)
+    service = Process(uvicorn(port, workers=WORKERS), log=tmp_path / "service.log", env=env)
     load = Load(f"http://127.0.0.1:{port}/call", threads=WORKERS)
     try:
         wait_for(lambda: listening(port), what="the service start")
@@ -170,7 +166,11 @@ def test_valkey_standalone_with_redis_py_one_fetch_per_refresh_for_the_fleet(
     valkey = RedisServer(valkey_binary(), tmp_path)
     valkey.start()
     port = free_port()
-    service = Process(uvicorn(port), log=tmp_path / "service.log", env=service_env(fake, api, REDIS_URL=valkey.url))
+    service = Process(
+        uvicorn(port, workers=WORKERS),
+        log=tmp_path / "service.log",
+        env=service_env(fake, api, REDIS_URL=valkey.url),
+    )
     load = Load(f"http://127.0.0.1:{port}/call", threads=WORKERS)
     try:
         wait_for(lambda: listening(port), what="the service start")

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 import pytest
 import trustme
 from _proxy import PROXY_VARIABLES
-from _squid import Squid
 
+from deployments._squid import Squid
 from plainid_async import RetryPolicy, TokenEndpointUnavailableError, TokenProvider
 from plainid_async.testing import FakePlainID
 
@@ -77,7 +77,9 @@ def settled_log(squid: Squid, lines: int) -> list[str]:
     return squid.access_log
 
 
-async def test_squid_without_credentials_is_a_407_sent_once(fake: FakePlainID, squid: Squid) -> None:
+async def test_squid_without_credentials_is_a_407_sent_once(
+    fake: FakePlainID, squid: Squid
+) -> None:
     async with provider_for(fake, proxy=squid.url) as provider:
         with pytest.raises(TokenEndpointUnavailableError) as info:
             await provider.get_token()
@@ -136,7 +138,7 @@ def run_cli(fake: FakePlainID, **env: str) -> subprocess.CompletedProcess[str]:
         PLAINID_BASE_URL=str(fake.base_url),
         **env,
     )
-    return subprocess.run(  # noqa: S603 (this Python, fixed arguments)
+    return subprocess.run(
         [sys.executable, "-m", "plainid_async", "token", "--attempts", "1"],
         capture_output=True,
         text=True,

@@ -7,14 +7,26 @@ from typing import TYPE_CHECKING
 
 import pytest
 from _redis_server import RedisServer, redis_binary
-from _harness import Load, Process, free_port, listening, problems, refreshes, require_module, service_env, wait_for
-from conftest import LIFETIME
+
+from deployments._harness import (
+    LIFETIME,
+    Load,
+    Process,
+    free_port,
+    listening,
+    problems,
+    refreshes,
+    require_module,
+    service_env,
+    uvicorn,
+    wait_for,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
-    from _harness import ApiServer, FakeServer
+    from deployments._harness import ApiServer, FakeServer
 
 WORKERS = 4
 SECONDS = 10.0
@@ -53,7 +65,7 @@ def check_counts(
 
 def gunicorn(port: int, *extra: str) -> list[str]:
     return [
-        sys.executable, "-m", "gunicorn", "gunicorn_aiohttp:app",
+        sys.executable, "-m", "gunicorn", "deployments.apps.gunicorn_aiohttp:app",
         "--worker-class", "aiohttp.GunicornWebWorker",
         "--workers", str(WORKERS), "--bind", f"127.0.0.1:{port}",
         "--graceful-timeout", "10", *extra,
@@ -77,21 +89,15 @@ def test_gunicorn_aiohttp_workers_each_fetch_once_per_refresh(
     check_counts(load, output, fake, api, processes=WORKERS + warm)
 
 
-def uvicorn(port: int, app: str = "fastapi_app:app") -> list[str]:
-    return [
-        sys.executable, "-m", "uvicorn", app, "--workers", str(WORKERS),
-        "--host", "127.0.0.1", "--port", str(port), "--no-access-log",
-        "--timeout-graceful-shutdown", "10",
-    ]  # fmt: skip
-
-
 def test_uvicorn_fastapi_lifespan_memory_cache_one_fetch_per_worker_per_refresh(
     fake_and_api: tuple[FakeServer, ApiServer], tmp_path: Path
 ) -> None:
     require_module("fastapi")
     fake, api = fake_and_api
     port = free_port()
-    load, output = run_service(uvicorn(port), port, tmp_path, service_env(fake, api))
+    load, output = run_service(
+        uvicorn(port, workers=WORKERS), port, tmp_path, service_env(fake, api)
+    )
     check_counts(load, output, fake, api, processes=WORKERS)
 
 
@@ -113,13 +119,13 @@ def test_uvicorn_fastapi_lifespan_redis_cache_one_fetch_per_refresh_for_the_flee
     fake, api = fake_and_api
     port = free_port()
     env = service_env(fake, api, REDIS_URL=redis_url)
-    load, output = run_service(uvicorn(port), port, tmp_path, env)
+    load, output = run_service(uvicorn(port, workers=WORKERS), port, tmp_path, env)
     check_counts(load, output, fake, api, processes=1)
 
 
 def django_wsgi(port: int) -> list[str]:
     return [
-        sys.executable, "-m", "gunicorn", "django_site:wsgi_application",
+        sys.executable, "-m", "gunicorn", "deployments.apps.django_site:wsgi_application",
         "--worker-class", "gthread", "--threads", "4", "--workers", "2",
         "--bind", f"127.0.0.1:{port}", "--graceful-timeout", "10",
     ]  # fmt: skip
@@ -155,7 +161,11 @@ def test_django_views_fetch_once_per_refresh(
     extra = {"REDIS_URL": request.getfixturevalue("redis_url")} if cache == "redis" else {}
     env = service_env(fake, api, **extra)
     if server == "asgi-async-view":
-        args, path, processes = uvicorn(port, "django_site:asgi_application"), "call", WORKERS
+        args, path, processes = (
+            uvicorn(port, "deployments.apps.django_site:asgi_application", workers=WORKERS),
+            "call",
+            WORKERS,
+        )
     else:
         args, path, processes = django_wsgi(port), "call-sync", 2
     load, output = run_service(args, port, tmp_path, env, path=path)

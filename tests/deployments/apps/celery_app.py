@@ -12,7 +12,8 @@ import asyncio
 import os
 
 from celery import Celery
-from service import call_api, make_provider
+
+from deployments.apps.service import call_api, make_provider
 
 app = Celery(
     "celery_app",
@@ -28,7 +29,9 @@ app.conf.update(
 PROVIDER = make_provider()
 
 
-@app.task(name="call_api")
 def call() -> dict[str, int]:
-    """Get a token, call the API, return what it said."""
+    """The task: get a token, call the API, return what it said."""
     return asyncio.run(call_api(PROVIDER))
+
+
+call_task = app.task(name="call_api")(call)

@@ -16,7 +16,8 @@ from django.core.asgi import get_asgi_application
 from django.core.wsgi import get_wsgi_application
 from django.http import HttpRequest, JsonResponse
 from django.urls import path
-from service import call_api, make_provider
+
+from deployments.apps.service import call_api, make_provider
 
 settings.configure(
     DEBUG=False,

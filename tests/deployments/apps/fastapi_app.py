@@ -1,4 +1,4 @@
-"""A FastAPI service whose lifespan creates the provider: ``uvicorn fastapi_app:app --workers 4``."""
+"""A FastAPI service whose lifespan creates the provider (``uvicorn fastapi_app:app``)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 from fastapi import FastAPI, Request
-from service import call_api, make_provider
+
+from deployments.apps.service import call_api, make_provider
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

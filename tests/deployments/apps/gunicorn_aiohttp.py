@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
-from service import call_api, make_provider
+
+from deployments.apps.service import call_api, make_provider
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

@@ -11,7 +11,7 @@ import asyncio
 import json
 import sys
 
-from service import call_api, make_provider
+from deployments.apps.service import call_api, make_provider
 
 PROVIDER = make_provider()
 

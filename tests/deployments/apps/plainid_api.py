@@ -8,6 +8,7 @@ fake's protected resource), 401 otherwise. ``/stats`` answers the tallies as JSO
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
@@ -15,6 +16,9 @@ from aiohttp import web
 COUNTS = web.AppKey("counts", dict[str, int])
 FAKE = web.AppKey("fake", str)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
 
 
 async def call(request: web.Request) -> web.Response:
@@ -36,7 +40,7 @@ async def stats(request: web.Request) -> web.Response:
     return web.json_response(request.app[COUNTS])
 
 
-async def _session(app: web.Application) -> object:
+async def _session(app: web.Application) -> AsyncIterator[None]:
     async with aiohttp.ClientSession() as session:
         app[SESSION] = session
         yield

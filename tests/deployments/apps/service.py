@@ -49,7 +49,9 @@ def make_provider(cache: TokenCache | None = None) -> pa.TokenProvider:
     return pa.TokenProvider.from_env(cache=cache if cache is not None else redis_cache())
 
 
-async def call_api(provider: pa.TokenProvider, session: aiohttp.ClientSession | None = None) -> dict[str, int]:
+async def call_api(
+    provider: pa.TokenProvider, session: aiohttp.ClientSession | None = None
+) -> dict[str, int]:
     """One API call with a token from ``provider``: ``{"api": status, "pid": ...}``."""
     token = await provider.get_token()
     url = f"{os.environ['PLAINID_API_URL']}/v1/resources"
