@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Final
 
 import attrs
 
-from ._secret import Secret
+from ._secret import Secret, read_secret_file, strip_one_newline
 from .exceptions import ConfigurationError
 
 if TYPE_CHECKING:
@@ -37,36 +37,6 @@ ENV_CLIENT_SECRET: Final = "PLAINID_CLIENT_SECRET"  # noqa: S105 (a variable nam
 ENV_CLIENT_SECRET_FILE: Final = "PLAINID_CLIENT_SECRET_FILE"  # noqa: S105 (a variable name)
 ENV_REGION: Final = "PLAINID_REGION"
 ENV_BASE_URL: Final = "PLAINID_BASE_URL"
-
-
-def strip_one_newline(text: str) -> str:
-    """Drop one trailing line break (LF or CRLF), as editors and ``echo`` add one."""
-    return text.removesuffix("\n").removesuffix("\r") if text.endswith("\n") else text
-
-
-def read_secret_file(path: str | os.PathLike[str], *, source: str) -> str:
-    """Read a client secret from a file, such as a mounted Kubernetes or Docker secret.
-
-    Args:
-        path: The file.
-        source: What named the file, for messages (an environment variable or a flag).
-
-    Returns:
-        The secret, without one trailing newline.
-
-    Raises:
-        ConfigurationError: The file cannot be read or holds no secret; the message names
-            ``source`` and the path, never the content.
-    """
-    try:
-        with open(path, encoding="utf-8") as file:  # noqa: PTH123 (str and PathLike alike)
-            secret = strip_one_newline(file.read())
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "unreadable"
-        raise ConfigurationError(f"cannot read {source} {os.fspath(path)!r}: {reason}") from None
-    if not secret.strip():
-        raise ConfigurationError(f"{source} {os.fspath(path)!r} is empty")
-    return secret
 
 
 @attrs.frozen
