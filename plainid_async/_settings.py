@@ -81,12 +81,15 @@ class Settings:
         client_secret: The API client secret, wrapped.
         region: The region, or ``None`` when ``base_url`` is given.
         base_url: The base URL, or ``None`` when ``region`` is given.
+        client_secret_file: The file the secret was read from (``PLAINID_CLIENT_SECRET_FILE``),
+            for a provider to re-read when it rotates; ``None`` when it came another way.
     """
 
     client_id: str
     client_secret: Secret = attrs.field(repr=False)
     region: str | None
     base_url: str | None
+    client_secret_file: str | None = None
 
     @classmethod
     def from_environ(
@@ -130,7 +133,9 @@ class Settings:
         )
         del env, environ
         names = _NO_FLAGS if flags is None else flags
+        from_file: str | None = None  # the file the secret came from, if it did
         if client_secret is None:
+            from_file = secret_file
             if env_secret is not None and secret_file is not None:
                 raise ConfigurationError(
                     f"set only one of {ENV_CLIENT_SECRET} and {ENV_CLIENT_SECRET_FILE}"
@@ -161,4 +166,4 @@ class Settings:
             missing.append(f"region ({_sources(variables, names.location)})")
         if client_id is None or client_secret is None or missing:
             raise ConfigurationError("missing " + "; ".join(missing))
-        return cls(client_id, client_secret, region, base_url)
+        return cls(client_id, client_secret, region, base_url, from_file)
