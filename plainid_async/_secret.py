@@ -225,8 +225,13 @@ class SecretFile:
             clock: The monotonic clock the interval is measured on.
 
         Raises:
-            ConfigurationError: The file cannot be read or holds no secret.
+            ConfigurationError: ``path`` is not a path, or the file cannot be read or holds
+                no secret; the message names ``source``.
         """
+        if not isinstance(path, (str, os.PathLike)):
+            raise ConfigurationError(f"{source} must be a file path, not {type(path).__name__}")
+        if not os.fspath(path):
+            raise ConfigurationError(f"{source} must be a file path, not an empty string")
         self._path: Final = os.fspath(path)
         self._source: Final = source
         self._interval: Final = interval

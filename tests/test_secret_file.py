@@ -108,3 +108,9 @@ def test_a_file_missing_or_emptied_mid_swap_keeps_the_last_good_secret(tmp_path:
     new = source.reload()
     assert new is not None
     assert new.reveal() == NEW
+
+
+@pytest.mark.parametrize("path", [None, 3, b"/run/secret", ""])
+def test_a_path_that_is_not_one_is_a_configuration_error_naming_the_source(path: object) -> None:
+    with pytest.raises(ConfigurationError, match="client_secret_file must be a file path"):
+        SecretFile(path, source="client_secret_file")  # type: ignore[arg-type]
