@@ -22,9 +22,10 @@ from typing import IO, TYPE_CHECKING, Final, NoReturn
 import attrs
 
 from ._checks import count_problem, seconds_problem
-from ._endpoint import RetryPolicy, proxy_from_env
+from ._endpoint import RetryPolicy
 from ._log import LOGGER_NAME
 from ._provider import TokenProvider
+from ._proxy import proxy_from_env
 from ._secret import Secret, redact
 from ._settings import (
     ENV_BASE_URL,
