@@ -58,6 +58,14 @@ def test_authorization_is_the_bearer_header_value() -> None:
     assert token(60).authorization == f"Bearer {ACCESS}"
 
 
+def test_authorization_is_built_once_per_token_and_never_shown() -> None:
+    issued = token(60)
+    assert issued.authorization is issued.authorization
+    assert ACCESS not in repr(issued)
+    moved = attrs.evolve(issued, access_token="other")
+    assert moved.authorization == "Bearer other"
+
+
 def test_equal_tokens_compare_equal_whatever_their_monotonic_expiry() -> None:
     a = Token.issued(ACCESS, expires_in=60, sent_at=1000.0, sent_at_monotonic=5.0)
     b = Token.issued(ACCESS, expires_in=60, sent_at=1000.0, sent_at_monotonic=999.0)
