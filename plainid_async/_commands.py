@@ -34,7 +34,7 @@ from ._cli import (
 from ._endpoint import RetryPolicy
 from ._log import LOGGER_NAME
 from ._provider import TokenProvider
-from ._proxy import proxy_from_env
+from ._proxy import proxy_from_env, resolve_proxy
 from ._secret import Secret, redact
 from ._settings import (
     ENV_BASE_URL,
@@ -141,7 +141,8 @@ def _build_provider(args: argparse.Namespace, settings: Settings) -> TokenProvid
     timeout: float = args.timeout
     retry = RetryPolicy(attempts=args.attempts, deadline=timeout)
     # As curl: --proxy wins ('' meaning none), else the environment's proxy variables.
-    proxy: str | None = args.proxy or None
+    # Resolved here, so a bad URL and a proxy that wants credentials are told as --proxy's.
+    proxy = resolve_proxy(args.proxy or None, source="--proxy")
     provider = TokenProvider(
         settings.client_id,
         settings.client_secret,
@@ -149,7 +150,7 @@ def _build_provider(args: argparse.Namespace, settings: Settings) -> TokenProvid
         base_url=settings.base_url,
         timeout=min(timeout, 10.0),
         retry=retry,
-        proxy=proxy,
+        proxy=proxy,  # type: ignore[arg-type]  # a resolved Proxy passes through as it is
         trust_env=args.proxy is None,
         ssl=_ca_context(args.cafile),
     )

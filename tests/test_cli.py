@@ -751,14 +751,23 @@ async def test_proxy_asking_for_credentials_exits_4_with_one_clear_line(
     )
     line = result.assert_error(4)
     assert "wants credentials" in line
+    assert "give them in HTTP_PROXY" in line  # the token URL is http
     assert server.headers == []
 
 
 async def test_invalid_proxy_flag_exits_2_without_its_password(env: dict[str, str]) -> None:
     result = await run_cli("token", "--proxy", f"socks5://u:{PROXY_PASSWORD}@127.0.0.1:1", env=env)
     line = result.assert_error(2)
-    assert "proxy" in line
+    assert "--proxy='socks5://127.0.0.1:1'" in line
     result.assert_clean(PROXY_PASSWORD)
+
+
+async def test_proxy_flag_asking_for_credentials_says_to_give_them_in_the_flag(
+    server: TokenServer, server_env: dict[str, str], proxy: TinyProxy
+) -> None:
+    line = (await run_cli("token", "--proxy", proxy.url, env=server_env)).assert_error(4)
+    assert "give them in --proxy as http://USER:PASSWORD@HOST:PORT" in line
+    assert server.headers == []
 
 
 async def test_invalid_proxy_variable_exits_2_naming_it_without_its_password(
