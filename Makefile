@@ -82,15 +82,18 @@ workflows: $(STAMP)
 	$(BIN)/zizmor --offline --quiet .github/workflows
 
 # The slow tests (soak, rotation under load: marked `slow`) run on their own, by .ci/run.
+# PYTEST_ARGS: more pytest arguments (.ci/run leaves tests/deployments out of its other runs).
+PYTEST_ARGS ?=
+
 pytest: $(TEST_STAMP)
-	$(BIN)/pytest -m "not slow"
+	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
 
 pytest-slow: $(TEST_STAMP)
 	$(BIN)/pytest -m slow
 
 ## The suite with the lowest dependency versions pyproject.toml allows.
 pytest-lowest: $(LOWEST)/.installed
-	$(LOWEST)/bin/pytest -m "not slow"
+	$(LOWEST)/bin/pytest -m "not slow" $(PYTEST_ARGS)
 
 docs: $(STAMP)
 	$(BIN)/sphinx-build -E -W --keep-going -q -b html docs docs/_build/html
@@ -103,7 +106,7 @@ docs: $(STAMP)
 # read the sdist's examples/, benchmarks/ and docs/, and collects the rest.
 DIST_VENV := .venv-dist
 DIST_TESTS ?= tests/test_docs.py tests/test_benchmarks_smoke.py tests/test_pytest_plugin.py tests/test_extras.py
-DIST_PYTEST := cd $(DIST_VENV)/src && ../bin/pytest -p no:cacheprovider -m "not slow"
+DIST_PYTEST = cd $(DIST_VENV)/src && ../bin/pytest -p no:cacheprovider -m "not slow" $(PYTEST_ARGS)
 
 dist: $(STAMP)
 	rm -rf dist $(DIST_VENV)

@@ -10,7 +10,6 @@ import attrs
 import pytest
 
 from plainid_async import ConfigurationError, InvalidTokenResponseError
-from plainid_async._endpoint import parse_token_response
 from plainid_async._token import (
     JITTER_FRACTION,
     MAX_LIFETIME,
@@ -21,6 +20,7 @@ from plainid_async._token import (
     lifetime_problem,
     schedule_for,
 )
+from plainid_async._wire import parse_token_response
 from plainid_async.testing import FakePlainID
 
 ACCESS = "eyJhbGciOi.secret-token-value.sig"
