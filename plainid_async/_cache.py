@@ -109,9 +109,9 @@ class TokenCache(Protocol):
     memory.
 
     Optional capabilities the provider uses when a cache has them, each declared by its own
-    protocol below: ``key_states`` (:class:`KeyStatesCache`: the cache owns the per-key
-    records), ``loop_bound`` (:class:`LoopBoundCache`: fetches must run on the caller's
-    loop) and ``source`` (:class:`SourceCache`: what :meth:`TokenProvider.health` reports).
+    protocol below: ``key_states`` (``KeyStatesCache``: the cache owns the per-key
+    records), ``loop_bound`` (``LoopBoundCache``: fetches must run on the caller's
+    loop) and ``source`` (``SourceCache``: what :meth:`TokenProvider.health` reports).
     ``load``, ``store`` and ``fetch_lock`` are called from the loop the fetch runs on: the
     refresher's (a thread of its own), unless the cache is loop-bound.
     """

@@ -46,8 +46,9 @@ if TYPE_CHECKING:
     from yarl import URL
 
     from ._cache import CacheKey, KeyState, KeyStates, TokenCache
-    from ._endpoint import Proxy, RetryPolicy
+    from ._endpoint import RetryPolicy
     from ._policy import FailureDecision
+    from ._proxy import Proxy
     from ._stats import Reporter
     from ._token import RefreshSchedule, Token
 
@@ -416,8 +417,7 @@ class Fetcher:
                 retry=retry,
                 ssl=self.ssl,
                 proxy=self.proxy,
-                # A session the caller made with trust_env=True asked for the env's proxy.
-                trust_env=self.trust_env or (self.session is not None and session.trust_env),
+                trust_env=self.trust_env,
                 on_attempt=count,
                 on_retry=retrying,
                 sleep=backoff,

@@ -101,8 +101,7 @@ class BearerAuthMiddleware(TokenScope):
         A hop that a redirect from an origin that gets no token led here gets no token
         either, whatever its origin: that origin chose its method, path and body.
         """
-        headers = request.headers
-        if hdrs.AUTHORIZATION in headers:
+        if hdrs.AUTHORIZATION in request.headers:
             return await handler(request)
         foreign = _FOREIGN_REDIRECT.get()  # None on the hot path: nothing more to look up
         if foreign is not None and foreign is not _chain_of(request):
@@ -120,11 +119,16 @@ class BearerAuthMiddleware(TokenScope):
         provider = self._provider
         for attempt in range(2):
             token = await provider.get_token()
-            header = self._header
-            if header[0] is not token:
-                header = self._header = (token, token.authorization)
-            headers[hdrs.AUTHORIZATION] = header[1]
-            response = await handler(request)
+            # The header value goes from _authorization() straight into the request: no local
+            # of this frame holds it, so a traceback with locals shows only Token's repr.
+            request.headers[hdrs.AUTHORIZATION] = self._authorization(token)
+            try:
+                response = await handler(request)
+            finally:
+                # Sent, or failed: either way the header leaves the request now, so neither
+                # a frame below (which may hold request.headers) nor the response's
+                # request_info (a live view of them, in ClientResponseError's repr) shows it.
+                request.headers.popall(hdrs.AUTHORIZATION, None)
             if response.status != 401 or attempt or not self._retry_on_401:
                 break
             # The token was rejected: drop it, if it is still the cached one, so this retry

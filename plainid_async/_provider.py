@@ -33,10 +33,11 @@ from ._cache import (
     serves_shared,
 )
 from ._checks import check_bool, check_seconds, check_text
-from ._endpoint import RetryPolicy, request_token, resolve_endpoint, resolve_proxy
+from ._endpoint import RetryPolicy, request_token, resolve_endpoint
 from ._events import BUS, EventKind, FetchReason, Listener, TokenEvent
 from ._flight import Fetcher
 from ._log import LOGGER_NAME
+from ._proxy import resolve_proxy
 from ._secret import Secret
 from ._settings import ENV_BASE_URL, ENV_CLIENT_ID, ENV_REGION, Settings
 from ._stats import HealthReport, ProviderStats, Reporter, health_report
@@ -386,7 +387,7 @@ class TokenProvider:
         key, token = self._key, self._cache.get(self._key)
         schedule = None if token is None else self._schedule(token)
         record = self._states.get(key)
-        return health_report(key, token, schedule, record, shared=serves_shared(self._cache))
+        return health_report(token, schedule, record, shared=serves_shared(self._cache))
 
     def invalidate(self, token: Token) -> bool:
         """Drop ``token`` if it is still the cached one, so the next call fetches anew.

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 
-from ._endpoint import _clean_text
 from ._events import BUS, EventKind, FetchReason, Listener, emit, log_level
 from ._token import TokenState
+from ._wire import shown_text
 from .exceptions import TokenRequestError
 
 if TYPE_CHECKING:
@@ -101,10 +101,10 @@ def count(  # noqa: C901, PLR0912 (one branch per kind)
         stats.unauthorized_held += 1
 
 
-def describe(error: BaseException, key: CacheKey) -> str:
-    """An error as events and health show it: redacted, one line, bounded."""
+def describe(error: BaseException) -> str:
+    """An error as events and health show it: one line, bounded (redacted where made)."""
     if isinstance(error, TokenRequestError):
-        return _clean_text(str(error), (key.client_secret,))
+        return shown_text(str(error))  # redacted where it was made (_wire)
     return type(error).__name__
 
 
@@ -149,7 +149,7 @@ class Reporter:
             fields["expires_in"], fields["expires_at"] = token.expires_in, token.expires_at
         if error is not None:
             fields["error_type"] = type(error).__name__
-            fields["error"] = describe(error, key)
+            fields["error"] = describe(error)
             if isinstance(error, TokenRequestError):
                 fields["status"] = error.status
         elif kind is EventKind.FETCH_SUCCEEDED and flight is not None and flight.attempts:
@@ -213,17 +213,15 @@ class HealthReport:
 
 
 def health_report(
-    key: CacheKey,
     token: Token | None,
     schedule: RefreshSchedule | None,
     record: KeyState | None,
     *,
     shared: bool,
 ) -> HealthReport:
-    """Build the health report of ``key`` from its token, schedule and per-key record.
+    """Build the health report of a key from its token, schedule and per-key record.
 
     Args:
-        key: The provider's cache key.
         token: The token cached for it, or ``None``.
         schedule: That token's refresh schedule, or ``None``.
         record: The key's record in the cache, or ``None``.
@@ -243,7 +241,7 @@ def health_report(
         expires_in=expires_in,
         refresh_in=refresh_in,
         failures=0 if record is None else record.failures,
-        last_error=None if error is None else describe(error, key),
+        last_error=None if error is None else describe(error),
         last_success=None if record is None else record.last_success,
         source=source,
     )

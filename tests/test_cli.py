@@ -456,21 +456,84 @@ async def test_version_prints_the_package_version() -> None:
     assert result.stdout.strip() == f"plainid-async {pa.__version__}"
 
 
-def test_a_checkout_without_package_metadata_parses_and_says_so_on_version(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+async def test_a_checkout_without_package_metadata_says_so_on_version() -> None:
+    """`make demo` runs the package from the checkout, where there is no metadata to read.
+
+    ``-S`` leaves site-packages (and with it the installed metadata, aiohttp and attrs) off
+    ``sys.path``: ``--version`` needs none of them.
+    """
+    checkout = Path(pa.__file__).parent.parent
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-S",
+        "-m",
+        "plainid_async",
+        "--version",
+        cwd=checkout,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=_base_env(),
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 30)
+    assert (process.returncode, err) == (0, b"")
+    assert out.decode() == "plainid-async (not installed: running from a source checkout)\n"
+
+
+#: What no command line without a command may import: the heavy parts and the commands.
+HEAVY = ("aiohttp", "attrs", "rich", "plainid_async._demo", "plainid_async._commands")
+
+
+@pytest.mark.parametrize("args", [["--version"], ["--help"]], ids=" ".join)
+async def test_version_and_help_import_nothing_heavy(args: list[str]) -> None:
+    code = (
+        "import runpy, sys\n"
+        f"sys.argv = ['plainid-async', *{args!r}]\n"
+        "try:\n"
+        "    runpy.run_module('plainid_async', run_name='__main__')\n"
+        "except SystemExit as exit:\n"
+        "    assert exit.code == 0, exit.code\n"
+        "print(' '.join(sorted(sys.modules)), file=sys.stderr)\n"
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        code,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=_base_env(),
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 0, err
+    assert out.startswith((b"plainid-async ", b"usage: plainid-async"))
+    loaded = set(err.decode().split())
+    assert "plainid_async._cli" in loaded
+    assert not {name for name in loaded if name.partition(".")[0] in HEAVY or name in HEAVY}
+
+
+async def test_token_imports_neither_the_fake_nor_the_demo(
+    fake: FakePlainID, env: dict[str, str]
 ) -> None:
-    """`make demo` runs the package from the checkout, where there is no metadata to read."""
-    import importlib.metadata  # noqa: PLC0415
-
-    def missing(name: str) -> str:
-        raise importlib.metadata.PackageNotFoundError(name)
-
-    monkeypatch.setattr(importlib.metadata, "version", missing)
-    parser = _cli.build_parser()  # reads no metadata
-    with pytest.raises(SystemExit) as exited:
-        parser.parse_args(["--version"])
-    assert exited.value.code == 0
-    assert "not installed" in capsys.readouterr().out
+    code = (
+        "import sys\n"
+        "from plainid_async._cli import main\n"
+        "status = main(['token'])\n"
+        "print(' '.join(sorted(sys.modules)), file=sys.stderr)\n"
+        "sys.exit(status)\n"
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        code,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**_base_env(), **env},
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 0, err
+    assert out.decode().strip() == fake.issued_tokens[-1]
+    loaded = set(err.decode().split())
+    assert "aiohttp" in loaded  # the token request itself
+    assert not loaded & {"rich", "plainid_async._demo", "plainid_async.testing"}
 
 
 async def test_every_missing_variable_is_named_in_one_message(fake: FakePlainID) -> None:
