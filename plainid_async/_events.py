@@ -183,7 +183,7 @@ class Listener:
     def __init__(self, callback: Callable[[TokenEvent], object]) -> None:
         """Wrap ``callback``."""
         self.callback: Final = callback
-        self.failed = False
+        self.failed: bool = False
         self._lock = threading.Lock()
 
     def __call__(self, event: TokenEvent) -> None:
