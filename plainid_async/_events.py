@@ -202,7 +202,7 @@ class Listener:
         """Wrap ``callback``, for ``kinds`` (``None``: every kind)."""
         self.callback: Final = callback
         self.kinds: Final = ALL_KINDS if kinds is None else frozenset(kinds)
-        self.failed = False
+        self.failed: bool = False
         self._lock = threading.Lock()
 
     def __call__(self, event: TokenEvent) -> None:
