@@ -286,6 +286,8 @@ async def test_no_event_carries_a_secret_or_a_token(fake: FakePlainID) -> None:
         async with session.get("api/1.0/x") as response:
             assert response.status == 401  # the guard holds
         fake.start_outage(503)
+        # Nothing usable is cached (a forced fetch would keep serving a usable token)
+        await provider.cache.store(provider.cache_key, token_with(remaining=5))
         with pytest.raises(pa.TokenEndpointUnavailableError):
             await provider.get_token(force_refresh=True)
         with pytest.raises(pa.TokenEndpointUnavailableError):
@@ -570,6 +572,7 @@ async def test_the_log_reports_the_decisions_a_listener_sees(
         assert await provider.get_token() is stale  # its background refresh recovers
         await settle()
         fake.start_outage(503)
+        await cache.store(provider.cache_key, token_with(remaining=5))  # no longer usable
         with pytest.raises(pa.TokenEndpointUnavailableError):
             await provider.get_token(force_refresh=True)  # nothing usable is left
     records = logged(caplog)
