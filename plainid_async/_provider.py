@@ -17,7 +17,9 @@ from __future__ import annotations
 import logging
 import math
 import random
+import threading
 import weakref
+from collections.abc import Iterable
 from contextvars import ContextVar
 from time import monotonic
 from typing import TYPE_CHECKING, Any, Final, Self
@@ -47,7 +49,7 @@ from .exceptions import ConfigurationError, InvalidCredentialsError, TokenReques
 
 if TYPE_CHECKING:
     import ssl
-    from collections.abc import Callable, Iterable, Mapping
+    from collections.abc import Callable, Mapping
     from types import TracebackType
 
     from yarl import URL
@@ -80,6 +82,44 @@ def _cool_all() -> None:
 
 
 BUS.watchers.append(_cool_all)
+
+_closed_lock = threading.Lock()
+_closed_fresh_hits = 0  # fresh_hits() of the providers that were closed
+
+
+def _fresh_hits_of(provider: TokenProvider) -> int:
+    stats = provider.stats
+    return stats.cache_hits - stats.stale_hits
+
+
+def fresh_hits() -> int:
+    """Lookups answered with a FRESH token by this process's providers so far.
+
+    Read from each open provider's stats (the hot path counts in memory), plus those of the
+    providers closed so far: what :mod:`plainid_async.otel` reports as ``hit`` lookups
+    without hearing a ``HIT`` event per call.
+    """
+    with _closed_lock:  # a provider that closes meanwhile is counted once, open or closed
+        return _closed_fresh_hits + sum(_fresh_hits_of(p) for p in list(_PROVIDERS))
+
+
+def _event_kinds(value: object, on_event: object) -> frozenset[EventKind] | None:
+    """``event_kinds=`` checked: ``None`` (every kind) or some :class:`EventKind` members."""
+    if value is None:
+        return None
+    if on_event is None:
+        raise ConfigurationError("event_kinds is for on_event: pass on_event too")
+    if isinstance(value, (str, bytes, EventKind)) or not isinstance(value, Iterable):
+        raise ConfigurationError(
+            f"event_kinds must be an iterable of EventKind members, not {type(value).__name__}"
+        )
+    kinds = frozenset(value)
+    strangers = sorted(repr(kind) for kind in kinds if not isinstance(kind, EventKind))
+    if strangers:
+        raise ConfigurationError(
+            f"event_kinds must hold EventKind members only, not {strangers[0]}"
+        )
+    return kinds
 
 
 def _wrap_secret(client_secret: object) -> Secret:
@@ -123,8 +163,11 @@ class TokenProvider:
         on_event: Called with each :class:`~plainid_async.TokenEvent` of this provider
             (lookups it answered, fetches it started, 401s it was told of, evictions of its
             key), synchronously, in the thread and event loop that made the decision: keep
-            it short. An exception in it is logged once and never fails a call. While it is
-            set, lookups skip the hot path (they build an event each).
+            it short. An exception in it is logged once and never fails a call. While it
+            hears ``HIT``, lookups skip the hot path (they build an event each).
+        event_kinds: The :class:`~plainid_async.EventKind` members ``on_event`` hears;
+            default: every kind. Without ``HIT``, a cached lookup stays on the hot path and
+            builds no event.
 
     Raises:
         ConfigurationError: A parameter is missing or invalid; the message names it.
@@ -166,6 +209,7 @@ class TokenProvider:
         proxy: str | URL | None = None,
         trust_env: bool = False,
         on_event: Callable[[TokenEvent], object] | None = None,
+        event_kinds: Iterable[EventKind] | None = None,
     ) -> None:
         """Validate the configuration; do no I/O."""
         self._client_secret = _wrap_secret(client_secret)
@@ -200,7 +244,8 @@ class TokenProvider:
             raise ConfigurationError("retry must be a plainid_async.RetryPolicy")
         if on_event is not None and not callable(on_event):
             raise ConfigurationError(f"on_event must be a callable, not {type(on_event).__name__}")
-        self._listener = None if on_event is None else Listener(on_event)
+        kinds = _event_kinds(event_kinds, on_event)
+        self._listener = None if on_event is None else Listener(on_event, kinds)
         self._reporter = Reporter(self._listener)
         self._key = CacheKey.for_credentials(str(self._token_url), client_id, self._client_secret)
         # Flights, failure streaks, cool-downs and the 401 guard: owned by the cache.
@@ -245,6 +290,7 @@ class TokenProvider:
         proxy: str | URL | None = None,
         trust_env: bool = False,
         on_event: Callable[[TokenEvent], object] | None = None,
+        event_kinds: Iterable[EventKind] | None = None,
     ) -> TokenProvider:
         """Build a provider from ``PLAINID_CLIENT_ID``, ``PLAINID_CLIENT_SECRET`` and one of
         ``PLAINID_REGION`` / ``PLAINID_BASE_URL``.
@@ -264,6 +310,7 @@ class TokenProvider:
             proxy: As for the constructor.
             trust_env: As for the constructor.
             on_event: As for the constructor.
+            event_kinds: As for the constructor.
 
         Raises:
             ConfigurationError: A variable is missing, blank or invalid; the message names
@@ -285,6 +332,7 @@ class TokenProvider:
                 proxy=proxy,
                 trust_env=trust_env,
                 on_event=on_event,
+                event_kinds=event_kinds,
             )
         except ConfigurationError as exc:
             source = ENV_REGION if settings.region is not None else ENV_BASE_URL
@@ -560,7 +608,7 @@ class TokenProvider:
             self._hot = (token, schedule.refresh_at, state)
             # close() ran in another thread meanwhile, or a subscriber came (it emptied
             # the hot slots before this one was filled).
-            if self._closed or BUS.listeners:
+            if self._closed or not self._reporter.quiet():
                 self._hot = _COLD
             self._reporter.stats.cache_hits += 1
         else:
@@ -631,7 +679,10 @@ class TokenProvider:
         self._hot = _COLD
         mine = self._fetcher.cancel()
         self._states.release(self._key, self._listener)
-        _PROVIDERS.discard(self)
+        global _closed_fresh_hits  # noqa: PLW0603 (the closed providers' hits, behind the lock)
+        with _closed_lock:
+            _PROVIDERS.discard(self)
+            _closed_fresh_hits += _fresh_hits_of(self)
         await self._fetcher.settle(mine)
 
     async def __aenter__(self) -> Self:
