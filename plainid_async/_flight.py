@@ -65,6 +65,12 @@ _FETCH_IDS = itertools.count(1)
 _REPLACING: Final = frozenset({FetchReason.FORCED, FetchReason.UNAUTHORIZED})
 
 
+def _retrieved(future: asyncio.Future[Token]) -> None:
+    """Mark a future's exception as retrieved (nobody waits for it any more)."""
+    if not future.cancelled():
+        future.exception()
+
+
 class _OrphanedError(Exception):
     """The loop running a flight stopped or closed: start or join another fetch."""
 
@@ -100,6 +106,8 @@ class Flight:
     #: The token it replaces (a forced or 401 refresh), dropped if the endpoint says the
     #: credentials are invalid.
     replacing: Token | None = attrs.field(default=None, repr=False)
+    #: The transport of the provider that started it (see Fetcher.transport).
+    transport: int = attrs.field(default=0, repr=False)
 
     def attempt(self) -> None:
         """An HTTP attempt starts."""
@@ -182,6 +190,9 @@ class Fetcher:
     proxy: Proxy | None
     trust_env: bool
     budget: float = attrs.field(init=False)
+    #: Which transport token requests take (proxy, TLS, session): a failure of another
+    #: transport's fetch never fails this provider's calls.
+    transport: int = attrs.field(init=False)
     closed: bool = attrs.field(default=False, init=False)
     #: Waits between attempts; tests pass their own to see the steps.
     sleep: Callable[[float], Awaitable[object]] = asyncio.sleep
@@ -189,6 +200,10 @@ class Fetcher:
     def __attrs_post_init__(self) -> None:
         """Work out the waiter budget."""
         self.budget = wait_budget(self.retry, self.timeout)
+        proxy = None if self.proxy is None else (str(self.proxy.url), self.proxy.login)
+        ssl = self.ssl if self.ssl is None or isinstance(self.ssl, bool) else id(self.ssl)
+        session = None if self.session is None else id(self.session)
+        self.transport = hash((proxy, ssl, session, self.trust_env))
 
     def check_open(self) -> None:
         """Raise :class:`~plainid_async.ProviderClosedError` once the provider closed."""
@@ -263,6 +278,7 @@ class Fetcher:
                 loop=loop,
                 owner=self.owner,
                 replacing=replacing if reason in _REPLACING else None,
+                transport=self.transport,
             )
             state.begin(flight)
             probe = probe_only(state.record, reason, full_budget=full_budget)
@@ -291,7 +307,7 @@ class Fetcher:
     ) -> Token:
         """Wait for a token for ``key``: join the flight or start one, within the budget."""
         deadline = monotonic() + self.budget
-        second_chance = True
+        second_chance = foreign_chance = True
         skip_cooldown = reason is FetchReason.FORCED
         first = True  # one lookup event per call: WAIT, or COOLDOWN
         while True:
@@ -307,6 +323,12 @@ class Fetcher:
             try:
                 token = await self._await(flight, state, deadline)
             except TokenRequestError as error:
+                # A fetch over another transport (proxy, TLS, session) failed: its failure
+                # may be that transport's, so this caller tries once over its own.
+                if flight.transport != self.transport and foreign_chance:
+                    foreign_chance = False
+                    skip_cooldown = True
+                    continue
                 # A background refresh may have spent most of its attempts before anyone
                 # waited for it: when it fails, waiting callers get one fetch of their own
                 # with the full retry budget before they see an error.
@@ -334,7 +356,7 @@ class Fetcher:
         """Inside a cool-down with no fetch running, fail at once with the last error."""
         with self.states.lock:
             record, running = state.record, state.flight is not None
-        left = cooldown_left(record, self.states.clock())
+        left = cooldown_left(record, self.states.clock(), self.transport)
         if running or left <= 0 or record.last_error is None:
             return
         if emit:
@@ -346,6 +368,17 @@ class Fetcher:
 
     async def _await(self, flight: Flight, state: KeyState, deadline: float) -> Token:
         waiting = asyncio.wrap_future(flight.future)
+        try:
+            return await self._await_on(waiting, flight, state, deadline)
+        finally:
+            if not waiting.done():
+                # This caller leaves first (its own timeout, a cancel): whatever the fetch
+                # ends with is nobody's to read here, so no "never retrieved" record.
+                waiting.add_done_callback(_retrieved)
+
+    async def _await_on(
+        self, waiting: asyncio.Future[Token], flight: Flight, state: KeyState, deadline: float
+    ) -> Token:
         # A flight on a loop-bound loop other than ours dies silently if that loop stops:
         # look at it every ORPHAN_POLL seconds.
         loop = flight.loop
@@ -528,7 +561,13 @@ class Fetcher:
         if cached is not None:
             left = self.schedule(cached).usable_until - monotonic()
             usable_left = left if left > 0 else None
-        return state.failed(self.states.clock(), error, delay=delay, usable_left=usable_left)
+        return state.failed(
+            self.states.clock(),
+            error,
+            delay=delay,
+            usable_left=usable_left,
+            transport=self.transport,
+        )
 
     # -- closing -------------------------------------------------------------------------
 
