@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Self
 import aiohttp
 import attrs
 import httpx
+import httpx2
 import pytest
 import redis.asyncio
 import sentry_sdk
@@ -529,6 +530,13 @@ async def via_httpx_auth(provider: TokenProvider, url: URL) -> None:
         response.json()
 
 
+async def via_httpx2_auth(provider: TokenProvider, url: URL) -> None:
+    async with httpx2.AsyncClient(auth=BearerAuth(provider), timeout=API_TIMEOUT) as api:
+        response = await api.get(str(url / API_PATH))
+        response.raise_for_status()
+        response.json()
+
+
 async def via_httpx_client(provider: TokenProvider, _url: URL) -> None:
     async with client(provider, timeout=API_TIMEOUT) as api:
         response = await api.get(API_PATH)
@@ -544,7 +552,8 @@ API_CALLS: dict[str, Callable[[TokenProvider, URL], Awaitable[None]]] = {
     "middleware": via_middleware,
     "session": via_session,
     "httpx-auth": via_httpx_auth,
-    "httpx-client": via_httpx_client,
+    "httpx2-auth": via_httpx2_auth,
+    "httpx-client": via_httpx_client,  # client(): an httpx2 client, as both are installed
 }
 
 TOKEN_PATHS = (
