@@ -25,9 +25,10 @@ from ._cli import (
     ExitError,
     secret_flag_refused,
 )
-from ._endpoint import RetryPolicy, proxy_from_env
+from ._endpoint import RetryPolicy
 from ._log import LOGGER_NAME
 from ._provider import TokenProvider
+from ._proxy import proxy_from_env
 from ._secret import Secret, redact
 from ._settings import (
     ENV_BASE_URL,

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import pytest
 import trustme
+from _tracebacks import everything_reported, failure_of, raised_by, with_locals
 from aiohttp import web
 from aioresponses import aioresponses
 from hypothesis import given
@@ -26,19 +27,16 @@ from hypothesis import strategies as st
 from yarl import URL
 
 from plainid_async._endpoint import (
-    MAX_BODY_SIZE,
     TOKEN_PATH,
     Endpoint,
     RetryPolicy,
-    is_loopback_host,
-    parse_retry_after,
-    parse_token_response,
-    proxy_from_env,
     request_token,
     resolve_endpoint,
-    resolve_proxy,
 )
+from plainid_async._origins import is_loopback_host
+from plainid_async._proxy import proxy_from_env, resolve_proxy
 from plainid_async._secret import Secret
+from plainid_async._wire import MAX_BODY_SIZE, parse_retry_after, parse_token_response
 from plainid_async.exceptions import (
     ConfigurationError,
     InvalidCredentialsError,
@@ -1422,3 +1420,76 @@ def test_bad_proxy_variable_names_the_variable_not_the_password() -> None:
     with pytest.raises(ConfigurationError, match="HTTPS_PROXY") as info:
         proxy_from_env(URL("https://a.io/"), {"HTTPS_PROXY": "ftp://u:pa55-word@p:1"})
     assert "pa55-word" not in str(info.value)
+
+
+# -- nothing secret in a frame or the chain (issue 21) --------------------------------------
+
+#: A real-looking token a malformed 200 carries.
+LEAKED = "eyJ0b2tlbiI6ImxlYWsifQ.real-token-in-a-malformed-answer"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        json.dumps({"access_token": LEAKED, "token_type": "MAC", "expires_in": 3600}),
+        json.dumps({"access_token": LEAKED, "token_type": "Bearer", "expires_in": -5}),
+        json.dumps({"access_token": LEAKED, "token_type": "Bearer", "expires_in": "soon"}),
+        f'{{"access_token": "{LEAKED}", "token_type": "Bearer", "expires_in": NaN}}',
+        f'{{"access_token": "{LEAKED}", "token_type": "Bearer", "expires_in": 36',  # cut off
+    ],
+    ids=["token_type", "negative expires_in", "text expires_in", "NaN", "truncated JSON"],
+)
+async def test_a_malformed_200_leaves_its_token_in_no_frame_and_no_chained_error(
+    server: tuple[Recorder, URL], session: aiohttp.ClientSession, sleep: FakeSleep, raw: str
+) -> None:
+    recorder, url = server
+
+    async def malformed(_request: web.Request) -> web.StreamResponse:
+        return web.Response(body=raw.encode(), content_type="application/json")
+
+    recorder.handler = malformed
+    error = await failure_of(fetch(session, sleep, url=url))
+    assert isinstance(error, InvalidTokenResponseError)
+    assert error.__cause__ is None
+    assert error.__context__ is None  # no JSONDecodeError whose doc is the body
+    reported = everything_reported(error)
+    assert "client_id = 'client-123'" in reported  # the request's frames are there, locals too
+    assert LEAKED not in reported
+
+
+def test_parse_token_response_raises_with_no_body_among_its_locals() -> None:
+    error = raised_by(
+        lambda: parse_token_response(
+            json.dumps({"access_token": LEAKED, "token_type": "MAC", "expires_in": 60}).encode()
+        )
+    )
+    assert isinstance(error, InvalidTokenResponseError)
+    reported = with_locals(error)
+    assert "parse_token_response" in reported
+    assert "outcome = InvalidTokenResponseError(" in reported
+    assert LEAKED not in everything_reported(error)
+
+
+async def test_a_reset_mid_answer_chains_the_transport_error_without_its_traceback(
+    server: tuple[Recorder, URL], session: aiohttp.ClientSession, sleep: FakeSleep
+) -> None:
+    recorder, url = server
+
+    async def cut(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Length": "500"})
+        response.content_type = "application/json"
+        await response.prepare(request)
+        await response.write(f'{{"access_token": "{LEAKED}", '.encode())
+        assert request.transport is not None
+        request.transport.abort()
+        return response
+
+    recorder.handler = cut
+    error = await failure_of(fetch(session, sleep, url=url, retry=RetryPolicy(attempts=1)))
+    assert isinstance(error, TokenEndpointUnavailableError)
+    cause = error.__cause__
+    assert isinstance(cause, aiohttp.ClientPayloadError)
+    assert cause.__traceback__ is None  # aiohttp's frames (the partial body) are not chained
+    assert cause.__cause__ is None
+    assert cause.__context__ is None
+    assert LEAKED not in everything_reported(error)
