@@ -56,6 +56,8 @@ _BYTE_STREAMS: Final[tuple[type, ...]] = tuple(library.ByteStream for library in
 _URLS: Final[tuple[type, ...]] = tuple(library.URL for library in _LIBRARIES)
 
 if TYPE_CHECKING:
+    # Type checkers see an httpx.Auth: the two libraries' Request types differ, so no class
+    # can be typed as both (docs/httpx.md says how httpx2 code passes it under mypy).
     _Auth = httpx.Auth
 else:
     # Each library's client checks isinstance(auth, its own Auth): be both.
