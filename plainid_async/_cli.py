@@ -520,7 +520,15 @@ def _fill_token(token: argparse.ArgumentParser) -> None:
         default=None,
         help="HTTP proxy for the token request, http://[USER:PASSWORD@]HOST:PORT; an empty "
         "value connects directly (default: HTTPS_PROXY / HTTP_PROXY unless NO_PROXY lists "
-        "the host, as curl does)",
+        "the host, as curl does; the library reads them only with trust_env=True)",
+    )
+    token.add_argument(
+        "--cafile",
+        metavar="PATH",
+        default=None,
+        help="trust the CA certificates in this PEM file (and only these) for the token "
+        "request, such as a TLS-intercepting proxy's or a private PKI's (default: the "
+        "system's trust store, or SSL_CERT_FILE)",
     )
     token.add_argument(
         "--attempts",
@@ -666,7 +674,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return commands[args.command](args)
     except ExitError as exc:
-        print(f"{prog}: error: {_one_line(str(exc))}", file=sys.stderr)  # noqa: T201
+        # Usage errors (argparse's) say "error:" and point to --help; every other exit 2 is
+        # the settings' fault, and says so once.
+        kind = "configuration error" if exc.code == EXIT_CONFIG else "error"
+        print(f"{prog}: {kind}: {_one_line(str(exc))}", file=sys.stderr)  # noqa: T201
         return exc.code
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)  # noqa: T201

@@ -11,10 +11,16 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
+import socket
+import ssl
 import sys
 from typing import IO, TYPE_CHECKING, Final
 
+import aiohttp
+
+from ._checks import region_hint
 from ._cli import (
     EXIT_CONFIG,
     EXIT_CREDENTIALS,
@@ -28,7 +34,7 @@ from ._cli import (
 from ._endpoint import RetryPolicy
 from ._log import LOGGER_NAME
 from ._provider import TokenProvider
-from ._proxy import proxy_from_env
+from ._proxy import proxy_from_env, resolve_proxy
 from ._secret import Secret, redact
 from ._settings import (
     ENV_BASE_URL,
@@ -97,7 +103,36 @@ def _settings(args: argparse.Namespace, stdin: IO[str]) -> Settings:
             flags=_FLAGS,
         )
     except ConfigurationError as exc:
-        raise ExitError(EXIT_CONFIG, str(exc)) from None
+        raise ExitError(EXIT_CONFIG, _region_hinted(str(exc), _region_given(args))) from None
+
+
+def _region_given(args: argparse.Namespace) -> str | None:
+    """The region the command was told to use, from the flag or the environment."""
+    if args.region is not None or args.base_url is not None:
+        return args.region  # type: ignore[no-any-return]  # argparse's Namespace
+    return os.environ.get(ENV_REGION)
+
+
+def _region_hinted(message: str, region: str | None) -> str:
+    """``message``, with a "did you mean" when the region given is close to a documented one."""
+    hint = region_hint(region)
+    return message if hint is None else f"{message}; did you mean --region {hint}?"
+
+
+def _ca_context(cafile: str | None) -> ssl.SSLContext | None:
+    """The TLS context that trusts the CA bundle ``--cafile`` names (and only it)."""
+    if cafile is None:
+        return None
+    try:
+        return ssl.create_default_context(cafile=cafile)
+    except (OSError, ssl.SSLError) as exc:
+        # ssl.SSLError is an OSError whose words are in .reason
+        reason = (exc.reason if isinstance(exc, ssl.SSLError) else exc.strerror) or str(exc)
+        raise ExitError(
+            EXIT_CONFIG,
+            f"--cafile {cafile}: cannot load CA certificates from it ({reason}); give a PEM "
+            "file of one or more CA certificates",
+        ) from None
 
 
 def _build_provider(args: argparse.Namespace, settings: Settings) -> TokenProvider:
@@ -106,7 +141,8 @@ def _build_provider(args: argparse.Namespace, settings: Settings) -> TokenProvid
     timeout: float = args.timeout
     retry = RetryPolicy(attempts=args.attempts, deadline=timeout)
     # As curl: --proxy wins ('' meaning none), else the environment's proxy variables.
-    proxy: str | None = args.proxy or None
+    # Resolved here, so a bad URL and a proxy that wants credentials are told as --proxy's.
+    proxy = resolve_proxy(args.proxy or None, source="--proxy")
     provider = TokenProvider(
         settings.client_id,
         settings.client_secret,
@@ -114,8 +150,9 @@ def _build_provider(args: argparse.Namespace, settings: Settings) -> TokenProvid
         base_url=settings.base_url,
         timeout=min(timeout, 10.0),
         retry=retry,
-        proxy=proxy,
+        proxy=proxy,  # type: ignore[arg-type]  # a resolved Proxy passes through as it is
         trust_env=args.proxy is None,
+        ssl=_ca_context(args.cafile),
     )
     if args.proxy is None:
         proxy_from_env(provider.token_url)  # a bad HTTPS_PROXY is a configuration error (2)
@@ -170,14 +207,17 @@ def run_token(args: argparse.Namespace) -> int:
         try:
             provider = _build_provider(args, settings)
         except ConfigurationError as exc:
-            raise ExitError(EXIT_CONFIG, f"configuration error: {exc}") from None
+            raise ExitError(EXIT_CONFIG, _region_hinted(str(exc), _region_given(args))) from None
         _configure_logging(args.verbose)
         try:
             token = asyncio.run(_fetch_token(provider))
         except InvalidCredentialsError as exc:
             raise ExitError(EXIT_CREDENTIALS, str(exc)) from None
         except TokenRequestError as exc:
-            raise ExitError(EXIT_UNAVAILABLE, str(exc)) from None
+            message = _next_step(exc, provider, args, settings.region) or str(exc)
+            if args.verbose and message != str(exc):
+                message += f" (detail: {exc})"
+            raise ExitError(EXIT_UNAVAILABLE, message) from None
         except PlainIDError as exc:
             raise ExitError(EXIT_FAILURE, str(exc)) from None
         except Exception as exc:  # a bug: still one line, still no secret  # noqa: BLE001
@@ -191,6 +231,56 @@ def run_token(args: argparse.Namespace) -> int:
     sys.stdout.write(_render_token(token, args.format) + "\n")
     sys.stdout.flush()
     return EXIT_OK
+
+
+def _next_step(  # noqa: PLR0911 (one sentence per kind of failure)
+    error: TokenRequestError, provider: TokenProvider, args: argparse.Namespace, region: str | None
+) -> str | None:
+    """One plain sentence for a token request that got no answer, with what to do next.
+
+    ``None`` when the library's own message says it best (an HTTP status, a proxy that
+    wants credentials, an invalid response). Transport class names stay out: ``-v`` adds
+    the library's message as the detail.
+    """
+    cause = error.__cause__
+    url = provider.token_url
+    where = f"{url.host}:{url.port}"
+    setting = "the base URL" if region is None else "the region"
+    if isinstance(cause, aiohttp.ClientConnectorCertificateError):
+        return (
+            f"the TLS certificate of {url.host} is not trusted by this machine: if your "
+            "organisation or a TLS-intercepting proxy issues it, give its CA certificate "
+            "with --cafile PATH (or SSL_CERT_FILE)"
+        )
+    if isinstance(cause, aiohttp.ClientSSLError):
+        return (
+            f"the TLS handshake with {where} failed: check that it serves https on that "
+            f"port (a plain-http server on this machine needs an http:// base URL)"
+        )
+    if isinstance(cause, aiohttp.ClientProxyConnectionError):
+        return (
+            "cannot connect to the proxy for the token request: check --proxy or "
+            "HTTPS_PROXY / HTTP_PROXY (--proxy '' connects directly)"
+        )
+    if isinstance(cause, aiohttp.ClientConnectorError):
+        if isinstance(cause.os_error, socket.gaierror):
+            return _region_hinted(
+                f"cannot resolve the host name {url.host}: check {setting}, and this "
+                "machine's DNS and network",
+                region,
+            )
+        if isinstance(cause.os_error, ConnectionRefusedError):
+            return (
+                f"nothing accepts connections on {where}: check {setting} (and its port), "
+                "and that the server is running"
+            )
+        return f"cannot connect to {where}: check this machine's network, or its proxy settings"
+    if isinstance(cause, TimeoutError):
+        return (
+            f"no answer from {url.host} within {args.timeout:g} s: check this machine's "
+            "network and proxy settings, or allow more time with --timeout SECONDS"
+        )
+    return None
 
 
 # -- fake-server -------------------------------------------------------------------------

@@ -1,4 +1,6 @@
-"""Token requests through a real forward proxy (tinyproxy on 127.0.0.1): proxy=, trust_env=, 407."""
+"""Proxies (``_proxy.py``): the settings, and token requests through a real forward proxy
+(tinyproxy on 127.0.0.1): ``proxy=``, ``trust_env=``, a session's proxy, 407.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import aiohttp
 import pytest
 import trustme
 from _proxy import GOOD, PROXY_VARIABLES, TinyProxy, TokenServer
-from _tracebacks import everything_reported, failure_of
+from _tracebacks import everything_reported, failure_of, raised_by, with_locals
 from yarl import URL
 
 from plainid_async import (
@@ -24,6 +26,7 @@ from plainid_async import (
     TokenEndpointUnavailableError,
     TokenProvider,
 )
+from plainid_async._proxy import proxy_from_env, resolve_proxy
 from plainid_async.testing import FakePlainID, free_port
 
 if TYPE_CHECKING:
@@ -131,7 +134,9 @@ async def test_netrc_never_lands_in_the_token_requests_authorization(
     monkeypatch.setenv("HTTP_PROXY", proxy.url)
     await token_of(provider_for(server.base_url, trust_env=True))
     await token_of(provider_for(server.base_url, trust_env=True, proxy=None))
-    assert server.headers
+    async with aiohttp.ClientSession(trust_env=True) as theirs:  # aiohttp's would read it
+        await token_of(provider_for(server.base_url, session=theirs))
+    assert server.via_proxy == [True, True, True]
     for headers in server.headers:
         assert "authorization" not in headers
         assert "proxy-authorization" not in headers
@@ -265,6 +270,82 @@ async def test_a_raise_for_status_session_gets_bad_credentials_without_retries()
         assert fake.token_requests[0].content_type == "application/x-www-form-urlencoded"
 
 
+# -- proxy settings: resolve_proxy and proxy_from_env, no I/O -----------------------------
+
+
+def test_proxy_credentials_are_split_off_and_never_shown() -> None:
+    proxy = resolve_proxy("http://user:pa55-word@proxy.internal:3128")
+    assert proxy is not None
+    assert proxy.url == URL("http://proxy.internal:3128")
+    assert proxy.login == "user"
+    assert proxy.password is not None
+    assert proxy.password.reveal() == "pa55-word"
+    assert "pa55-word" not in repr(proxy)
+    assert "user" not in repr(proxy)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "proxy.internal:3128",
+        "socks5://u:pa55-word@proxy.internal:1080",
+        "http://u:pa55-word@proxy.internal:3128/path",
+        "http://u:pa55-word@proxy.internal:3128/?q=1",
+        "http://u:pa55-word@",
+        "",
+        42,
+    ],
+)
+def test_invalid_proxy_is_a_configuration_error_without_its_password(value: object) -> None:
+    with pytest.raises(ConfigurationError, match="proxy") as info:
+        resolve_proxy(value)
+    assert "pa55-word" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("environ", "url", "expected"),
+    [
+        ({"HTTPS_PROXY": "http://p:1"}, "https://api.us1.plainid.io/t", "http://p:1"),
+        ({"https_proxy": "http://p:1"}, "https://api.us1.plainid.io/t", "http://p:1"),
+        ({"https_proxy": "http://p:1", "HTTPS_PROXY": "http://q:2"}, "https://a.io/", "http://p:1"),
+        ({"HTTP_PROXY": "http://p:1"}, "https://api.us1.plainid.io/t", None),
+        ({"HTTP_PROXY": "http://p:1"}, "http://127.0.0.1:8080/t", "http://p:1"),
+        ({"HTTPS_PROXY": "p:1"}, "https://a.io/", "http://p:1"),
+        (
+            {"HTTPS_PROXY": "http://p:1", "NO_PROXY": "plainid.io"},
+            "https://api.us1.plainid.io/",
+            None,
+        ),
+        (
+            {"HTTPS_PROXY": "http://p:1", "no_proxy": ".plainid.io"},
+            "https://api.us1.plainid.io/",
+            None,
+        ),
+        ({"HTTPS_PROXY": "http://p:1", "NO_PROXY": "x.io, *"}, "https://a.io/", None),
+        (
+            {"HTTPS_PROXY": "http://p:1", "NO_PROXY": "plainid.io.evil"},
+            "https://plainid.io/",
+            "http://p:1",
+        ),
+        ({"HTTPS_PROXY": "http://p:1", "NO_PROXY": "id.io"}, "https://plainid.io/", "http://p:1"),
+        ({"HTTP_PROXY": "http://p:1", "NO_PROXY": "127.0.0.1"}, "http://127.0.0.1:9/t", None),
+        ({}, "https://a.io/", None),
+        ({"HTTPS_PROXY": " "}, "https://a.io/", None),
+    ],
+)
+def test_proxy_from_the_environment_as_curl_reads_it(
+    environ: dict[str, str], url: str, expected: str | None
+) -> None:
+    proxy = proxy_from_env(URL(url), environ)
+    assert (None if proxy is None else str(proxy.url)) == expected
+
+
+def test_bad_proxy_variable_names_the_variable_not_the_password() -> None:
+    with pytest.raises(ConfigurationError, match="HTTPS_PROXY") as info:
+        proxy_from_env(URL("https://a.io/"), {"HTTPS_PROXY": "ftp://u:pa55-word@p:1"})
+    assert "pa55-word" not in str(info.value)
+
+
 # -- nothing of the proxy's credentials in a frame or the chain (issue 21) ------------------
 
 LOGIN = "proxyuser"
@@ -311,6 +392,44 @@ async def test_a_proxy_that_is_down_leaves_its_credentials_in_no_frame(
     )
     assert isinstance(error, TokenEndpointUnavailableError)
     assert isinstance(error.__cause__, aiohttp.ClientProxyConnectionError)
+    reported = everything_reported(error)
+    for form in forms_of_credentials(PROXY_PASSWORD):
+        assert form not in reported
+
+
+BAD_PROXY = f"socks5://{LOGIN}:{PROXY_PASSWORD}@127.0.0.1:1080"
+
+
+def test_a_bad_proxy_url_leaves_its_credentials_in_no_frame() -> None:
+    error = raised_by(lambda: resolve_proxy(BAD_PROXY, "--proxy"))
+    assert isinstance(error, ConfigurationError)
+    assert "resolve_proxy" in with_locals(error)
+    reported = everything_reported(error)
+    for form in forms_of_credentials(PROXY_PASSWORD):
+        assert form not in reported
+
+
+def test_a_bad_proxy_variable_leaves_neither_it_nor_the_environment_in_a_frame(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", BAD_PROXY)
+    monkeypatch.setenv("PLAINID_CLIENT_SECRET", SECRET)  # os.environ's repr would show it
+    error = raised_by(lambda: proxy_from_env(URL("https://api.us1.plainid.io/t")))
+    assert isinstance(error, ConfigurationError)
+    assert "HTTPS_PROXY=" in str(error)
+    assert "proxy_from_env" in with_locals(error)
+    reported = everything_reported(error)
+    for form in [*forms_of_credentials(PROXY_PASSWORD), SECRET]:
+        assert form not in reported
+
+
+async def test_a_sessions_bad_proxy_leaves_its_credentials_in_no_frame(
+    server: TokenServer,
+) -> None:
+    async with aiohttp.ClientSession(proxy=BAD_PROXY) as theirs:
+        error = await failure_of_provider(provider_for(server.base_url, session=theirs))
+    assert isinstance(error, ConfigurationError)
+    assert "choose_proxy" in with_locals(error)
     reported = everything_reported(error)
     for form in forms_of_credentials(PROXY_PASSWORD):
         assert form not in reported
