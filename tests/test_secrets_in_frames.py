@@ -632,6 +632,8 @@ async def test_no_secret_leaves_a_failed_token_request(  # noqa: PLR0917 (fixtur
             if connection is not None:
                 await connection.aclose()
     texts = exception_texts(info.value) | witness.texts(caplog.records)
+    # The failed fetch was logged, reported as events and traced: the search means something.
+    assert all(texts[where] for where in ("log records", "events", "spans", "metrics"))
     assert_nothing_leaked(texts)
 
 
