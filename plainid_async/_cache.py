@@ -236,8 +236,8 @@ class KeyState:
         "_providers",
         "_record",
         "_rejected",
+        "_suspect",
         "_token_id",
-        "_unauthorized",
         "token",
     )
 
@@ -250,7 +250,7 @@ class KeyState:
         self._flight: Flight | None = None
         self._record: Failures = NO_FAILURES
         self._guard: Guard = _NO_GUARD
-        self._unauthorized = False
+        self._suspect: Token | None = None
         self._last_success: float | None = None
         self._providers = 0
         self._listeners: tuple[Listener, ...] = ()
@@ -343,13 +343,15 @@ class KeyState:
         """Hold ``token`` (with a shared cache's id of it) as the key's token."""
         object.__setattr__(self, "token", token)
         self._token_id = token_id
+        if self._suspect is not token:
+            self._suspect = None
 
     def drop(self, token: Token | None = None) -> bool:
         """Drop the token (only if it is ``token``, when given); whether one was dropped."""
         if self.token is None or (token is not None and self.token is not token):
             return False
         object.__setattr__(self, "token", None)
-        self._token_id = None
+        self._token_id = self._suspect = None
         return True
 
     def drop_id(self, token_id: str) -> bool:
@@ -357,7 +359,7 @@ class KeyState:
         if self.token is None or self._token_id != token_id:
             return False
         object.__setattr__(self, "token", None)
-        self._token_id = None
+        self._token_id = self._suspect = None
         return True
 
     def reject(self, token_id: str, until: float, now: float) -> bool:
@@ -417,14 +419,14 @@ class KeyState:
         self._guard, held = on_unauthorized(self._guard, now)
         return held
 
-    def mark_unauthorized(self) -> None:
-        """A 401 dropped the token: the next cold fetch is for reason UNAUTHORIZED."""
-        self._unauthorized = True
+    @property
+    def suspected(self) -> Token | None:
+        """The held token the API answered 401 to, while it is being replaced, or ``None``."""
+        return self._suspect
 
-    def take_unauthorized(self) -> bool:
-        """Whether a 401 dropped the token since the last fetch started; clears it."""
-        taken, self._unauthorized = self._unauthorized, False
-        return taken
+    def suspect(self, token: Token) -> None:
+        """The API answered 401 to ``token``: it is replaced, and served until then."""
+        self._suspect = token
 
     # -- bookkeeping -----------------------------------------------------------------------
 
@@ -489,7 +491,7 @@ class KeyStates:
             state = self._states.get(key)
             if state is None:
                 state = self._states[key] = KeyState()
-                self._evict()
+                self._evict(key)
             else:
                 self._states.move_to_end(key)
             return state
@@ -557,12 +559,17 @@ class KeyStates:
             if self._states[key].idle(now):
                 del self._states[key]
 
-    def _evict(self) -> None:
+    def _evict(self, new: CacheKey) -> None:
         skipped = 0
         while len(self._states) > self.max_entries and skipped < _EVICT_SKIP:
             key, state = next(iter(self._states.items()))
-            if state.flight is not None:
-                # Keep a key whose fetch runs (its callers would start a second one).
+            if key == new:  # every older key is kept: never the one just made
+                break
+            if state.flight is not None or (state.providers > 0 and state.failures > 0):
+                # Keep a key whose fetch runs (its callers would start a second one), and
+                # the failure memory of a key an open provider uses (its calls would each
+                # fetch again instead of honouring the cool-down). The bound is then
+                # exceeded for a while: those keys are few and small.
                 self._states.move_to_end(key)
                 skipped += 1
                 continue

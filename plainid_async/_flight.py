@@ -34,6 +34,7 @@ from ._policy import cooldown_delay, cooldown_left, probe_only, retry_delay, wai
 from ._refresher import is_refresher_loop, refresher_loop
 from .exceptions import (
     ConfigurationError,
+    InvalidCredentialsError,
     ProviderClosedError,
     TokenEndpointUnavailableError,
     TokenRequestError,
@@ -60,6 +61,8 @@ logger = logging.getLogger(LOGGER_NAME)
 ORPHAN_POLL: Final = 0.05
 
 _FETCH_IDS = itertools.count(1)
+#: Fetches that replace a token still served (replace, never drop).
+_REPLACING: Final = frozenset({FetchReason.FORCED, FetchReason.UNAUTHORIZED})
 
 
 class _OrphanedError(Exception):
@@ -94,6 +97,9 @@ class Flight:
     started: float = attrs.field(factory=time.monotonic, repr=False)
     attempts: int = 0
     attempt_started: float = attrs.field(default=0.0, repr=False)
+    #: The token it replaces (a forced or 401 refresh), dropped if the endpoint says the
+    #: credentials are invalid.
+    replacing: Token | None = attrs.field(default=None, repr=False)
 
     def attempt(self) -> None:
         """An HTTP attempt starts."""
@@ -191,15 +197,25 @@ class Fetcher:
 
     # -- starting ------------------------------------------------------------------------
 
-    def refresh_in_background(self, key: CacheKey, state: KeyState, token: Token) -> None:
-        """Start one background refresh of a STALE ``token``, unless one runs or must wait."""
+    def refresh_in_background(
+        self,
+        key: CacheKey,
+        state: KeyState,
+        token: Token,
+        reason: FetchReason = FetchReason.REFRESH,
+    ) -> None:
+        """Start one background refresh of ``token``, unless one runs or must wait.
+
+        ``reason`` is REFRESH for a STALE token, UNAUTHORIZED for one the API answered 401
+        to: either keeps being served until the new one is in hand.
+        """
         if state.flight is not None:
             return
         with self.states.lock:
             record = state.record
         if record.count and self.states.clock() < min(record.retry_at, record.retry_by):
             return
-        self.start(key, state, token, FetchReason.REFRESH)
+        self.start(key, state, token, reason)
 
     def loop_for_fetch(self) -> asyncio.AbstractEventLoop:
         """Where a fetch runs: the refresher, unless the session or the cache is loop-bound.
@@ -238,11 +254,16 @@ class Fetcher:
             if flight is not None and not flight.done():
                 return flight
             loop = self.loop_for_fetch()
-            if state.take_unauthorized() and reason is FetchReason.COLD:
-                reason = FetchReason.UNAUTHORIZED
             future: concurrent.futures.Future[Token] = concurrent.futures.Future()
             future.set_running_or_notify_cancel()
-            flight = Flight(key=key, reason=reason, future=future, loop=loop, owner=self.owner)
+            flight = Flight(
+                key=key,
+                reason=reason,
+                future=future,
+                loop=loop,
+                owner=self.owner,
+                replacing=replacing if reason in _REPLACING else None,
+            )
             state.begin(flight)
             probe = probe_only(state.record, reason, full_budget=full_budget)
         self.reporter.emit(EventKind.FETCH_STARTED, key, flight=flight)
@@ -265,7 +286,9 @@ class Fetcher:
 
     # -- waiting -------------------------------------------------------------------------
 
-    async def wait(self, key: CacheKey, replacing: Token | None, reason: FetchReason) -> Token:
+    async def wait(  # noqa: C901 (one loop: join or start, wait, and each way it ends)
+        self, key: CacheKey, replacing: Token | None, reason: FetchReason
+    ) -> Token:
         """Wait for a token for ``key``: join the flight or start one, within the budget."""
         deadline = monotonic() + self.budget
         second_chance = True
@@ -301,7 +324,11 @@ class Fetcher:
                 pass
             else:
                 self.check_open()  # closed while it waited for another provider's fetch
-                return token
+                if monotonic() < self.schedule(token).usable_until:
+                    return token
+                # The fetch ended in time, but this waiter woke too late (its loop or its
+                # process was busy or frozen): never hand out a token it cannot use.
+                replacing, skip_cooldown = token, True
 
     def _check_cooldown(self, key: CacheKey, state: KeyState, *, emit: bool) -> None:
         """Inside a cool-down with no fetch running, fail at once with the last error."""
@@ -365,6 +392,14 @@ class Fetcher:
                 return shared
             retry = attrs.evolve(self.retry, attempts=1) if probe else self.retry
             token = await self._request(flight, retry)
+            left = self.schedule(token).usable_until - monotonic()
+            if left <= 0:
+                # A slow answer or a process frozen mid-fetch: never hand it out or keep it.
+                raise TokenEndpointUnavailableError(
+                    f"the token for client {key.client_id} arrived expired by this "
+                    f"process's clock ({token.remaining():.2f} s left of its "
+                    f"{token.expires_in:g} s); not used"
+                )
             await self.cache.store(key, token)
             return token
 
@@ -477,6 +512,9 @@ class Fetcher:
                     retry_in=decision.retry_in,
                     failures=ended,
                 )
+            if isinstance(error, InvalidCredentialsError) and flight.replacing is not None:
+                # Replace, never drop, unless the endpoint says the credentials are invalid.
+                self.cache.discard(key, flight.replacing)
             flight.future.set_exception(error)
         self.states.forget_if_idle(key)
 

@@ -226,6 +226,7 @@ async def test_get_token_bench_measures_the_watched_rows() -> None:
     spreads = await bench_get_token.measure(rounds=3, calls=20)
     expected = {bench_get_token.FLOOR, bench_get_token.PLAIN, bench_get_token.OTEL}
     expected |= {bench_get_token._listeners_label(n) for n in bench_get_token.LISTENERS}
+    expected.add(bench_get_token.EVERY_KIND)
     assert set(spreads) == expected
     assert all(spread.rounds == 3 for spread in spreads.values())
 
@@ -256,3 +257,15 @@ def test_refresh_load_bench_measures_lag_and_cpu_per_refresh() -> None:
         assert figure["p99 lag / idle"].rounds == 3
         if name != b.IDLE:
             assert figure["CPU ms per refresh"].rounds == 3
+
+
+def test_httpx_bench_prints_the_cheapest_auth_row(capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("httpx")
+    import bench_httpx  # noqa: PLC0415
+    from bench_middleware import serving  # noqa: PLC0415
+
+    with serving() as port:
+        asyncio.run(bench_httpx.bench(port, rounds=3, requests=3))
+    out = capsys.readouterr().out
+    for name in (bench_httpx.OURS, bench_httpx.CHEAPEST, bench_httpx.STATIC):
+        assert name in out

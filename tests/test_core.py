@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import threading
 import time
@@ -566,7 +567,11 @@ def test_the_guard_interval_doubles_on_repeats_and_resets_after_a_quiet_spell() 
         token = pa.Token.issued(f"t{len(lengths)}", expires_in=3600)
         asyncio.run(cache.store(provider.cache_key, token))
         assert provider.report_unauthorized(token)
-        assert not provider.report_unauthorized(token) or cache.get(provider.cache_key) is None
+        guard = state.guard
+        # Another 401 for the token being replaced: its retry waits for the replacement,
+        # and the guard is left as it is.
+        assert provider.report_unauthorized(token)
+        assert state.guard == guard
         lengths.append(round(state.guard.until - clock()))
         clock.skip(state.guard.until - clock())  # the interval has just ended
     assert lengths == [5, 10, 20, 40, 60, 60]
@@ -675,3 +680,114 @@ async def test_a_cool_down_lasts_at_least_the_servers_retry_after() -> None:
             state = cache.key_states.get(provider.cache_key)
             assert state is not None
             assert state.cooldown_until - time.monotonic() > 19
+
+
+# -- 9. guarantees that hold together (issue 20) ----------------------------------------
+
+
+async def test_a_token_that_arrives_expired_is_a_failed_fetch_never_handed_out() -> None:
+    """A 2 s token after 2.5 s of latency (a process frozen mid-fetch): nobody gets it."""
+    async with FakePlainID(expires_in=2, latency=2.5) as fake:
+        cache = pa.MemoryTokenCache()
+        provider = provider_on(fake, cache, retry=pa.RetryPolicy(attempts=1))
+        async with provider:
+            callers = [asyncio.create_task(provider.get_token()) for _ in range(3)]
+            results = await asyncio.wait_for(asyncio.gather(*callers, return_exceptions=True), 30)
+            for result in results:
+                assert isinstance(result, pa.TokenEndpointUnavailableError), result
+                assert "expired" in str(result)
+            assert len(fake.token_requests) == 1
+            assert cache.get(provider.cache_key) is None  # not stored either
+            health = provider.health()
+            assert health.failures == 1
+            assert provider.stats.failures == 1
+
+
+async def test_lru_eviction_keeps_the_cool_down_of_keys_open_providers_use(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Three open providers, a cache of two keys, an outage: one fetch and one WARNING
+    per key, then cool-downs, not a fetch per call."""
+    async with FakePlainID() as fake:
+        cache = pa.MemoryTokenCache(max_entries=2)
+        providers = [
+            pa.TokenProvider(
+                f"client-{i}",
+                "secret",
+                base_url=str(fake.base_url),
+                cache=cache,
+                retry=pa.RetryPolicy(attempts=1),
+            )
+            for i in range(3)
+        ]
+        fake.start_outage(503)
+        caplog.set_level(logging.WARNING, logger="plainid_async")
+        for call in range(48):
+            with pytest.raises(pa.TokenEndpointUnavailableError):
+                await providers[call % 3].get_token()
+        requests = len(fake.token_requests)
+        warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+        for provider in providers:
+            await provider.close()
+    assert requests == 3, requests  # one per key; 48 without the cool-downs
+    assert len(warnings) == 3
+
+
+async def test_force_refresh_during_an_outage_keeps_the_valid_token_served() -> None:
+    async with FakePlainID() as fake:
+        provider = provider_on(fake, pa.MemoryTokenCache(), retry=FAST)
+        async with provider:
+            token = await provider.get_token()
+            fake.start_outage(503)
+            with pytest.raises(pa.TokenEndpointUnavailableError):
+                await provider.get_token(force_refresh=True)
+            # Replace, never drop: the token, still valid, is served to every other call.
+            served = [await provider.get_token() for _ in range(100)]
+            assert all(t is token for t in served)
+            fake.end_outage()
+            fresh = await provider.get_token(force_refresh=True)
+            assert fresh != token
+            assert await provider.get_token() is fresh
+
+
+async def test_a_401_during_an_outage_gets_its_response_and_the_valid_token_stays() -> None:
+    async with FakePlainID() as fake:
+        provider = provider_on(fake, pa.MemoryTokenCache(), retry=FAST)
+        async with provider, provider.session() as session:
+            token = await provider.get_token()
+            fake.start_outage(503)
+            fake.revoke(token.access_token)
+            # The 401 call gets a response (its 401), not the endpoint's outage.
+            async with session.get("api/1.0/x") as response:
+                assert response.status == 401
+            assert await provider.get_token() is token  # not dropped before a replacement
+            fake.end_outage()
+
+
+async def test_a_401_call_waits_for_the_replacement_while_other_calls_keep_the_token() -> None:
+    async with FakePlainID(latency=0.2) as fake:
+        provider = provider_on(fake, pa.MemoryTokenCache())
+        other = provider_on(fake, provider.cache)  # same key, its own hot slot
+        async with provider, other, provider.session() as session:
+            token = await provider.get_token()
+            assert await other.get_token() is token
+            fake.revoke(token.access_token)
+            call = asyncio.create_task(session.get("api/1.0/x"))
+            await requests_seen(fake, 2)  # the replacement is being fetched
+            assert await other.get_token() is token  # served at once meanwhile
+            async with await asyncio.wait_for(call, 10) as response:
+                assert response.status == 200  # its retry had the fresh token
+            assert await other.get_token() is not token
+            assert len(fake.token_requests) == 2
+
+
+async def test_a_replacement_refused_for_invalid_credentials_drops_the_token() -> None:
+    async with FakePlainID() as fake:
+        provider = provider_on(fake, pa.MemoryTokenCache(), retry=FAST)
+        async with provider:
+            token = await provider.get_token()
+            fake.start_outage(401)
+            with pytest.raises(pa.InvalidCredentialsError):
+                await provider.get_token(force_refresh=True)
+            assert provider.cache.get(provider.cache_key) is None
+            assert token is not None
