@@ -115,8 +115,8 @@ class Flight:
     replacing: Token | None = attrs.field(default=None, repr=False)
     #: The transport of the provider that started it (see Fetcher.transport).
     transport: int = attrs.field(default=0, repr=False)
-    #: While it waits out a server's Retry-After: when its next attempt goes (monotonic),
-    #: and the error that set the window.
+    #: When its next attempt goes (monotonic) while it waits out a server's Retry-After,
+    #: and the error that set that window.
     not_before: float = attrs.field(default=0.0, repr=False)
     window_error: TokenRequestError | None = attrs.field(default=None, repr=False)
 
