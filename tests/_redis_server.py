@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import socket
 import subprocess
@@ -11,9 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 from _programs import require_program, wait_started
 
-from plainid_async.testing import FakePlainID, free_port
+from plainid_async.testing import FakePlainID, TokenRequest, free_port
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
     from pathlib import Path
 
 #: When set (CI sets it), a missing redis-server fails the Redis tests instead of skipping.
@@ -97,6 +99,22 @@ class ThreadedFake:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.fake = FakePlainID(**options)
+        self.fake.on_token_request = self._seen
+        self._arrived = threading.Condition()
+        self._count = 0
+
+    @contextlib.asynccontextmanager
+    async def _seen(self, _request: TokenRequest) -> AsyncIterator[None]:
+        with self._arrived:
+            self._count += 1
+            self._arrived.notify_all()
+        yield None
+
+    def wait_for_requests(self, count: int, timeout: float = 60.0) -> None:
+        """Block until ``count`` token requests have reached the fake (from any thread)."""
+        with self._arrived:
+            if not self._arrived.wait_for(lambda: self._count >= count, timeout):
+                raise TimeoutError(f"{count} token requests did not arrive in {timeout:g} s")
 
     def __enter__(self) -> FakePlainID:
         self.thread.start()

@@ -1167,3 +1167,19 @@ async def test_the_lock_is_kept_while_its_owner_fetches_longer_than_a_lease(
             await asyncio.sleep(0.3)
             assert await client.get(name) == owner
     assert await client.exists(name) == 0
+
+
+def test_a_loop_per_job_costs_no_more_token_requests_with_redis_than_with_memory(
+    redis_server: RedisServer,
+) -> None:
+    """benchmarks/bench_loops.py, shortened: 8 threads, asyncio.run per job, one refresh."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import bench_loops  # noqa: PLC0415 (a script of benchmarks/, imported for its scenario)
+
+    knobs: dict[str, Any] = {"lifetime": 4.0, "latency": 0.15, "interval": 0.02}
+    memory = bench_loops.run("memory", redis_url=redis_server.url, duration=4.5, **knobs)
+    shared = bench_loops.run("redis", redis_url=redis_server.url, duration=4.5, **knobs)
+    assert memory.failed_jobs == shared.failed_jobs == 0
+    assert shared.false_warnings == 0
+    assert shared.jobs > 100  # the scenario really ran many loops
+    assert shared.token_requests <= memory.token_requests + 2
