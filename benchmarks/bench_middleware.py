@@ -4,9 +4,13 @@ Sessions send the same sequential GETs to a small aiohttp server in a child proc
 with ``BearerAuthMiddleware`` (the token comes from a TokenProvider's cache), one with the
 same ``Authorization`` header fixed in the session's default headers, and, for reference,
 one with that fixed header and a middleware that does nothing (aiohttp's own cost of having
-a middleware). Rounds rotate the order so drift on a busy machine hits all alike; the median
-of the per-round ratios resists bursts of load from other processes. Goal: the middleware
-session reaches >= 0.98 of the static-header session's requests/s.
+a middleware), and the cheapest possible token middleware: one that sets a precomputed
+``Authorization`` header on every request (the floor any bearer middleware can reach). Rounds
+rotate the order (benchmarks/sidebyside.py) so drift on a busy machine hits all alike; each
+figure is the median and the range of the per-round ratios to the static-header session of
+the same round, in requests/s and in this process's CPU per request (client CPU: other
+processes' load does not count). Goal: the middleware session reaches >= 0.99 of the
+static-header session in client CPU (median of rounds), as the cheapest middleware does.
 
 Run: .venv/bin/python benchmarks/bench_middleware.py [--rounds 30] [--requests 300]
 """
@@ -17,12 +21,12 @@ import argparse
 import asyncio
 import contextlib
 import multiprocessing
-import statistics
 import sys
 import time
 from typing import TYPE_CHECKING, cast
 
 import aiohttp
+import sidebyside
 from aiohttp import hdrs, web
 from yarl import URL
 
@@ -102,20 +106,39 @@ async def _answer(_: aiohttp.ClientRequest) -> ClientResponse:
 
 
 async def _call_cost(middleware: ClientMiddlewareType, url: URL, calls: int) -> float:
-    """Best of five: seconds per ``await middleware(request, handler)``, handler a stub."""
+    """Best of five: thread CPU seconds per ``await middleware(request, stub_handler)``."""
     request = aiohttp.ClientRequest("GET", url, loop=asyncio.get_running_loop())
     headers = request.headers
     best = float("inf")
     for _ in range(5):
-        start = time.perf_counter()
+        start = time.thread_time()
         for _ in range(calls):
             headers.popall(hdrs.AUTHORIZATION, None)
             await middleware(request, _answer)
-        best = min(best, (time.perf_counter() - start) / calls)
+        best = min(best, (time.thread_time() - start) / calls)
     return best
 
 
+def _cheapest(value: str) -> ClientMiddlewareType:
+    """The least a token middleware can do: set a precomputed header."""
+
+    async def cheapest(
+        request: aiohttp.ClientRequest, handler: ClientHandlerType
+    ) -> ClientResponse:
+        request.headers[hdrs.AUTHORIZATION] = value
+        return await handler(request)
+
+    return cheapest
+
+
+STATIC = "static header"
+OURS = "BearerAuthMiddleware"
+CHEAPEST = "precomputed-header middleware"
+NOOP = "no-op middleware + static header"
+
+
 async def bench(port: int, rounds: int, requests: int) -> float:
+    """The variants side by side; returns our median client-CPU ratio to the static header."""
     base = URL.build(scheme="http", host="127.0.0.1", port=port)
     url = base / "api/1.0/policies"
     async with TokenProvider(
@@ -127,63 +150,61 @@ async def bench(port: int, rounds: int, requests: int) -> float:
         token = await provider.get_token()
         static_headers = {"Authorization": token.authorization}
         middleware = BearerAuthMiddleware(provider)
+        cheapest = _cheapest(token.authorization)
         async with (
             aiohttp.ClientSession(middlewares=(middleware,)) as bearer,
             aiohttp.ClientSession(headers=static_headers) as static,
+            aiohttp.ClientSession(middlewares=(cheapest,)) as least,
             aiohttp.ClientSession(headers=static_headers, middlewares=(_noop,)) as noop,
         ):
-            variants = {"middleware": bearer, "static header": static, "no-op middleware": noop}
-            names = list(variants)
+            variants = {STATIC: static, OURS: bearer, CHEAPEST: least, NOOP: noop}
             for session in variants.values():  # warm up connections and code paths
                 await _run(session, url, requests // 5 or 1)
-            # The middleware alone, called directly: steady even on a busy machine.
+            # The middlewares alone, called directly: steady even on a busy machine.
             direct = await _call_cost(middleware, url, 20_000)
+            floor = await _call_cost(cheapest, url, 20_000)
             baseline = await _call_cost(_noop, url, 20_000)
-            totals = dict.fromkeys(names, 0.0)
-            cpu_totals = dict.fromkeys(names, 0.0)
-            ratios: dict[str, list[float]] = {name: [] for name in names}
-            for i in range(rounds):
-                # Rotate the order each round so drift on a shared machine hits all alike.
-                order = names[i % len(names) :] + names[: i % len(names)]
-                took = {name: await _run(variants[name], url, requests) for name in order}
-                for name, (seconds, cpu) in took.items():
-                    totals[name] += seconds
-                    cpu_totals[name] += cpu
-                    ratios[name].append(took["static header"][0] / seconds)
-    count = rounds * requests
+            rates: dict[str, list[float]] = {name: [] for name in variants}
+            cpu: dict[str, list[float]] = {name: [] for name in variants}
+            for order in sidebyside.orders(list(variants), rounds):
+                for name in order:
+                    seconds, used = await _run(variants[name], url, requests)
+                    rates[name].append(requests / seconds)
+                    cpu[name].append(requests / used)  # requests per client CPU second
+    rate_ratios = sidebyside.ratios(rates, STATIC)
+    cpu_ratios = sidebyside.ratios(cpu, STATIC)
     print(f"{rounds} rounds x {requests} sequential GETs per variant, order rotated each round")
-    print(f"{'variant':>17}  {'requests/s':>10}  {'us/request':>10}  ratio to static header")
-    for name in names:
-        rate = count / totals[name]
-        ratio = totals["static header"] / totals[name]
+    print("ratio to the static-header session of the same round: median (range over rounds)")
+    print(f"{'variant':>32}  {'requests/s':>10}  {'wall-clock ratio':>22}  client CPU ratio")
+    for name in variants:
+        rate = sidebyside.spread(rates[name]).median
         print(
-            f"{name:>17}  {rate:10.0f}  {1e6 / rate:10.1f}  "
-            f"{ratio:.4f} overall, {statistics.median(ratios[name]):.4f} median of rounds"
+            f"{name:>32}  {rate:10.0f}  {rate_ratios[name].text(4):>22}  {cpu_ratios[name].text(4)}"
         )
-    print("client CPU per request (this process only, so immune to other processes' load):")
-    for name in names:
-        cpu_ratio = cpu_totals["static header"] / cpu_totals[name]
-        print(f"{name:>17}  {cpu_totals[name] / count * 1e6:6.1f} us CPU   ratio {cpu_ratio:.4f}")
-    static_time = totals["static header"] / count
-    overhead = direct - baseline
+    static_cpu = 1 / sidebyside.spread(cpu[STATIC]).median
+    print(f"client CPU per request, static header: {static_cpu * 1e6:.1f} us")
     print(
-        f"middleware called directly: {direct * 1e9:.0f} ns per call, a no-op middleware "
-        f"{baseline * 1e9:.0f} ns: {overhead * 1e9:.0f} ns more, so an implied ratio of "
-        f"{static_time / (static_time + overhead):.4f} on a {static_time * 1e6:.1f} us request"
+        f"called directly: BearerAuthMiddleware {direct * 1e9:.0f} ns, the precomputed-header "
+        f"middleware {floor * 1e9:.0f} ns, a no-op middleware {baseline * 1e9:.0f} ns: ours "
+        f"costs {(direct - floor) * 1e9:.0f} ns more than the cheapest, an implied CPU ratio "
+        f"of {static_cpu / (static_cpu + direct - floor):.4f} of the cheapest"
     )
-    return statistics.median(ratios["middleware"])
+    return cpu_ratios[OURS].median
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--requests", type=int, default=300)
-    parser.add_argument("--goal", type=float, default=0.98)
+    parser.add_argument("--goal", type=float, default=0.99)
     args = parser.parse_args()
     with serving() as port:
         ratio = asyncio.run(bench(port, args.rounds, args.requests))
     verdict = "met" if ratio >= args.goal else "NOT met"
-    print(f"goal: middleware / static header >= {args.goal} (median of rounds): {verdict}")
+    print(
+        f"goal: BearerAuthMiddleware / static header >= {args.goal} in client CPU "
+        f"(median of rounds): {verdict}"
+    )
     return 0 if ratio >= args.goal else 1
 
 

@@ -18,7 +18,6 @@ import contextlib
 import hashlib
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,7 @@ import time
 from typing import TYPE_CHECKING
 
 import redis.asyncio
+import sidebyside
 
 from plainid_async import TokenProvider
 from plainid_async.redis import RedisTokenCache
@@ -114,18 +114,22 @@ async def one_round(
 async def run(processes: int, latency: float, rounds: int, redis_url: str) -> None:
     client = redis.asyncio.Redis.from_url(redis_url)
     print(f"{processes} processes starting cold, token endpoint latency {latency * 1000:g} ms")
-    print(f"{'cache':<18} {'token requests':>15} {'distinct tokens':>16} {'slowest (ms)':>13}")
-    for mode, label in MODES.items():
-        figures = []
-        for _ in range(rounds):
+    figures: dict[str, list[tuple[int, int, float]]] = {mode: [] for mode in MODES}
+    for order in sidebyside.orders(list(MODES), rounds):  # the caches alternate, round by round
+        for mode in order:
             await client.flushdb()
-            figures.append(await one_round(mode, processes, latency, redis_url))
-        requests = "/".join(str(f[0]) for f in figures)
-        distinct = "/".join(str(f[1]) for f in figures)
-        slowest = statistics.median(f[2] for f in figures) * 1000
-        print(f"{label:<18} {requests:>15} {distinct:>16} {slowest:>13.0f}")
-    print(f"(per round, {rounds} rounds; slowest = median over rounds of the slowest process)")
+            figures[mode].append(await one_round(mode, processes, latency, redis_url))
     await client.aclose()
+    print(f"{'cache':<18} {'token requests':>15} {'distinct tokens':>16} {'slowest (ms)':>20}")
+    for mode, label in MODES.items():
+        requests = "/".join(str(f[0]) for f in figures[mode])
+        distinct = "/".join(str(f[1]) for f in figures[mode])
+        slowest = sidebyside.spread([f[2] * 1000 for f in figures[mode]]).text(0)
+        print(f"{label:<18} {requests:>15} {distinct:>16} {slowest:>20}")
+    print(
+        f"(per round, {rounds} rounds, the caches' order alternating; slowest = the slowest "
+        "process of a round: median (range) over the rounds)"
+    )
 
 
 def main() -> None:

@@ -12,12 +12,31 @@ import math
 
 from .exceptions import ConfigurationError
 
+# The command line imports this module on every start: `typing`, `ssl` and the rest are
+# imported where used, and type checkers read the block below.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import ssl
+    from collections.abc import Mapping
+    from typing import Final, TypeVar
+
+    _T = TypeVar("_T")
+
 __all__ = [
+    "DOCUMENTED_REGIONS",
     "check_bool",
     "check_count",
+    "check_has_method",
+    "check_instance",
+    "check_mapping",
+    "check_port",
     "check_seconds",
+    "check_session_loop",
+    "check_ssl",
     "check_text",
+    "check_token_origin",
     "count_problem",
+    "region_hint",
     "seconds_problem",
 ]
 
@@ -68,28 +87,39 @@ def check_seconds(name: str, value: object, *, allow_zero: bool) -> float:
     return float(value)  # type: ignore[arg-type]  # seconds_problem saw an int or float
 
 
-def count_problem(value: object, *, minimum: int = 1) -> str | None:
-    """What is wrong with ``value`` as a count (an ``int``, not a bool, >= ``minimum``).
+def count_problem(value: object, *, minimum: int = 1, maximum: int | None = None) -> str | None:
+    """What is wrong with ``value`` as a count (an ``int``, not a bool, in its range).
 
     Args:
         value: The value to check.
         minimum: The smallest count allowed.
+        maximum: The largest, if any: a count that size could only be a slip (ten
+            million attempts), and some work grows with it.
 
     Returns:
-        ``"must be an integer >= {minimum}"``, or ``None``.
+        ``"must be an integer >= {minimum}"`` (or ``"from {minimum} to {maximum}"``), or
+        ``None``.
     """
+    rule = (
+        f"must be an integer >= {minimum}"
+        if maximum is None
+        else f"must be an integer from {minimum} to {maximum}"
+    )
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        return f"must be an integer >= {minimum}"
+        return rule
+    if maximum is not None and value > maximum:
+        return rule
     return None
 
 
-def check_count(name: str, value: object, *, minimum: int = 1) -> int:
+def check_count(name: str, value: object, *, minimum: int = 1, maximum: int | None = None) -> int:
     """Check a count parameter (attempts, entries, records).
 
     Args:
         name: The parameter, for the message.
         value: Its value.
         minimum: The smallest count allowed.
+        maximum: The largest, if any.
 
     Returns:
         The count.
@@ -98,7 +128,7 @@ def check_count(name: str, value: object, *, minimum: int = 1) -> int:
         ConfigurationError: ``value`` breaks the rule of :func:`count_problem`; the message
             names ``name``.
     """
-    problem = count_problem(value, minimum=minimum)
+    problem = count_problem(value, minimum=minimum, maximum=maximum)
     if problem is not None:
         raise ConfigurationError(f"{name}={value!r} {problem}")
     return value  # type: ignore[return-value]  # count_problem saw an int
@@ -143,3 +173,165 @@ def check_bool(name: str, value: object) -> bool:
     if not isinstance(value, bool):
         raise ConfigurationError(f"{name} must be a bool, not {type(value).__name__}")
     return value
+
+
+#: The regions PlainID documents. The rule for a region stays open (PlainID says "etc."):
+#: these only feed the "did you mean" hint of a region that failed.
+DOCUMENTED_REGIONS: Final = ("us1", "ca1", "eu1")
+
+
+def region_hint(value: object) -> str | None:
+    """The documented region ``value`` was probably meant to be, or ``None``.
+
+    Only a hint for a region that failed (refused, or a host name that does not resolve):
+    an undocumented region is still a region.
+
+    Args:
+        value: The region as given.
+
+    Returns:
+        A region of :data:`DOCUMENTED_REGIONS` close to ``value`` (``"US-1"`` and ``"su1"``
+        give ``"us1"``, ``"ue1"`` gives ``"eu1"``), or ``None`` when ``value`` is one of
+        them or close to none.
+    """
+    if not isinstance(value, str) or value in DOCUMENTED_REGIONS:
+        return None
+    import difflib  # noqa: PLC0415 (only on a failure)
+
+    folded = "".join(c for c in value.lower() if c.isalnum())
+    if folded in DOCUMENTED_REGIONS:
+        return folded
+    swapped = [region for region in DOCUMENTED_REGIONS if sorted(region) == sorted(folded)]
+    if swapped:  # two letters swapped ("ue1"), which difflib ranks no closer than "us1"
+        return swapped[0]
+    close = difflib.get_close_matches(folded, DOCUMENTED_REGIONS, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def check_instance(name: str, value: object, kind: type[_T], what: str) -> _T:
+    """Check an argument is of the type it must be.
+
+    Args:
+        name: The parameter, for the message.
+        value: Its value (never shown: it may hold a secret).
+        kind: The type it must be an instance of.
+        what: The type as the message names it, such as ``"a plainid_async.Token"``.
+
+    Returns:
+        The value.
+
+    Raises:
+        TypeError: It is not a ``kind``; the message names ``name``.
+    """
+    if not isinstance(value, kind):
+        raise TypeError(f"{name} must be {what}, not {type(value).__name__}")
+    return value
+
+
+def check_ssl(name: str, value: object) -> ssl.SSLContext | bool | None:
+    """Check a TLS setting as aiohttp takes it: an ``ssl.SSLContext``, a bool, or ``None``.
+
+    Args:
+        name: The parameter, for the message.
+        value: Its value.
+
+    Returns:
+        The value.
+
+    Raises:
+        ConfigurationError: It is anything else (``"yes"`` would fail every request later).
+    """
+    import ssl  # noqa: PLC0415 (the command line imports this module before it needs ssl)
+
+    if value is None or isinstance(value, (bool, ssl.SSLContext)):
+        return value
+    raise ConfigurationError(
+        f"{name} must be an ssl.SSLContext (for a private CA), True, False or None, "
+        f"not {type(value).__name__}"
+    )
+
+
+def check_mapping(name: str, value: object) -> Mapping[str, str]:
+    """Check an environment-like argument: a mapping of names to values.
+
+    Raises:
+        ConfigurationError: It is not a mapping; the message names ``name``.
+    """
+    from collections.abc import Mapping  # noqa: PLC0415 (loaded by the interpreter)
+
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(
+            f"{name} must be a mapping such as os.environ, not {type(value).__name__}"
+        )
+    return value
+
+
+def check_port(name: str, value: object) -> int:
+    """Check a TCP port to listen on: an integer from 0 (any free port) to 65535.
+
+    Raises:
+        ConfigurationError: It is not one; the message names ``name``.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+        raise ConfigurationError(f"{name}={value!r} must be an integer from 0 to 65535")
+    return value
+
+
+def check_has_method(name: str, value: object, method: str, what: str) -> None:
+    """Check a duck-typed argument has the method it will be asked for, or is ``None``.
+
+    Args:
+        name: The parameter, for the message.
+        value: Its value; ``None`` passes (the default applies).
+        method: The method it must have.
+        what: What it must be, for the message.
+
+    Raises:
+        TypeError: It has no such method; the message names ``name``.
+    """
+    if value is not None and not callable(getattr(value, method, None)):
+        raise TypeError(f"{name} must be {what} (with {method}()), not {type(value).__name__}")
+
+
+def check_session_loop(name: str, session: object) -> None:
+    """Check an aiohttp session passed in belongs to the running event loop.
+
+    A session is bound to the loop it was created on; used from another (a second
+    ``asyncio.run``, another thread) every request fails with a bare ``RuntimeError``.
+
+    Args:
+        name: The parameter, for the message.
+        session: The ``aiohttp.ClientSession``.
+
+    Raises:
+        ConfigurationError: It was created on another event loop.
+    """
+    import asyncio  # noqa: PLC0415 (the caller runs in a loop: already loaded)
+
+    loop = getattr(session, "_loop", None)  # aiohttp keeps no public handle on it
+    if loop is not None and loop is not asyncio.get_running_loop():
+        raise ConfigurationError(
+            f"{name} was created on another event loop (a previous asyncio.run, or another "
+            "thread): create the aiohttp.ClientSession inside the loop that calls the "
+            f"provider, or pass no {name} (the provider then makes its own per loop)"
+        )
+
+
+def check_token_origin(name: str, value: object, *, allowed: bool, origins: str) -> None:
+    """Check a ``base_url`` of a client that sends the token is on an origin that gets it.
+
+    Args:
+        name: The parameter, for the message.
+        value: The URL as shown (without credentials).
+        allowed: Whether its origin gets the token.
+        origins: The origins that do, for the message.
+
+    Raises:
+        ConfigurationError: It is not: its requests would silently go without a token.
+    """
+    if not allowed:
+        raise ConfigurationError(
+            f"{name}={value!r} is not on an origin that gets the token ({origins}): add its "
+            "origin to origins=, or use a client without the provider for requests that "
+            "need no token"
+        )

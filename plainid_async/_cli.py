@@ -7,49 +7,20 @@ documented exit code, never a traceback, never the client secret.
 
 from __future__ import annotations
 
+# Only argparse and the library's own rules are imported with this module: `--version` and
+# `--help` need nothing more, and aiohttp alone costs ten bare interpreter starts. Each
+# command imports what it uses (`token` the provider, `fake-server` the fake, `demo` the
+# demo and rich), and type checkers read the block below (they treat any TYPE_CHECKING as
+# true; `typing` itself costs an import).
 import argparse
-import asyncio
-import contextlib
-import json
-import logging
-import re
-import signal
 import sys
-import textwrap
-from pathlib import Path
-from typing import IO, TYPE_CHECKING, Final, NoReturn
-
-import attrs
 
 from ._checks import count_problem, seconds_problem
-from ._endpoint import RetryPolicy, proxy_from_env
-from ._log import LOGGER_NAME
-from ._provider import TokenProvider
-from ._secret import Secret, redact
-from ._settings import (
-    ENV_BASE_URL,
-    ENV_CLIENT_ID,
-    ENV_CLIENT_SECRET,
-    ENV_CLIENT_SECRET_FILE,
-    ENV_REGION,
-    Flags,
-    Settings,
-    read_secret_file,
-    strip_one_newline,
-)
-from ._token import lifetime_problem
-from .exceptions import (
-    ConfigurationError,
-    InvalidCredentialsError,
-    PlainIDError,
-    TokenRequestError,
-)
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
-
-    from ._token import Token
-    from .testing import FakePlainID
+    from collections.abc import Callable, Mapping, Sequence
+    from typing import Any, Final, NoReturn
 
 __all__ = [
     "EXIT_CODES",
@@ -82,9 +53,11 @@ EXIT_INTERRUPTED: Final = 130
 _COMMANDS: Final = ("token", "fake-server", "demo")
 
 
-@attrs.frozen
 class ExitCode:
     """One row of the exit-code table: a status, what it means, and per command.
+
+    A plain class rather than an attrs one: ``--help`` builds the table, and attrs costs
+    an import.
 
     Attributes:
         status: The exit status.
@@ -93,9 +66,17 @@ class ExitCode:
             missing here never exits with this status.
     """
 
-    status: int
-    meaning: str
-    commands: Mapping[str, str]
+    __slots__ = ("commands", "meaning", "status")
+
+    def __init__(self, status: int, meaning: str, commands: Mapping[str, str]) -> None:
+        """Keep the row."""
+        self.status: Final = status
+        self.meaning: Final = meaning
+        self.commands: Final = commands
+
+    def __repr__(self) -> str:
+        """``ExitCode(status, meaning)``."""
+        return f"ExitCode({self.status!r}, {self.meaning!r})"
 
 
 _USAGE: Final = "usage or configuration error"
@@ -162,6 +143,8 @@ def exit_codes_help(command: str | None = None) -> str:
     Returns:
         The section, one line per status (long meanings wrapped and indented).
     """
+    import textwrap  # noqa: PLC0415 (only when a help text is built)
+
     lines = ["exit codes:"]
     for row in EXIT_CODES:
         meaning = row.meaning if command is None else row.commands.get(command)
@@ -174,13 +157,36 @@ def exit_codes_help(command: str | None = None) -> str:
     return "\n".join(lines)
 
 
-_SECRET_FLAG_REFUSED: Final = (
-    "--client-secret is not accepted: other users of this machine can read command-line "
-    f"arguments; set {ENV_CLIENT_SECRET}, or use --client-secret-file PATH or "
-    "--client-secret-stdin"
+def secret_flag_refused() -> str:
+    from ._settings import ENV_CLIENT_SECRET  # noqa: PLC0415 (see the imports above)
+
+    return (
+        "--client-secret is not accepted: other users of this machine can read command-line "
+        f"arguments; set {ENV_CLIENT_SECRET}, or use --client-secret-file PATH or "
+        "--client-secret-stdin"
+    )
+
+
+#: What ``token --help`` and docs/cli.md say of proxies, where the library differs.
+PROXY_DIFFERENCE: Final = (
+    "Like curl, this command reads HTTPS_PROXY, HTTP_PROXY and NO_PROXY by default; the "
+    "library does not: a TokenProvider goes direct unless given proxy= or trust_env=True."
 )
 
-_TOKEN_EPILOG: Final = f"""\
+
+def _token_epilog() -> str:
+    import textwrap  # noqa: PLC0415
+
+    from ._settings import (  # noqa: PLC0415 (see the imports above)
+        ENV_BASE_URL,
+        ENV_CLIENT_ID,
+        ENV_CLIENT_SECRET,
+        ENV_CLIENT_SECRET_FILE,
+        ENV_REGION,
+    )
+
+    proxies = textwrap.fill(PROXY_DIFFERENCE, width=88)
+    return f"""\
 configuration (flags win over the environment):
   {ENV_CLIENT_ID}      or --client-id ID
   {ENV_CLIENT_SECRET}  or {ENV_CLIENT_SECRET_FILE} (a file holding it),
@@ -189,6 +195,9 @@ configuration (flags win over the environment):
   {ENV_REGION}         or --region REGION      (https://api.REGION.plainid.io)
   {ENV_BASE_URL}       or --base-url URL       (a customer-hosted deployment)
   HTTPS_PROXY, HTTP_PROXY, NO_PROXY  as curl reads them, or --proxy URL ('' for none)
+  SSL_CERT_FILE        or --cafile PATH        (a CA bundle to trust, PEM)
+
+{proxies}
 
 {exit_codes_help("token")}
 
@@ -198,7 +207,15 @@ examples:
   curl -H "$({PROG} token --format header)" https://api.us1.plainid.io/env-mgmt/1.0/api-key/clients
 """
 
-_FAKE_EPILOG: Final = f"""\
+
+def _main_epilog() -> str:
+    return f'{exit_codes_help()}\n\nRun "{PROG} COMMAND --help" for the options of a command.'
+
+
+def _fake_epilog() -> str:
+    from ._settings import ENV_BASE_URL  # noqa: PLC0415 (see the imports above)
+
+    return f"""\
 It accepts client id "test-client" with secret "test-secret" (fake credentials) and prints a
 ready "export {ENV_BASE_URL}=..." line. Any path other than the token endpoint is a
 protected resource: 200 with a valid bearer token, else 401; a token request sent to
@@ -210,7 +227,9 @@ example:
   {PROG} fake-server --port 8300 --expires-in 60 --outage 30 45
 """
 
-_DEMO_EPILOG: Final = f"""\
+
+def _demo_epilog() -> str:
+    return f"""\
 The demo never contacts PlainID and ignores PLAINID_* variables: it runs on an embedded
 FakePlainID. It uses rich for a live view when rich is installed (plainid-async[rich]) and
 stdout is a terminal; otherwise it prints one plain line per second.
@@ -219,22 +238,70 @@ stdout is a terminal; otherwise it prints one plain line per second.
 """
 
 
-_INVALID_CHOICE: Final = re.compile(r"invalid choice: '.*?' \(", re.DOTALL)
-
-
 class _Parser(argparse.ArgumentParser):
-    """An argument parser whose errors are one line on stderr and exit status 2."""
+    """An argument parser whose errors are one line on stderr and exit status 2.
+
+    A command's options are added only when that command is parsed or its help shown, and
+    an epilog is written only for a help text: ``--version`` builds none of them.
+
+    Args:
+        *args: As for :class:`argparse.ArgumentParser`.
+        fill: Adds the options, on first use.
+        help_epilog: Writes the epilog, when a help text is formatted.
+        **kwargs: As for :class:`argparse.ArgumentParser`.
+    """
+
+    def __init__(
+        self,
+        *args: Any,  # noqa: ANN401 (argparse's)
+        fill: Callable[[_Parser], None] | None = None,
+        help_epilog: Callable[[], str] | None = None,
+        **kwargs: Any,  # noqa: ANN401
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._fill = fill
+        self._help_epilog = help_epilog
+
+    def _filled(self) -> None:
+        fill, self._fill = self._fill, None
+        if fill is not None:
+            fill(self)
+
+    def parse_known_args(  # type: ignore[override]  # typeshed's overloads, one behaviour
+        self,
+        args: Sequence[str] | None = None,
+        namespace: argparse.Namespace | None = None,
+    ) -> tuple[argparse.Namespace, list[str]]:
+        """Fill the parser in, then parse as argparse does."""
+        self._filled()
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        """Fill the parser in and write its epilog, then format its help as argparse does."""
+        self._filled()
+        if self._help_epilog is not None:
+            self.epilog = self._help_epilog()
+        return super().format_help()
+
+    def format_usage(self) -> str:
+        """Fill the parser in, then format its usage as argparse does."""
+        self._filled()
+        return super().format_usage()
 
     def error(self, message: str) -> NoReturn:
         """Print ``message`` on one line and exit with :data:`EXIT_CONFIG`."""
         if self.prog == PROG:
+            import re  # noqa: PLC0415 (loaded by argparse already)
+
             # In "plainid-async --client-secret VALUE token", VALUE lands where the command
             # name goes: name the mistake without echoing the value.
-            message = _INVALID_CHOICE.sub("invalid choice (", message)
+            message = re.sub(
+                r"invalid choice: '.*?' \(", "invalid choice (", message, flags=re.DOTALL
+            )
         self.exit(EXIT_CONFIG, f"{self.prog}: error: {_one_line(message)} (see --help)\n")
 
 
-class _ExitError(Exception):
+class ExitError(Exception):
     """Stop a command with a one-line message and an exit code."""
 
     def __init__(self, code: int, message: str) -> None:
@@ -260,11 +327,9 @@ class _VersionAction(argparse.Action):
         option_string: str | None = None,  # noqa: ARG002
     ) -> None:
         """Print the version and exit."""
-        from importlib.metadata import PackageNotFoundError  # noqa: PLC0415
-
         try:
             from . import __version__  # noqa: PLC0415 (read from the package metadata on demand)
-        except PackageNotFoundError:
+        except ImportError:  # importlib.metadata's PackageNotFoundError, without importing it
             __version__ = "(not installed: running from a source checkout)"
         sys.stdout.write(f"{parser.prog} {__version__}\n")  # on stdout, as argparse's own
         parser.exit()
@@ -302,6 +367,8 @@ def _positive_seconds(text: str) -> float:
 
 def _lifetime(text: str) -> float:
     """Argparse type: a token lifetime, by the library's rule for ``expires_in``."""
+    from ._token import lifetime_problem  # noqa: PLC0415 (see the imports above)
+
     value = _number(text)
     _checked(text, lifetime_problem(value))
     return float(value)
@@ -360,20 +427,53 @@ def build_parser() -> argparse.ArgumentParser:
         "and a demo of refresh-ahead token handling.",
         allow_abbrev=False,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=f'{exit_codes_help()}\n\nRun "{PROG} COMMAND --help" for the options of a command.',
+        help_epilog=_main_epilog,
     )
     parser.add_argument("--version", action=_VersionAction, help="print the version")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    token = commands.add_parser(
+    commands.add_parser(
         "token",
         help="print an access token (for scripts and curl)",
         description="Get a PlainID access token (OAuth2 client credentials) and print it on\n"
         "stdout, and nothing else.",
         allow_abbrev=False,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=_TOKEN_EPILOG,
+        fill=_fill_token,
+        help_epilog=_token_epilog,
     )
+
+    commands.add_parser(
+        "fake-server",
+        help="run a fake PlainID token endpoint on 127.0.0.1 for local development",
+        description="Serve a fake PlainID token endpoint and protected API on 127.0.0.1\n"
+        "until interrupted, to develop and test services locally.",
+        allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        fill=_fill_fake_server,
+        help_epilog=_fake_epilog,
+    )
+
+    commands.add_parser(
+        "demo",
+        help="show refresh-ahead tokens under load, on an embedded fake PlainID",
+        description="Drive concurrent requests through TokenProvider.session() against an\n"
+        "embedded FakePlainID with short-lived tokens and an outage of its token endpoint\n"
+        "inside a refresh window, and show that no request fails or waits on a token.",
+        allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        fill=_fill_demo,
+        help_epilog=_demo_epilog,
+    )
+    return parser
+
+
+def _fill_token(token: argparse.ArgumentParser) -> None:
+    """The options of ``token``."""
+    from pathlib import Path  # noqa: PLC0415 (see the imports above)
+
+    from ._settings import ENV_BASE_URL, ENV_CLIENT_ID, ENV_REGION  # noqa: PLC0415
+
     token.add_argument(
         "--format",
         choices=("token", "header", "json"),
@@ -420,7 +520,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="HTTP proxy for the token request, http://[USER:PASSWORD@]HOST:PORT; an empty "
         "value connects directly (default: HTTPS_PROXY / HTTP_PROXY unless NO_PROXY lists "
-        "the host, as curl does)",
+        "the host, as curl does; the library reads them only with trust_env=True)",
+    )
+    token.add_argument(
+        "--cafile",
+        metavar="PATH",
+        default=None,
+        help="trust the CA certificates in this PEM file (and only these) for the token "
+        "request, such as a TLS-intercepting proxy's or a private PKI's (default: the "
+        "system's trust store, or SSL_CERT_FILE)",
     )
     token.add_argument(
         "--attempts",
@@ -438,15 +546,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="log token requests and retries on stderr (-vv: debug)",
     )
 
-    fake = commands.add_parser(
-        "fake-server",
-        help="run a fake PlainID token endpoint on 127.0.0.1 for local development",
-        description="Serve a fake PlainID token endpoint and protected API on 127.0.0.1\n"
-        "until interrupted, to develop and test services locally.",
-        allow_abbrev=False,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=_FAKE_EPILOG,
-    )
+
+def _fill_fake_server(fake: argparse.ArgumentParser) -> None:
+    """The options of ``fake-server``."""
     fake.add_argument(
         "--port", type=_port, default=0, help="TCP port; 0 picks a free one (default: 0)"
     )
@@ -493,16 +595,9 @@ def build_parser() -> argparse.ArgumentParser:
         "-q", "--quiet", action="store_true", help="do not print a line per token request"
     )
 
-    demo = commands.add_parser(
-        "demo",
-        help="show refresh-ahead tokens under load, on an embedded fake PlainID",
-        description="Drive concurrent requests through TokenProvider.session() against an\n"
-        "embedded FakePlainID with short-lived tokens and an outage of its token endpoint\n"
-        "inside a refresh window, and show that no request fails or waits on a token.",
-        allow_abbrev=False,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=_DEMO_EPILOG,
-    )
+
+def _fill_demo(demo: argparse.ArgumentParser) -> None:
+    """The options of ``demo``."""
     demo.add_argument(
         "--seconds",
         metavar="N",
@@ -535,240 +630,6 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print plain lines even on a terminal with rich installed",
     )
-    return parser
-
-
-# -- token -------------------------------------------------------------------------------
-
-
-#: How ``token`` names each setting besides its variables, in the "missing" message.
-_FLAGS: Final = Flags(
-    client_id="--client-id",
-    secret="--client-secret-file PATH or --client-secret-stdin",  # noqa: S106 (flag names)
-    location="--region or --base-url",
-)
-
-
-def _flag_secret(args: argparse.Namespace, stdin: IO[str]) -> Secret | None:
-    """The client secret a flag names (a file, or stdin); ``None`` when no flag does."""
-    if args.client_secret_file is not None:
-        try:
-            return Secret(read_secret_file(args.client_secret_file, source="--client-secret-file"))
-        except ConfigurationError as exc:
-            raise _ExitError(EXIT_CONFIG, str(exc)) from None
-    if args.client_secret_stdin:
-        try:
-            # Wrapped at once: no frame here holds the secret in a plain local.
-            secret = Secret(strip_one_newline(stdin.read()))
-        except (OSError, UnicodeDecodeError):
-            raise _ExitError(EXIT_CONFIG, "cannot read the client secret from stdin") from None
-        if not secret.reveal().strip():
-            raise _ExitError(EXIT_CONFIG, "--client-secret-stdin: standard input is empty")
-        return secret
-    return None
-
-
-def _settings(args: argparse.Namespace, stdin: IO[str]) -> Settings:
-    """The settings from the flags, then the environment (the resolver from_env uses)."""
-    try:
-        return Settings.from_environ(
-            client_id=args.client_id,
-            client_secret=_flag_secret(args, stdin),
-            region=args.region,
-            base_url=args.base_url,
-            flags=_FLAGS,
-        )
-    except ConfigurationError as exc:
-        raise _ExitError(EXIT_CONFIG, str(exc)) from None
-
-
-def _build_provider(args: argparse.Namespace, settings: Settings) -> TokenProvider:
-    # The timeout bounds the whole command; one attempt gets at most 10 s of it, so a hung
-    # connection still leaves time for a retry.
-    timeout: float = args.timeout
-    retry = RetryPolicy(attempts=args.attempts, deadline=timeout)
-    # As curl: --proxy wins ('' meaning none), else the environment's proxy variables.
-    proxy: str | None = args.proxy or None
-    provider = TokenProvider(
-        settings.client_id,
-        settings.client_secret,
-        region=settings.region,
-        base_url=settings.base_url,
-        timeout=min(timeout, 10.0),
-        retry=retry,
-        proxy=proxy,
-        trust_env=args.proxy is None,
-    )
-    if args.proxy is None:
-        proxy_from_env(provider.token_url)  # a bad HTTPS_PROXY is a configuration error (2)
-    return provider
-
-
-def _render_token(token: Token, output_format: str) -> str:
-    if output_format == "header":
-        return f"Authorization: {token.authorization}"
-    if output_format == "json":
-        expires_in = token.expires_in
-        return json.dumps(
-            {
-                "access_token": token.access_token,
-                "token_type": token.token_type,
-                "expires_in": int(expires_in) if expires_in.is_integer() else expires_in,
-            }
-        )
-    return token.access_token
-
-
-async def _fetch_token(provider: TokenProvider) -> Token:
-    async with provider:
-        return await provider.get_token()
-
-
-class _CLIHandler(logging.StreamHandler[IO[str]]):
-    """The command line's log handler; ``main()`` replaces it rather than adding another."""
-
-
-def _configure_logging(verbosity: int) -> None:
-    library = logging.getLogger(LOGGER_NAME)
-    for previous in [h for h in library.handlers if isinstance(h, _CLIHandler)]:
-        library.removeHandler(previous)
-    # Quiet, failures are reported as one line by the command itself; a handler that
-    # drops everything keeps Python's last-resort handler from printing the warnings too.
-    handler = _CLIHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(f"{PROG}: %(levelname)s: %(message)s"))
-    if verbosity <= 0:
-        handler.setLevel(logging.CRITICAL + 1)
-    else:
-        library.setLevel(logging.DEBUG if verbosity > 1 else logging.INFO)
-    library.addHandler(handler)
-    library.propagate = False
-
-
-def _run_token(args: argparse.Namespace) -> int:
-    if args.secret_flag is not None:
-        raise _ExitError(EXIT_CONFIG, _SECRET_FLAG_REFUSED)
-    settings = _settings(args, sys.stdin)
-    try:
-        try:
-            provider = _build_provider(args, settings)
-        except ConfigurationError as exc:
-            raise _ExitError(EXIT_CONFIG, f"configuration error: {exc}") from None
-        _configure_logging(args.verbose)
-        try:
-            token = asyncio.run(_fetch_token(provider))
-        except InvalidCredentialsError as exc:
-            raise _ExitError(EXIT_CREDENTIALS, str(exc)) from None
-        except TokenRequestError as exc:
-            raise _ExitError(EXIT_UNAVAILABLE, str(exc)) from None
-        except PlainIDError as exc:
-            raise _ExitError(EXIT_FAILURE, str(exc)) from None
-        except Exception as exc:  # a bug: still one line, still no secret  # noqa: BLE001
-            raise _ExitError(
-                EXIT_FAILURE, f"unexpected error: {type(exc).__name__}: {exc}"
-            ) from None
-    except _ExitError as exc:
-        # Belt and braces: the library never puts the secret in a message, and we check
-        # with the library's own redaction (literal and URL-encoded, never mangling words).
-        raise _ExitError(exc.code, redact(str(exc), (settings.client_secret,))) from None
-    sys.stdout.write(_render_token(token, args.format) + "\n")
-    sys.stdout.flush()
-    return EXIT_OK
-
-
-# -- fake-server -------------------------------------------------------------------------
-
-
-async def _echo_token_requests(fake: FakePlainID, stop: asyncio.Event) -> None:
-    seen = 0
-    while not stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), 0.2)
-        for request in fake.token_requests[seen:]:
-            seen += 1
-            outcome = "issued a token" if request.status == 200 else f"HTTP {request.status}"
-            print(  # noqa: T201 (the server's log)
-                f"token request {seen}: client_id={request.client_id!r} -> {outcome}",
-                flush=True,
-            )
-
-
-async def _serve_fake(args: argparse.Namespace) -> int:
-    from .testing import FakePlainID  # noqa: PLC0415 (only this command needs the server)
-
-    fake = FakePlainID(port=args.port, expires_in=args.expires_in, latency=args.latency)
-    try:
-        await fake.start()
-    except OSError as exc:
-        raise _ExitError(
-            EXIT_FAILURE, f"cannot listen on 127.0.0.1:{args.port}: {exc.strerror or exc}"
-        ) from None
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    handled: list[signal.Signals] = []
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):  # not on Windows
-            loop.add_signal_handler(signum, stop.set)
-            handled.append(signum)
-    try:
-        if args.fail_first > 0:
-            fake.fail_next(*[args.error_status] * args.fail_first)
-        for start, end in args.outage:
-            fake.outage_between(start, end, args.error_status)
-        base = str(fake.base_url)
-        lines = [
-            f"FakePlainID listening on {base} (token endpoint {fake.token_url})",
-            f"client id:     {fake.client_id}",
-            f"client secret: {fake.client_secret}   (fake credentials)",
-            f"tokens expire in {args.expires_in:g} s; any other path is a protected resource",
-            "",
-            (
-                f"unset {ENV_REGION}; export {ENV_BASE_URL}={base} "
-                f"{ENV_CLIENT_ID}={fake.client_id} {ENV_CLIENT_SECRET}={fake.client_secret}"
-            ),
-            "",
-            "Serving until Ctrl-C.",
-        ]
-        print("\n".join(lines), flush=True)  # noqa: T201 (the point of the command)
-        if args.quiet:
-            await stop.wait()
-        else:
-            await _echo_token_requests(fake, stop)
-    finally:
-        for signum in handled:
-            loop.remove_signal_handler(signum)
-        await fake.close()
-    print(  # noqa: T201
-        f"stopped after {len(fake.token_requests)} token requests and "
-        f"{len(fake.resource_requests)} resource requests",
-        flush=True,
-    )
-    return EXIT_OK
-
-
-def _run_fake_server(args: argparse.Namespace) -> int:
-    for start, end in args.outage:
-        if not end > start:
-            raise _ExitError(EXIT_CONFIG, f"--outage {start:g} {end:g}: END must be after START")
-    try:
-        return asyncio.run(_serve_fake(args))
-    except KeyboardInterrupt:  # where asyncio cannot handle signals (Windows): still a clean stop
-        return EXIT_OK
-
-
-# -- demo --------------------------------------------------------------------------------
-
-
-def _run_demo(args: argparse.Namespace) -> int:
-    from ._demo import DemoOptions, run_demo  # noqa: PLC0415 (keeps `token` quick to start)
-
-    options = DemoOptions(
-        seconds=args.seconds,
-        workers=args.workers,
-        expires_in=args.expires_in,
-        outage=args.outage,
-        plain=args.plain,
-    )
-    return asyncio.run(run_demo(options))
 
 
 # -- main --------------------------------------------------------------------------------
@@ -802,11 +663,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extras:
         print(f"{prog}: error: {_unrecognized(extras)} (see --help)", file=sys.stderr)  # noqa: T201
         return EXIT_CONFIG
-    commands = {"token": _run_token, "fake-server": _run_fake_server, "demo": _run_demo}
+    # Each command's module is imported only when that command runs.
+    from . import _commands  # noqa: PLC0415 (see the imports above)
+
+    commands = {
+        "token": _commands.run_token,
+        "fake-server": _commands.run_fake_server,
+        "demo": _commands.run_demo,
+    }
     try:
         return commands[args.command](args)
-    except _ExitError as exc:
-        print(f"{prog}: error: {_one_line(str(exc))}", file=sys.stderr)  # noqa: T201
+    except ExitError as exc:
+        # Usage errors (argparse's) say "error:" and point to --help; every other exit 2 is
+        # the settings' fault, and says so once.
+        kind = "configuration error" if exc.code == EXIT_CONFIG else "error"
+        print(f"{prog}: {kind}: {_one_line(str(exc))}", file=sys.stderr)  # noqa: T201
         return exc.code
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)  # noqa: T201

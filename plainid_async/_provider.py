@@ -32,14 +32,16 @@ import attrs
 
 from ._cache import CacheKey, Flight, KeyState, TokenCache, default_cache, key_states_of
 from ._checks import check_bool, check_seconds, check_text
-from ._endpoint import RetryPolicy, _clean_text, request_token, resolve_endpoint, resolve_proxy
+from ._endpoint import RetryPolicy, request_token, resolve_endpoint
 from ._events import BUS, EventKind, FetchReason, Listener, TokenEvent, emit, log_level
 from ._log import LOGGER_NAME
 from ._middleware import provider_session
+from ._proxy import resolve_proxy
 from ._refresher import is_refresher_loop, refresher_loop
 from ._secret import Secret
 from ._settings import ENV_BASE_URL, ENV_CLIENT_ID, ENV_REGION, Settings
 from ._token import RefreshSchedule, Token, TokenState, schedule_for
+from ._wire import shown_text
 from .exceptions import (
     ConfigurationError,
     InvalidCredentialsError,
@@ -567,7 +569,7 @@ class TokenProvider:
             expires_in=expires_in,
             refresh_in=refresh_in,
             failures=0 if record is None else record.failures,
-            last_error=None if error is None else self._describe(error, key),
+            last_error=None if error is None else self._describe(error),
             last_success=None if record is None else record.last_success,
             source=source,
         )
@@ -753,7 +755,7 @@ class TokenProvider:
         status = text = error_type = None
         if error is not None:
             error_type = type(error).__name__
-            text = self._describe(error, key)
+            text = self._describe(error)
             if isinstance(error, TokenRequestError):
                 status = error.status
         elif kind is EventKind.FETCH_SUCCEEDED and flight is not None and flight.attempts:
@@ -784,10 +786,10 @@ class TokenProvider:
         )
 
     @staticmethod
-    def _describe(error: BaseException, key: CacheKey) -> str:
+    def _describe(error: BaseException) -> str:
         """An error as events and health show it: redacted, one line, bounded."""
         if isinstance(error, TokenRequestError):
-            return _clean_text(str(error), (key.client_secret,))
+            return shown_text(str(error))  # redacted where it was made (_wire)
         return type(error).__name__
 
     # -- flights -----------------------------------------------------------------------
@@ -994,8 +996,7 @@ class TokenProvider:
                 retry=retry,
                 ssl=self._ssl,
                 proxy=self._proxy,
-                # A session the caller made with trust_env=True asked for the env's proxy.
-                trust_env=self._trust_env or (self._session is not None and session.trust_env),
+                trust_env=self._trust_env,
                 on_attempt=count,
                 on_retry=retrying,
                 sleep=backoff,

@@ -48,6 +48,8 @@ class Token:
         expires_at_monotonic: Expiry on this process's monotonic clock
             (:func:`time.monotonic`), measured from when the request was sent. Decisions
             in this process use this one, so a wall-clock jump changes nothing.
+        authorization: The value of an ``Authorization`` header carrying this token
+            (``"Bearer <access_token>"``); never shows in ``repr()`` or ``str()``.
     """
 
     access_token: str = attrs.field(repr=False)
@@ -55,6 +57,13 @@ class Token:
     expires_in: float
     expires_at: float
     expires_at_monotonic: float = attrs.field(eq=False)
+    # Built once per token, not on every access: the middlewares read it on every request.
+    authorization: str = attrs.field(
+        init=False,
+        repr=False,
+        eq=False,
+        default=attrs.Factory(lambda token: f"Bearer {token.access_token}", takes_self=True),
+    )
 
     @classmethod
     def issued(
@@ -121,11 +130,6 @@ class Token:
             expires_at=expires_at,
             expires_at_monotonic=mono + (expires_at - wall),
         )
-
-    @property
-    def authorization(self) -> str:
-        """The value of an ``Authorization`` header carrying this token."""
-        return f"Bearer {self.access_token}"
 
     def remaining(self, now_monotonic: float | None = None) -> float:
         """Seconds left before expiry (negative once expired).

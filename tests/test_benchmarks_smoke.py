@@ -8,6 +8,7 @@ their default configuration runs here; plainid-async and the static floors alway
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -154,3 +155,104 @@ def test_report(tmp_path: Path) -> None:
     written = doc.read_text(encoding="utf-8")
     assert written.count(report.BEGIN) == 1
     assert "hand-written" in written
+
+
+# -- side-by-side rounds, the cached-lookup table and the hot-path rows ---------------------
+
+
+def test_side_by_side_rounds_put_every_variant_in_every_place() -> None:
+    """Rotated orders: over len(names) rounds each variant runs once in each position."""
+    import sidebyside  # noqa: PLC0415
+
+    orders = list(sidebyside.orders(["a", "b", "c"], 6))
+    assert len(orders) == 6
+    for place in range(3):
+        assert sorted(order[place] for order in orders) == ["a", "a", "b", "b", "c", "c"]
+    assert list(sidebyside.orders(["x", "y"], 4)) == [["x", "y"], ["y", "x"]] * 2
+    with pytest.raises(ValueError, match="at least 3"):
+        list(sidebyside.orders(["a", "b"], 2))
+
+
+def test_side_by_side_ratios_are_per_round_median_and_range() -> None:
+    import sidebyside  # noqa: PLC0415
+
+    ratios = sidebyside.ratios({"f": [1.0, 2.0, 4.0], "x": [2.0, 2.0, 2.0]}, "f")
+    assert ratios["f"] == sidebyside.Spread(1.0, 1.0, 1.0, 3)
+    assert ratios["x"] == sidebyside.Spread(1.0, 0.5, 2.0, 3)
+    assert ratios["x"].text(2, "x") == "1.00x (0.50-2.00x)"
+
+
+async def test_peers_table_is_the_scripts_output(server: ServerProcess, tmp_path: Path) -> None:
+    """bench_peers measures every installed peer beside the floor and writes the docs table."""
+    import bench_peers  # noqa: PLC0415
+
+    ratios, ns = await bench_peers.measure(server, rounds=3, calls=20)
+    installed = [p.label for p in bench_peers.PEERS if p.available()]
+    assert "**plainid-async**" in installed
+    assert set(ratios) == {bench_peers.FLOOR, *installed}
+    assert all(ratios[name].rounds == 3 and ns[name] > 0 for name in ratios)
+    text = bench_peers.markdown(ratios, ns, "smoke")
+    for label in installed:
+        assert f"| {label} |" in text
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text(f"# B\n\nabove\n\n{bench_peers.BEGIN}\nold\n{bench_peers.END}\n\nbelow\n")
+    bench_peers.write_docs(text, doc)
+    bench_peers.write_docs(text, doc)
+    written = doc.read_text()
+    assert written.count(bench_peers.BEGIN) == 1
+    assert "old" not in written
+    assert "above" in written
+    assert "below" in written
+    assert text in written
+    unmarked = tmp_path / "unmarked.md"
+    unmarked.write_text("no markers")
+    with pytest.raises(ValueError, match="markers"):
+        bench_peers.write_docs(text, unmarked)
+
+
+def test_docs_hold_the_peers_table() -> None:
+    """docs/benchmarks.md has the generated table between the script's markers."""
+    import bench_peers  # noqa: PLC0415
+
+    page = bench_peers.DOC.read_text(encoding="utf-8")
+    table = page.split(bench_peers.BEGIN)[1].split(bench_peers.END)[0]
+    assert "| **plainid-async** |" in table
+    assert "| floor |" in table
+
+
+async def test_get_token_bench_measures_the_watched_rows() -> None:
+    import bench_get_token  # noqa: PLC0415
+
+    spreads = await bench_get_token.measure(rounds=3, calls=20)
+    expected = {bench_get_token.FLOOR, bench_get_token.PLAIN, bench_get_token.OTEL}
+    expected |= {bench_get_token._listeners_label(n) for n in bench_get_token.LISTENERS}
+    assert set(spreads) == expected
+    assert all(spread.rounds == 3 for spread in spreads.values())
+
+
+def test_middleware_bench_prints_the_cheapest_middleware_row(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import bench_middleware  # noqa: PLC0415
+
+    with bench_middleware.serving() as port:
+        asyncio.run(bench_middleware.bench(port, rounds=3, requests=3))
+    out = capsys.readouterr().out
+    for name in (bench_middleware.OURS, bench_middleware.CHEAPEST, bench_middleware.STATIC):
+        assert name in out
+
+
+def test_refresh_load_bench_measures_lag_and_cpu_per_refresh() -> None:
+    import bench_refresh_load as b  # noqa: PLC0415
+
+    with b.serving_https() as (port, context):
+        figures = asyncio.run(b.bench(port, context, rounds=3, seconds=0.2, tenants=2))
+    assert set(figures) == {
+        b.IDLE,
+        *(f"{kind}, {rate}" for kind in (b.REFRESHER, b.KEPT_ALIVE) for rate in ("20/s", "100/s")),
+    }
+    assert "CPU ms per refresh" not in figures[b.IDLE]
+    for name, figure in figures.items():
+        assert figure["p99 lag / idle"].rounds == 3
+        if name != b.IDLE:
+            assert figure["CPU ms per refresh"].rounds == 3

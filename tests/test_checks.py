@@ -20,6 +20,7 @@ from plainid_async._checks import (
     check_seconds,
     check_text,
     count_problem,
+    region_hint,
     seconds_problem,
 )
 from plainid_async.redis import RedisTokenCache
@@ -190,3 +191,32 @@ def test_every_flag_parameter_is_refused_with_the_one_rule(
         build(1)
     assert str(info.value) == f"{name} must be a bool, not int"
     assert check_bool(name, False) is False
+
+
+@pytest.mark.parametrize(
+    ("region", "hint"),
+    [
+        ("US1", "us1"),
+        ("us-1", "us1"),
+        (" Eu1 ", "eu1"),
+        ("ue1", "eu1"),
+        ("ca", "ca1"),
+        ("us1", None),  # right already
+        ("eu1", None),
+        ("ap9", None),  # an undocumented region is still a region: no hint
+        (None, None),
+        (42, None),
+    ],
+)
+def test_a_region_close_to_a_documented_one_gets_it_as_a_hint(
+    region: object, hint: str | None
+) -> None:
+    assert region_hint(region) == hint
+
+
+def test_a_count_with_a_maximum_states_the_whole_range() -> None:
+    assert check_count("n", 1000, maximum=1000) == 1000
+    for value in (0, 1001, 10**7, True):
+        with pytest.raises(ConfigurationError) as info:
+            check_count("n", value, maximum=1000)
+        assert str(info.value) == f"n={value!r} must be an integer from 1 to 1000"

@@ -10,6 +10,7 @@ import math
 import os
 import re
 import signal
+import ssl
 import sys
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 import attrs
 import pytest
+import trustme
 from _proxy import PROXY_VARIABLES, TinyProxy, TokenServer
 from rich.console import Console
 
@@ -456,21 +458,84 @@ async def test_version_prints_the_package_version() -> None:
     assert result.stdout.strip() == f"plainid-async {pa.__version__}"
 
 
-def test_a_checkout_without_package_metadata_parses_and_says_so_on_version(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+async def test_a_checkout_without_package_metadata_says_so_on_version() -> None:
+    """`make demo` runs the package from the checkout, where there is no metadata to read.
+
+    ``-S`` leaves site-packages (and with it the installed metadata, aiohttp and attrs) off
+    ``sys.path``: ``--version`` needs none of them.
+    """
+    checkout = Path(pa.__file__).parent.parent
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-S",
+        "-m",
+        "plainid_async",
+        "--version",
+        cwd=checkout,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=_base_env(),
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 30)
+    assert (process.returncode, err) == (0, b"")
+    assert out.decode() == "plainid-async (not installed: running from a source checkout)\n"
+
+
+#: What no command line without a command may import: the heavy parts and the commands.
+HEAVY = ("aiohttp", "attrs", "rich", "plainid_async._demo", "plainid_async._commands")
+
+
+@pytest.mark.parametrize("args", [["--version"], ["--help"]], ids=" ".join)
+async def test_version_and_help_import_nothing_heavy(args: list[str]) -> None:
+    code = (
+        "import runpy, sys\n"
+        f"sys.argv = ['plainid-async', *{args!r}]\n"
+        "try:\n"
+        "    runpy.run_module('plainid_async', run_name='__main__')\n"
+        "except SystemExit as exit:\n"
+        "    assert exit.code == 0, exit.code\n"
+        "print(' '.join(sorted(sys.modules)), file=sys.stderr)\n"
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        code,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=_base_env(),
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 0, err
+    assert out.startswith((b"plainid-async ", b"usage: plainid-async"))
+    loaded = set(err.decode().split())
+    assert "plainid_async._cli" in loaded
+    assert not {name for name in loaded if name.partition(".")[0] in HEAVY or name in HEAVY}
+
+
+async def test_token_imports_neither_the_fake_nor_the_demo(
+    fake: FakePlainID, env: dict[str, str]
 ) -> None:
-    """`make demo` runs the package from the checkout, where there is no metadata to read."""
-    import importlib.metadata  # noqa: PLC0415
-
-    def missing(name: str) -> str:
-        raise importlib.metadata.PackageNotFoundError(name)
-
-    monkeypatch.setattr(importlib.metadata, "version", missing)
-    parser = _cli.build_parser()  # reads no metadata
-    with pytest.raises(SystemExit) as exited:
-        parser.parse_args(["--version"])
-    assert exited.value.code == 0
-    assert "not installed" in capsys.readouterr().out
+    code = (
+        "import sys\n"
+        "from plainid_async._cli import main\n"
+        "status = main(['token'])\n"
+        "print(' '.join(sorted(sys.modules)), file=sys.stderr)\n"
+        "sys.exit(status)\n"
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        code,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**_base_env(), **env},
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 0, err
+    assert out.decode().strip() == fake.issued_tokens[-1]
+    loaded = set(err.decode().split())
+    assert "aiohttp" in loaded  # the token request itself
+    assert not loaded & {"rich", "plainid_async._demo", "plainid_async.testing"}
 
 
 async def test_every_missing_variable_is_named_in_one_message(fake: FakePlainID) -> None:
@@ -686,14 +751,23 @@ async def test_proxy_asking_for_credentials_exits_4_with_one_clear_line(
     )
     line = result.assert_error(4)
     assert "wants credentials" in line
+    assert "give them in HTTP_PROXY" in line  # the token URL is http
     assert server.headers == []
 
 
 async def test_invalid_proxy_flag_exits_2_without_its_password(env: dict[str, str]) -> None:
     result = await run_cli("token", "--proxy", f"socks5://u:{PROXY_PASSWORD}@127.0.0.1:1", env=env)
     line = result.assert_error(2)
-    assert "proxy" in line
+    assert "--proxy='socks5://127.0.0.1:1'" in line
     result.assert_clean(PROXY_PASSWORD)
+
+
+async def test_proxy_flag_asking_for_credentials_says_to_give_them_in_the_flag(
+    server: TokenServer, server_env: dict[str, str], proxy: TinyProxy
+) -> None:
+    line = (await run_cli("token", "--proxy", proxy.url, env=server_env)).assert_error(4)
+    assert "give them in --proxy as http://USER:PASSWORD@HOST:PORT" in line
+    assert server.headers == []
 
 
 async def test_invalid_proxy_variable_exits_2_naming_it_without_its_password(
@@ -702,3 +776,194 @@ async def test_invalid_proxy_variable_exits_2_naming_it_without_its_password(
     bad = {"HTTP_PROXY": f"ftp://u:{PROXY_PASSWORD}@127.0.0.1:1"}
     line = (await run_cli("token", env={**env, **bad})).assert_error(2)
     assert "HTTP_PROXY" in line
+
+
+# -- first errors: one plain sentence with the next step; details only with -v -------------
+
+#: A transport class name, such as ClientConnectorError or SSLError.
+CLASS_NAME = re.compile(r"\b[A-Z][A-Za-z]*(Error|Exception)\b")
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A loopback port that accepts connections and never answers."""
+    import socket  # noqa: PLC0415
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        yield listener.getsockname()[1]
+
+
+async def test_refused_connection_says_nothing_listens_and_what_to_check(
+    env: dict[str, str],
+) -> None:
+    port = free_port()
+    env["PLAINID_BASE_URL"] = f"http://127.0.0.1:{port}"
+    line = (await run_cli("token", "--attempts", "1", env=env)).assert_error(4)
+    assert f"nothing accepts connections on 127.0.0.1:{port}: check the base URL" in line
+    assert not CLASS_NAME.search(line), line
+
+
+async def test_https_to_an_http_server_says_the_tls_handshake_failed(
+    fake: FakePlainID, env: dict[str, str]
+) -> None:
+    env["PLAINID_BASE_URL"] = str(fake.base_url).replace("http://", "https://")
+    line = (await run_cli("token", "--attempts", "1", env=env)).assert_error(4)
+    assert f"the TLS handshake with 127.0.0.1:{fake.base_url.port} failed" in line
+    assert "http:// base URL" in line
+    assert not CLASS_NAME.search(line), line
+    assert fake.token_requests == []
+
+
+async def test_a_host_name_that_does_not_resolve_says_so(env: dict[str, str]) -> None:
+    # .invalid never resolves (RFC 6761): the resolver answers without sending anything out.
+    env["PLAINID_BASE_URL"] = "https://nonexistent.invalid"
+    line = (await run_cli("token", "--attempts", "1", env=env)).assert_error(4)
+    assert "cannot resolve the host name nonexistent.invalid: check the base URL" in line
+    assert not CLASS_NAME.search(line), line
+
+
+async def test_no_answer_says_how_long_it_waited_and_how_to_wait_longer(
+    env: dict[str, str], silent_port: int
+) -> None:
+    env["PLAINID_BASE_URL"] = f"http://127.0.0.1:{silent_port}"
+    args = ("token", "--attempts", "1", "--timeout", "0.5")
+    line = (await run_cli(*args, env=env)).assert_error(4)
+    assert "no answer from 127.0.0.1 within 0.5 s" in line
+    assert "--timeout SECONDS" in line
+    assert not CLASS_NAME.search(line), line
+
+
+async def test_verbose_adds_the_transport_detail_to_the_sentence(env: dict[str, str]) -> None:
+    env["PLAINID_BASE_URL"] = f"http://127.0.0.1:{free_port()}"
+    result = await run_cli("token", "--attempts", "1", "-v", env=env)
+    assert result.returncode == 4
+    result.assert_clean()
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith("plainid-async token: error: nothing accepts connections on")
+    assert "(detail: token request to" in last
+    assert "ClientConnectorError" in last
+
+
+@pytest.mark.parametrize(
+    ("args", "changes", "expected"),
+    [
+        pytest.param(("--region", "US1"), {}, "region='US1'", id="flag"),
+        pytest.param(("--region", "us-1"), {}, "region='us-1'", id="dash"),
+        pytest.param((), {"PLAINID_BASE_URL": None, "PLAINID_REGION": "Us1"}, "region=", id="env"),
+    ],
+)
+async def test_a_region_typo_is_one_configuration_error_with_a_did_you_mean(
+    fake: FakePlainID,
+    env: dict[str, str],
+    args: tuple[str, ...],
+    changes: dict[str, str | None],
+    expected: str,
+) -> None:
+    for name, value in changes.items():
+        if value is None:
+            del env[name]
+        else:
+            env[name] = value
+    line = (await run_cli("token", *args, env=env)).assert_error(2)
+    assert line.startswith(f"plainid-async token: configuration error: {expected}")
+    assert line.endswith("; did you mean --region us1?")
+    assert line.count("error") == 1
+    assert fake.token_requests == []
+
+
+async def test_missing_settings_are_one_configuration_error() -> None:
+    line = (await run_cli("token")).assert_error(2)
+    assert line.startswith("plainid-async token: configuration error: missing client id")
+    assert "did you mean" not in line
+
+
+async def test_help_and_docs_state_that_the_cli_reads_proxy_variables_and_the_library_not() -> None:
+    result = await run_cli("token", "--help")
+    assert result.returncode == 0
+    assert _cli.PROXY_DIFFERENCE in " ".join(result.stdout.split())
+    docs = Path(__file__).parent.parent / "docs" / "cli.md"
+    assert _cli.PROXY_DIFFERENCE in " ".join(docs.read_text().split())
+
+
+# -- --cafile: a CA bundle to trust for the token request ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+async def https_fake(ca: trustme.CA) -> AsyncIterator[FakePlainID]:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    async with FakePlainID(
+        client_id=CLIENT_ID, client_secret=SECRET, ssl_context=context
+    ) as server:
+        yield server
+
+
+@pytest.fixture
+def https_env(https_fake: FakePlainID) -> dict[str, str]:
+    assert https_fake.base_url.scheme == "https"
+    return {
+        "PLAINID_CLIENT_ID": CLIENT_ID,
+        "PLAINID_CLIENT_SECRET": SECRET,
+        "PLAINID_BASE_URL": str(https_fake.base_url),
+    }
+
+
+@pytest.fixture
+def ca_file(ca: trustme.CA, tmp_path: Path) -> Path:
+    path = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return path
+
+
+async def test_cafile_trusts_a_private_ca_for_the_token_request(
+    https_fake: FakePlainID, https_env: dict[str, str], ca_file: Path
+) -> None:
+    result = await run_cli("token", "--cafile", str(ca_file), env=https_env)
+    assert result.returncode == 0, result
+    assert result.stdout.strip() == https_fake.issued_tokens[-1]
+
+
+async def test_ssl_cert_file_trusts_a_private_ca_too(
+    https_fake: FakePlainID, https_env: dict[str, str], ca_file: Path
+) -> None:
+    result = await run_cli("token", env={**https_env, "SSL_CERT_FILE": str(ca_file)})
+    assert result.returncode == 0, result
+    assert result.stdout.strip() == https_fake.issued_tokens[-1]
+
+
+async def test_an_untrusted_certificate_says_to_give_its_ca_with_cafile(
+    https_fake: FakePlainID, https_env: dict[str, str]
+) -> None:
+    line = (await run_cli("token", env=https_env)).assert_error(4)
+    assert "the TLS certificate of 127.0.0.1 is not trusted" in line
+    assert "--cafile PATH" in line
+    assert not CLASS_NAME.search(line), line
+    assert https_fake.token_requests == []
+
+
+async def test_cafile_trusts_only_its_own_cas(
+    https_fake: FakePlainID, https_env: dict[str, str], tmp_path: Path
+) -> None:
+    other = tmp_path / "other.pem"
+    trustme.CA().cert_pem.write_to_path(str(other))
+    line = (await run_cli("token", "--cafile", str(other), env=https_env)).assert_error(4)
+    assert "is not trusted" in line
+    assert https_fake.token_requests == []
+
+
+@pytest.mark.parametrize("content", [None, "not a certificate\n"], ids=["missing", "not-pem"])
+async def test_a_cafile_that_holds_no_ca_is_a_configuration_error(
+    https_env: dict[str, str], tmp_path: Path, content: str | None
+) -> None:
+    path = tmp_path / "ca.pem"
+    if content is not None:
+        path.write_text(content)
+    line = (await run_cli("token", "--cafile", str(path), env=https_env)).assert_error(2)
+    assert line.startswith(f"plainid-async token: configuration error: --cafile {path}:")

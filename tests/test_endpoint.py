@@ -1,4 +1,4 @@
-"""Token endpoint: URL validation, response parsing, Retry-After, retry policy, request_token.
+"""Token endpoint: URL validation, retry policy, request_token (parsing: test_wire.py).
 
 The token request is mocked with aioresponses; a few wire-level checks (the encoded body,
 session middlewares, TLS, streamed bodies) use a real aiohttp server on 127.0.0.1.
@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import pytest
 import trustme
+from _tracebacks import everything_reported, failure_of, raised_by, with_locals
 from aiohttp import web
 from aioresponses import aioresponses
 from hypothesis import given
@@ -26,19 +27,15 @@ from hypothesis import strategies as st
 from yarl import URL
 
 from plainid_async._endpoint import (
-    MAX_BODY_SIZE,
     TOKEN_PATH,
     Endpoint,
     RetryPolicy,
-    is_loopback_host,
-    parse_retry_after,
-    parse_token_response,
-    proxy_from_env,
     request_token,
     resolve_endpoint,
-    resolve_proxy,
 )
+from plainid_async._origins import is_loopback_host
 from plainid_async._secret import Secret
+from plainid_async._wire import MAX_BODY_SIZE, parse_token_response
 from plainid_async.exceptions import (
     ConfigurationError,
     InvalidCredentialsError,
@@ -218,218 +215,6 @@ def test_base_url_error_never_echoes_a_password(base_url: str) -> None:
     with pytest.raises(ConfigurationError, match="base_url") as info:
         resolve_endpoint(region=None, base_url=base_url)
     assert "Pa55word" not in str(info.value)
-
-
-# -- parse_token_response ------------------------------------------------------------------
-
-
-def body(**fields: Any) -> bytes:
-    return json.dumps({**GOOD, **fields}).encode()
-
-
-def test_valid_response_gives_the_token() -> None:
-    token = parse_token_response(body(), sent_at=1000.0, sent_at_monotonic=10.0)
-    assert token.access_token == ACCESS
-    assert token.token_type == "Bearer"
-    assert token.expires_in == 3600.0
-    assert token.expires_at == 4600.0
-    assert token.expires_at_monotonic == 3610.0
-
-
-@pytest.mark.parametrize(
-    ("expires_in", "seconds"),
-    [(3600, 3600.0), (86400, 86400.0), (1.5, 1.5), ("3600", 3600.0), (" 60 ", 60.0), ("7.5", 7.5)],
-)
-def test_expires_in_may_be_a_number_or_a_numeric_string(expires_in: Any, seconds: float) -> None:
-    assert parse_token_response(body(expires_in=expires_in)).expires_in == seconds
-
-
-@pytest.mark.parametrize("token_type", ["Bearer", "bearer", "BEARER", "bEaReR"])
-def test_token_type_is_bearer_in_any_case(token_type: str) -> None:
-    assert parse_token_response(body(token_type=token_type)).token_type == token_type
-
-
-def test_unknown_fields_are_ignored() -> None:
-    token = parse_token_response(body(scope="all", refresh_token=None, extra={"a": [1]}))
-    assert token.access_token == ACCESS
-
-
-def test_body_of_exactly_the_size_limit_is_accepted() -> None:
-    raw = body()
-    padded = raw[:-1] + b" " * (MAX_BODY_SIZE - len(raw)) + b"}"
-    assert len(padded) == MAX_BODY_SIZE
-    assert parse_token_response(padded).access_token == ACCESS
-
-
-def test_expiry_defaults_to_now_when_no_send_time_is_given() -> None:
-    before = time.monotonic()
-    token = parse_token_response(body(expires_in=100))
-    after = time.monotonic()
-    assert before + 100 <= token.expires_at_monotonic <= after + 100
-
-
-MALFORMED: list[tuple[str, bytes]] = [
-    ("not JSON", b"<html>oops</html>"),
-    ("empty", b""),
-    ("not UTF-8", b"\xff\xfe\xfa"),
-    ("JSON array", json.dumps([GOOD]).encode()),
-    ("JSON string", b'"token"'),
-    ("JSON null", b"null"),
-    ("missing access_token", json.dumps({"token_type": "Bearer", "expires_in": 60}).encode()),
-    ("empty access_token", body(access_token="")),
-    ("numeric access_token", body(access_token=12345)),
-    ("null access_token", body(access_token=None)),
-    ("list access_token", body(access_token=[ACCESS])),
-    ("space in access_token", body(access_token=ACCESS[:10] + " " + ACCESS[10:])),
-    ("CR in access_token", body(access_token=ACCESS + "\r")),
-    ("LF in access_token", body(access_token=ACCESS + "\nX-Evil: 1")),
-    ("non-ASCII access_token", body(access_token=ACCESS + "é")),
-    ("huge access_token", body(access_token="a" * 20_000)),
-    ("missing token_type", json.dumps({"access_token": ACCESS, "expires_in": 60}).encode()),
-    ("MAC token_type", body(token_type="mac")),
-    ("null token_type", body(token_type=None)),
-    ("missing expires_in", json.dumps({"access_token": ACCESS, "token_type": "Bearer"}).encode()),
-    ("zero expires_in", body(expires_in=0)),
-    ("zero string expires_in", body(expires_in="0")),
-    ("negative expires_in", body(expires_in=-60)),
-    ("negative string expires_in", body(expires_in="-60")),
-    ("true expires_in", body(expires_in=True)),
-    ("false expires_in", body(expires_in=False)),
-    ("null expires_in", body(expires_in=None)),
-    ("NaN expires_in", b'{"access_token": "t", "token_type": "Bearer", "expires_in": NaN}'),
-    ("Infinity", b'{"access_token": "t", "token_type": "Bearer", "expires_in": Infinity}'),
-    ("-Infinity", b'{"access_token": "t", "token_type": "Bearer", "expires_in": -Infinity}'),
-    ("1e400 expires_in", b'{"access_token": "t", "token_type": "Bearer", "expires_in": 1e400}'),
-    ("10**400 expires_in", body(expires_in=10**400)),
-    ("absurd expires_in", body(expires_in=400 * 24 * 3600)),
-    ("abc expires_in", body(expires_in="abc")),
-    ("exponent string expires_in", body(expires_in="1e5")),
-    ("NaN string expires_in", body(expires_in="NaN")),
-    ("infinity string expires_in", body(expires_in="inf")),
-    ("nested object expires_in", body(expires_in={"seconds": 60})),
-    ("list expires_in", body(expires_in=[60])),
-    ("oversized body", body(padding="x" * MAX_BODY_SIZE)),
-    ("deeply nested", b"[" * 100_000 + b"]" * 100_000),
-]
-
-
-@pytest.mark.parametrize("raw", [raw for _, raw in MALFORMED], ids=[n for n, _ in MALFORMED])
-def test_malformed_response_is_an_invalid_token_response_error(raw: bytes) -> None:
-    with pytest.raises(InvalidTokenResponseError) as info:
-        parse_token_response(raw)
-    error = info.value
-    assert isinstance(error, ValueError)
-    assert error.status == 200
-    assert error.retryable is False
-    assert ACCESS not in str(error)
-    assert ACCESS[:20] not in str(error)
-    assert ACCESS not in repr(error)
-
-
-@given(st.binary(max_size=300))
-def test_arbitrary_bytes_give_a_token_or_an_invalid_token_response_error(raw: bytes) -> None:
-    try:
-        token = parse_token_response(raw)
-    except InvalidTokenResponseError:
-        return
-    assert math.isfinite(token.expires_in)
-    assert token.expires_in > 0
-
-
-json_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner),
-    max_leaves=5,
-)
-
-
-@given(
-    access_token=json_values | st.just(ACCESS),
-    token_type=json_values | st.just("Bearer"),
-    expires_in=json_values | st.integers(min_value=1, max_value=10**6),
-)
-def test_any_json_fields_give_a_valid_token_or_an_error_without_the_token(
-    access_token: Any, token_type: Any, expires_in: Any
-) -> None:
-    raw = json.dumps(
-        {"access_token": access_token, "token_type": token_type, "expires_in": expires_in}
-    ).encode()
-    try:
-        token = parse_token_response(raw)
-    except InvalidTokenResponseError as error:
-        message = str(error)
-    else:
-        assert token.access_token == access_token
-        assert token.token_type.lower() == "bearer"
-        assert 0 < token.expires_in <= 366 * 24 * 3600
-        return
-    if access_token == ACCESS:
-        assert ACCESS not in message
-
-
-# -- parse_retry_after ---------------------------------------------------------------------
-
-HTTP_DATE = "Wed, 21 Oct 2015 07:28:00 GMT"
-HTTP_DATE_TS = 1445412480.0
-
-
-@pytest.mark.parametrize(
-    ("value", "seconds"), [("7", 7.0), (" 120 ", 120.0), ("0", 0.0), ("0007", 7.0)]
-)
-def test_retry_after_in_seconds(value: str, seconds: float) -> None:
-    assert parse_retry_after(value) == seconds
-
-
-def test_retry_after_as_an_http_date_counts_from_now() -> None:
-    assert parse_retry_after(HTTP_DATE, now=HTTP_DATE_TS - 30) == 30.0
-
-
-def test_retry_after_as_an_http_date_in_another_zone() -> None:
-    assert parse_retry_after("Wed, 21 Oct 2015 09:28:00 +0200", now=HTTP_DATE_TS - 5) == 5.0
-
-
-def test_retry_after_in_the_past_is_zero() -> None:
-    assert parse_retry_after(HTTP_DATE, now=HTTP_DATE_TS + 3600) == 0.0
-
-
-@pytest.mark.parametrize(
-    "value",
-    [
-        "",
-        "   ",
-        "soon",
-        "-5",
-        "1.5",
-        "5s",
-        "0x10",
-        "٣",  # a non-ASCII digit
-        "Wed, 99 Foo 2015 07:28:00 GMT",
-        "Wed, 21 Oct 2015 07:28:00 -0000",  # no usable zone
-        "Wed, 21 Oct 99999 07:28:00 GMT",
-        "9" * 65,
-        "9" * 100_000,
-    ],
-)
-def test_unparsable_retry_after_is_none(value: str) -> None:
-    assert parse_retry_after(value, now=HTTP_DATE_TS) is None
-
-
-def test_absent_retry_after_is_none() -> None:
-    assert parse_retry_after(None) is None
-
-
-def test_huge_digit_string_does_not_raise() -> None:
-    assert parse_retry_after("9" * 64) == float("9" * 64)
-
-
-@given(st.text(max_size=80))
-def test_retry_after_never_raises_and_is_never_negative(value: str) -> None:
-    seconds = parse_retry_after(value, now=HTTP_DATE_TS)
-    assert seconds is None or seconds >= 0
 
 
 # -- RetryPolicy ---------------------------------------------------------------------------
@@ -735,7 +520,7 @@ async def test_retry_after_as_an_http_date_is_honoured(
 async def test_retry_after_in_the_past_retries_at_once(
     session: aiohttp.ClientSession, mocked: aioresponses, sleep: FakeSleep
 ) -> None:
-    mocked.post(TOKEN_URL, status=503, headers={"Retry-After": HTTP_DATE})
+    mocked.post(TOKEN_URL, status=503, headers={"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"})
     mocked.post(TOKEN_URL, payload=GOOD)
     await fetch(session, sleep)
     assert sleep.delays == [0.0]
@@ -1348,77 +1133,74 @@ async def test_an_echoed_url_encoded_secret_is_redacted(server: tuple[Recorder, 
     assert "b64%2BSecret%2FValue%3D%3D" not in text
 
 
-# -- proxies: settings ----------------------------------------------------------------------
+# -- nothing secret in a frame or the chain (issue 21) --------------------------------------
 
-
-def test_proxy_credentials_are_split_off_and_never_shown() -> None:
-    proxy = resolve_proxy("http://user:pa55-word@proxy.internal:3128")
-    assert proxy is not None
-    assert proxy.url == URL("http://proxy.internal:3128")
-    assert proxy.login == "user"
-    assert proxy.password is not None
-    assert proxy.password.reveal() == "pa55-word"
-    assert "pa55-word" not in repr(proxy)
-    assert "user" not in repr(proxy)
+#: A real-looking token a malformed 200 carries.
+LEAKED = "eyJ0b2tlbiI6ImxlYWsifQ.real-token-in-a-malformed-answer"
 
 
 @pytest.mark.parametrize(
-    "value",
+    "raw",
     [
-        "proxy.internal:3128",
-        "socks5://u:pa55-word@proxy.internal:1080",
-        "http://u:pa55-word@proxy.internal:3128/path",
-        "http://u:pa55-word@proxy.internal:3128/?q=1",
-        "http://u:pa55-word@",
-        "",
-        42,
+        json.dumps({"access_token": LEAKED, "token_type": "MAC", "expires_in": 3600}),
+        json.dumps({"access_token": LEAKED, "token_type": "Bearer", "expires_in": -5}),
+        json.dumps({"access_token": LEAKED, "token_type": "Bearer", "expires_in": "soon"}),
+        f'{{"access_token": "{LEAKED}", "token_type": "Bearer", "expires_in": NaN}}',
+        f'{{"access_token": "{LEAKED}", "token_type": "Bearer", "expires_in": 36',  # cut off
     ],
+    ids=["token_type", "negative expires_in", "text expires_in", "NaN", "truncated JSON"],
 )
-def test_invalid_proxy_is_a_configuration_error_without_its_password(value: object) -> None:
-    with pytest.raises(ConfigurationError, match="proxy") as info:
-        resolve_proxy(value)
-    assert "pa55-word" not in str(info.value)
-
-
-@pytest.mark.parametrize(
-    ("environ", "url", "expected"),
-    [
-        ({"HTTPS_PROXY": "http://p:1"}, "https://api.us1.plainid.io/t", "http://p:1"),
-        ({"https_proxy": "http://p:1"}, "https://api.us1.plainid.io/t", "http://p:1"),
-        ({"https_proxy": "http://p:1", "HTTPS_PROXY": "http://q:2"}, "https://a.io/", "http://p:1"),
-        ({"HTTP_PROXY": "http://p:1"}, "https://api.us1.plainid.io/t", None),
-        ({"HTTP_PROXY": "http://p:1"}, "http://127.0.0.1:8080/t", "http://p:1"),
-        ({"HTTPS_PROXY": "p:1"}, "https://a.io/", "http://p:1"),
-        (
-            {"HTTPS_PROXY": "http://p:1", "NO_PROXY": "plainid.io"},
-            "https://api.us1.plainid.io/",
-            None,
-        ),
-        (
-            {"HTTPS_PROXY": "http://p:1", "no_proxy": ".plainid.io"},
-            "https://api.us1.plainid.io/",
-            None,
-        ),
-        ({"HTTPS_PROXY": "http://p:1", "NO_PROXY": "x.io, *"}, "https://a.io/", None),
-        (
-            {"HTTPS_PROXY": "http://p:1", "NO_PROXY": "plainid.io.evil"},
-            "https://plainid.io/",
-            "http://p:1",
-        ),
-        ({"HTTPS_PROXY": "http://p:1", "NO_PROXY": "id.io"}, "https://plainid.io/", "http://p:1"),
-        ({"HTTP_PROXY": "http://p:1", "NO_PROXY": "127.0.0.1"}, "http://127.0.0.1:9/t", None),
-        ({}, "https://a.io/", None),
-        ({"HTTPS_PROXY": " "}, "https://a.io/", None),
-    ],
-)
-def test_proxy_from_the_environment_as_curl_reads_it(
-    environ: dict[str, str], url: str, expected: str | None
+async def test_a_malformed_200_leaves_its_token_in_no_frame_and_no_chained_error(
+    server: tuple[Recorder, URL], session: aiohttp.ClientSession, sleep: FakeSleep, raw: str
 ) -> None:
-    proxy = proxy_from_env(URL(url), environ)
-    assert (None if proxy is None else str(proxy.url)) == expected
+    recorder, url = server
+
+    async def malformed(_request: web.Request) -> web.StreamResponse:
+        return web.Response(body=raw.encode(), content_type="application/json")
+
+    recorder.handler = malformed
+    error = await failure_of(fetch(session, sleep, url=url))
+    assert isinstance(error, InvalidTokenResponseError)
+    assert error.__cause__ is None
+    assert error.__context__ is None  # no JSONDecodeError whose doc is the body
+    reported = everything_reported(error)
+    assert "client_id = 'client-123'" in reported  # the request's frames are there, locals too
+    assert LEAKED not in reported
 
 
-def test_bad_proxy_variable_names_the_variable_not_the_password() -> None:
-    with pytest.raises(ConfigurationError, match="HTTPS_PROXY") as info:
-        proxy_from_env(URL("https://a.io/"), {"HTTPS_PROXY": "ftp://u:pa55-word@p:1"})
-    assert "pa55-word" not in str(info.value)
+def test_parse_token_response_raises_with_no_body_among_its_locals() -> None:
+    error = raised_by(
+        lambda: parse_token_response(
+            json.dumps({"access_token": LEAKED, "token_type": "MAC", "expires_in": 60}).encode()
+        )
+    )
+    assert isinstance(error, InvalidTokenResponseError)
+    reported = with_locals(error)
+    assert "parse_token_response" in reported
+    assert "outcome = InvalidTokenResponseError(" in reported
+    assert LEAKED not in everything_reported(error)
+
+
+async def test_a_reset_mid_answer_chains_the_transport_error_without_its_traceback(
+    server: tuple[Recorder, URL], session: aiohttp.ClientSession, sleep: FakeSleep
+) -> None:
+    recorder, url = server
+
+    async def cut(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Length": "500"})
+        response.content_type = "application/json"
+        await response.prepare(request)
+        await response.write(f'{{"access_token": "{LEAKED}", '.encode())
+        assert request.transport is not None
+        request.transport.abort()
+        return response
+
+    recorder.handler = cut
+    error = await failure_of(fetch(session, sleep, url=url, retry=RetryPolicy(attempts=1)))
+    assert isinstance(error, TokenEndpointUnavailableError)
+    cause = error.__cause__
+    assert isinstance(cause, aiohttp.ClientPayloadError)
+    assert cause.__traceback__ is None  # aiohttp's frames (the partial body) are not chained
+    assert cause.__cause__ is None
+    assert cause.__context__ is None
+    assert LEAKED not in everything_reported(error)

@@ -21,6 +21,10 @@ def test_all_is_sorted_and_complete(module: types.ModuleType) -> None:
     exported = list(module.__all__)
     # isort-style, as ruff's RUF022 keeps it: CONSTANTS, then Classes, then functions
     assert exported == sorted(exported, key=lambda n: (not n.isupper(), not n[:1].isupper(), n))
+    # The package imports its names on first use: each must resolve, and then be a plain one.
+    for name in exported:
+        assert not isinstance(getattr(module, name), types.ModuleType)
+    assert set(exported) <= set(dir(module))
     public = {
         name
         for name, value in vars(module).items()

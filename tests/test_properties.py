@@ -32,8 +32,9 @@ from hypothesis import strategies as st
 from yarl import URL
 
 import plainid_async as pa
-from plainid_async._endpoint import MAX_BODY_SIZE, TOKEN_PATH, request_token
+from plainid_async._endpoint import TOKEN_PATH, request_token
 from plainid_async._secret import Secret
+from plainid_async._wire import MAX_BODY_SIZE
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator

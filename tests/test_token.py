@@ -10,7 +10,6 @@ import attrs
 import pytest
 
 from plainid_async import ConfigurationError, InvalidTokenResponseError
-from plainid_async._endpoint import parse_token_response
 from plainid_async._token import (
     JITTER_FRACTION,
     MAX_LIFETIME,
@@ -21,6 +20,7 @@ from plainid_async._token import (
     lifetime_problem,
     schedule_for,
 )
+from plainid_async._wire import parse_token_response
 from plainid_async.testing import FakePlainID
 
 ACCESS = "eyJhbGciOi.secret-token-value.sig"
@@ -56,6 +56,14 @@ def test_issued_measures_expiry_from_when_the_request_was_sent() -> None:
 
 def test_authorization_is_the_bearer_header_value() -> None:
     assert token(60).authorization == f"Bearer {ACCESS}"
+
+
+def test_authorization_is_built_once_per_token_and_never_shown() -> None:
+    issued = token(60)
+    assert issued.authorization is issued.authorization
+    assert ACCESS not in repr(issued)
+    moved = attrs.evolve(issued, access_token="other")
+    assert moved.authorization == "Bearer other"
 
 
 def test_equal_tokens_compare_equal_whatever_their_monotonic_expiry() -> None:
