@@ -637,7 +637,7 @@ class RedisTokenCache:
             current = state.token
             if shared is None:
                 return current
-            if shared.token_id not in (state.rejected or {}):
+            if not state.is_rejected(shared.token_id):
                 if current is not None and (
                     state.token_id == shared.token_id
                     or current.expires_at_monotonic >= shared.token.expires_at_monotonic
@@ -677,16 +677,8 @@ class RedisTokenCache:
         now = time.monotonic()
         with self._mutex:
             state = self.key_states.state(key)
-            if state.rejected is None:
-                state.rejected = {}
-            rejected = state.rejected
-            first = token_id not in rejected
-            for old in [t for t, expiry in rejected.items() if expiry <= now]:
-                del rejected[old]
-            rejected[token_id] = max(token.expires_at_monotonic, now)
-            dropped = state.token is not None and state.token_id == token_id
-            if dropped:
-                state.token = state.token_id = None
+            first = state.reject(token_id, token.expires_at_monotonic, now)
+            dropped = state.drop_id(token_id)
         if first:
             self._in_background(self._delete_if(key, token_id))
         return dropped
