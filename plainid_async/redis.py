@@ -577,6 +577,7 @@ class RedisTokenCache:
         """
         if self._own is not None:
             own = self._own
+            await self.flush()  # background deletes first: they would make a new client
             await self._on_home(own.aclose())
 
     @property
