@@ -75,10 +75,10 @@ try:
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
     from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-except ImportError as exc:  # pragma: no cover - depends on the installed extras
+except ImportError as _missing:  # pragma: no cover - depends on the installed extras
     raise ImportError(
         "plainid_async.redis needs the 'redis' extra: pip install 'plainid-async[redis]'"
-    ) from exc
+    ) from _missing
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
@@ -93,7 +93,7 @@ if TYPE_CHECKING:
 
 __all__ = ["RedisTokenCache"]
 
-logger = logging.getLogger(LOGGER_NAME)
+logger: logging.Logger = logging.getLogger(LOGGER_NAME)
 
 _T = TypeVar("_T")
 
