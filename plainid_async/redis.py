@@ -550,7 +550,7 @@ class RedisTokenCache:
         )
         #: The memory layer (token and token id per key), flights, failure streaks,
         #: cool-downs and 401 guards, per key.
-        self.key_states = KeyStates(max_entries)
+        self.key_states: KeyStates = KeyStates(max_entries)
         self._mutex = self.key_states.lock
         self._tasks: set[asyncio.Future[None] | concurrent.futures.Future[None]] = set()
         self._down = False
