@@ -131,31 +131,13 @@ def django_wsgi(port: int) -> list[str]:
     ]  # fmt: skip
 
 
-def _has_from_url() -> bool:
-    try:
-        from plainid_async.redis import RedisTokenCache  # noqa: PLC0415 (the redis extra)
-    except ImportError:
-        return False
-    return hasattr(RedisTokenCache, "from_url")
-
-
-#: Until ``RedisTokenCache.from_url`` exists the services share one redis-py client across
-#: the event loops of their calls (apps/service.py uses from_url as soon as it exists).
-ISSUE_20_LOOPS = pytest.mark.xfail(
-    not _has_from_url(),
-    strict=True,
-    reason="issue 20 part 1: a module-level RedisTokenCache with a new event loop per request "
-    "(async_to_sync) costs several token requests per refresh and false warnings",
-)
-
-
 @pytest.mark.parametrize(
     ("server", "cache"),
     [
         ("asgi-async-view", "memory"),
         ("asgi-async-view", "redis"),
         ("wsgi-gthread-async-to-sync", "memory"),
-        pytest.param("wsgi-gthread-async-to-sync", "redis", marks=ISSUE_20_LOOPS),
+        ("wsgi-gthread-async-to-sync", "redis"),
     ],
 )
 def test_django_views_fetch_once_per_refresh(
