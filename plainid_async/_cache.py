@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import hmac
 import itertools
+import os
 import threading
 import time
 import weakref
@@ -383,6 +384,10 @@ class KeyState:
         """``flight`` is now the key's fetch in progress."""
         self._flight = flight
 
+    def forget_flight(self) -> None:
+        """Forget the fetch in progress without ending it (a forked child's inheritance)."""
+        self._flight = None
+
     def end(self, flight: Flight) -> bool:
         """``flight`` ended (or was found orphaned); whether it was the key's fetch."""
         if self._flight is not flight:
@@ -393,10 +398,18 @@ class KeyState:
     # -- the failure policy's records ------------------------------------------------------
 
     def failed(
-        self, now: float, error: BaseException, *, delay: float, usable_left: float | None
+        self,
+        now: float,
+        error: BaseException,
+        *,
+        delay: float,
+        usable_left: float | None,
+        transport: int | None = None,
     ) -> FailureDecision:
         """Record a failed fetch (see :func:`plainid_async._policy.after_failure`)."""
-        decision = after_failure(self._record, now, error, delay=delay, usable_left=usable_left)
+        decision = after_failure(
+            self._record, now, error, delay=delay, usable_left=usable_left, transport=transport
+        )
         self._record = decision.record
         return decision
 
@@ -532,6 +545,11 @@ class KeyStates:
             if state is not None and state.idle(time.monotonic()):
                 del self._states[key]
 
+    def _after_fork(self) -> None:
+        self._lock = threading.RLock()
+        for state in self._states.values():
+            state.forget_flight()
+
     def flights(self) -> list[Flight]:
         """The fetches in progress, for tests and health checks."""
         with self._lock:
@@ -591,6 +609,20 @@ class KeyStates:
 
 _SIDE_TABLES: weakref.WeakKeyDictionary[object, KeyStates] = weakref.WeakKeyDictionary()
 _SIDE_LOCK = threading.RLock()  # key_states_of makes a table (which registers) under it
+
+
+def _forget_after_fork() -> None:
+    """In a forked child: no inherited flight, no inherited lock.
+
+    A flight of the parent runs on a thread the child does not have, so it never ends:
+    every key forgets it and the child's first call fetches for itself. Locks another
+    thread of the parent held at the fork would never be released: they are made anew.
+    Tokens, failure records and 401 guards stay (they are facts about the credentials).
+    """
+    global _SIDE_LOCK  # noqa: PLW0603 (the child's own lock, as refresher_loop does)
+    _SIDE_LOCK = threading.RLock()
+    for table in list(_ALL_TABLES):
+        table._after_fork()  # noqa: SLF001 (this module's own class)
 
 
 def running_fetches() -> list[Flight]:
@@ -692,3 +724,6 @@ _DEFAULT_CACHE = MemoryTokenCache()
 def default_cache() -> MemoryTokenCache:
     """The process-wide memory cache that providers use unless given another."""
     return _DEFAULT_CACHE
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)

@@ -30,7 +30,14 @@ import attrs
 
 from ._events import EventKind, FetchReason
 from ._log import LOGGER_NAME
-from ._policy import cooldown_delay, cooldown_left, probe_only, retry_delay, wait_budget
+from ._policy import (
+    cooldown_delay,
+    cooldown_left,
+    probe_only,
+    retry_delay,
+    wait_budget,
+    window_left,
+)
 from ._refresher import is_refresher_loop, refresher_loop
 from .exceptions import (
     ConfigurationError,
@@ -63,6 +70,12 @@ ORPHAN_POLL: Final = 0.05
 _FETCH_IDS = itertools.count(1)
 #: Fetches that replace a token still served (replace, never drop).
 _REPLACING: Final = frozenset({FetchReason.FORCED, FetchReason.UNAUTHORIZED})
+
+
+def _retrieved(future: asyncio.Future[Token]) -> None:
+    """Mark a future's exception as retrieved (nobody waits for it any more)."""
+    if not future.cancelled():
+        future.exception()
 
 
 class _OrphanedError(Exception):
@@ -100,6 +113,12 @@ class Flight:
     #: The token it replaces (a forced or 401 refresh), dropped if the endpoint says the
     #: credentials are invalid.
     replacing: Token | None = attrs.field(default=None, repr=False)
+    #: The transport of the provider that started it (see Fetcher.transport).
+    transport: int = attrs.field(default=0, repr=False)
+    #: When its next attempt goes (monotonic) while it waits out a server's Retry-After,
+    #: and the error that set that window.
+    not_before: float = attrs.field(default=0.0, repr=False)
+    window_error: TokenRequestError | None = attrs.field(default=None, repr=False)
 
     def attempt(self) -> None:
         """An HTTP attempt starts."""
@@ -182,6 +201,9 @@ class Fetcher:
     proxy: Proxy | None
     trust_env: bool
     budget: float = attrs.field(init=False)
+    #: Which transport token requests take (proxy, TLS, session): a failure of another
+    #: transport's fetch never fails this provider's calls.
+    transport: int = attrs.field(init=False)
     closed: bool = attrs.field(default=False, init=False)
     #: Waits between attempts; tests pass their own to see the steps.
     sleep: Callable[[float], Awaitable[object]] = asyncio.sleep
@@ -189,6 +211,10 @@ class Fetcher:
     def __attrs_post_init__(self) -> None:
         """Work out the waiter budget."""
         self.budget = wait_budget(self.retry, self.timeout)
+        proxy = None if self.proxy is None else (str(self.proxy.url), self.proxy.login)
+        ssl = self.ssl if self.ssl is None or isinstance(self.ssl, bool) else id(self.ssl)
+        session = None if self.session is None else id(self.session)
+        self.transport = hash((proxy, ssl, session, self.trust_env))
 
     def check_open(self) -> None:
         """Raise :class:`~plainid_async.ProviderClosedError` once the provider closed."""
@@ -263,6 +289,7 @@ class Fetcher:
                 loop=loop,
                 owner=self.owner,
                 replacing=replacing if reason in _REPLACING else None,
+                transport=self.transport,
             )
             state.begin(flight)
             probe = probe_only(state.record, reason, full_budget=full_budget)
@@ -291,7 +318,7 @@ class Fetcher:
     ) -> Token:
         """Wait for a token for ``key``: join the flight or start one, within the budget."""
         deadline = monotonic() + self.budget
-        second_chance = True
+        second_chance = foreign_chance = True
         skip_cooldown = reason is FetchReason.FORCED
         first = True  # one lookup event per call: WAIT, or COOLDOWN
         while True:
@@ -299,14 +326,26 @@ class Fetcher:
             state = self.states.state(key)
             if not skip_cooldown:
                 self._check_cooldown(key, state, emit=first)
+                await self._wait_out_window(state, deadline)
             if first:
                 first = False
                 self.reporter.emit(EventKind.WAIT, key)
             flight = self.start(key, state, replacing, reason, full_budget=skip_cooldown)
             flight.hurry()
+            window_error = flight.window_error
+            if window_error is not None and flight.not_before > deadline:
+                # The fetch waits out a Retry-After past this caller's budget: fail now,
+                # with the error that set the window, rather than at the budget's end.
+                raise window_error.with_traceback(None)
             try:
                 token = await self._await(flight, state, deadline)
             except TokenRequestError as error:
+                # A fetch over another transport (proxy, TLS, session) failed: its failure
+                # may be that transport's, so this caller tries once over its own.
+                if flight.transport != self.transport and foreign_chance:
+                    foreign_chance = False
+                    skip_cooldown = True
+                    continue
                 # A background refresh may have spent most of its attempts before anyone
                 # waited for it: when it fails, waiting callers get one fetch of their own
                 # with the full retry budget before they see an error.
@@ -334,7 +373,7 @@ class Fetcher:
         """Inside a cool-down with no fetch running, fail at once with the last error."""
         with self.states.lock:
             record, running = state.record, state.flight is not None
-        left = cooldown_left(record, self.states.clock())
+        left = cooldown_left(record, self.states.clock(), self.transport)
         if running or left <= 0 or record.last_error is None:
             return
         if emit:
@@ -344,8 +383,32 @@ class Fetcher:
         # failed fetches.
         raise record.last_error.with_traceback(None)
 
+    async def _wait_out_window(self, state: KeyState, deadline: float) -> None:
+        """Inside a server's Retry-After window with no fetch running: wait it out within
+        the budget, or fail now with the error that set it.
+        """  # noqa: D205 (two cases)
+        with self.states.lock:
+            record, running = state.record, state.flight is not None
+        left = window_left(record, self.states.clock(), self.transport)
+        if running or left <= 0 or record.last_error is None:
+            return
+        if monotonic() + left > deadline:
+            raise record.last_error.with_traceback(None)
+        await asyncio.sleep(left)
+
     async def _await(self, flight: Flight, state: KeyState, deadline: float) -> Token:
         waiting = asyncio.wrap_future(flight.future)
+        try:
+            return await self._await_on(waiting, flight, state, deadline)
+        finally:
+            if not waiting.done():
+                # This caller leaves first (its own timeout, a cancel): whatever the fetch
+                # ends with is nobody's to read here, so no "never retrieved" record.
+                waiting.add_done_callback(_retrieved)
+
+    async def _await_on(
+        self, waiting: asyncio.Future[Token], flight: Flight, state: KeyState, deadline: float
+    ) -> Token:
         # A flight on a loop-bound loop other than ours dies silently if that loop stops:
         # look at it every ORPHAN_POLL seconds.
         loop = flight.loop
@@ -403,7 +466,9 @@ class Fetcher:
             await self.cache.store(key, token)
             return token
 
-    async def _request(self, flight: Flight, retry: RetryPolicy) -> Token:
+    async def _request(  # noqa: C901 (the attempt hooks live beside the request)
+        self, flight: Flight, retry: RetryPolicy
+    ) -> Token:
         key, wake = flight.key, flight.wake
         assert wake is not None  # noqa: S101 (set by _fetch before it calls here)
         failed: list[TokenRequestError] = []  # the attempt the next sleep follows
@@ -424,11 +489,20 @@ class Fetcher:
             if hurried is None and wake.is_set():
                 hurried = 0
             jitter = random.random()  # noqa: S311 (jitter, not crypto)
-            delay = retry_delay(planned, hurried, self.retry, jitter)
             error = failed[0] if failed else None
+            retry_after = None if error is None else error.retry_after
+            delay = retry_delay(planned, hurried, self.retry, jitter, retry_after=retry_after)
             self.reporter.emit(
                 EventKind.ATTEMPT_FAILED, key, flight=flight, error=error, retry_in=delay
             )
+            if retry_after is not None:
+                # The server's window: nobody who comes waiting shortens it.
+                flight.window_error, flight.not_before = error, monotonic() + delay
+                try:
+                    await self.sleep(delay)
+                finally:
+                    flight.window_error = None
+                return
             if hurried is not None:
                 hurried += 1
                 if delay > 0:
@@ -528,7 +602,13 @@ class Fetcher:
         if cached is not None:
             left = self.schedule(cached).usable_until - monotonic()
             usable_left = left if left > 0 else None
-        return state.failed(self.states.clock(), error, delay=delay, usable_left=usable_left)
+        return state.failed(
+            self.states.clock(),
+            error,
+            delay=delay,
+            usable_left=usable_left,
+            transport=self.transport,
+        )
 
     # -- closing -------------------------------------------------------------------------
 

@@ -48,6 +48,7 @@ __all__ = [
     "probe_only",
     "retry_delay",
     "wait_budget",
+    "window_left",
 ]
 
 #: The longest cool-down after failed fetches with no usable token, and the longest wait
@@ -77,6 +78,10 @@ class Failures:
         retry_by: Monotonic time from which one may start whatever the backoff (the cap).
         cooldown_until: Monotonic time before which, with no usable token, calls fail at once
             with ``last_error`` and no token request.
+        transport: Which transport (proxy, TLS, session) the last failed fetch used: its
+            cool-down holds for providers with that transport only.
+        window_until: Monotonic end of the server's ``Retry-After`` window: no token
+            request before it unless forced.
     """
 
     count: int = 0
@@ -84,6 +89,8 @@ class Failures:
     retry_at: float = 0.0
     retry_by: float = 0.0
     cooldown_until: float = 0.0
+    transport: int | None = None
+    window_until: float = 0.0
 
 
 #: No failure: the record of a key after a success.
@@ -136,6 +143,7 @@ def after_failure(
     *,
     delay: float,
     usable_left: float | None,
+    transport: int | None = None,
 ) -> FailureDecision:
     """Decide what a failed fetch leads to.
 
@@ -150,17 +158,30 @@ def after_failure(
         error: The fetch's error.
         delay: The backoff from :func:`cooldown_delay`.
         usable_left: Seconds the cached token stays usable, or ``None`` without one.
+        transport: Which transport the fetch used (its cool-down is that transport's).
     """
     count = record.count + 1
+    retry_after = error.retry_after if isinstance(error, TokenRequestError) else None
+    window = 0.0 if retry_after is None else now + min(retry_after, COOLDOWN_MAX)
     if usable_left is not None:
-        cap = max(usable_left / 2, BACKGROUND_RETRY_FLOOR)
-        new = Failures(count, error, now + delay, now + cap, record.cooldown_until)
+        # Never inside the server's Retry-After window, whatever the usable time left.
+        cap = max(usable_left / 2, BACKGROUND_RETRY_FLOOR, window - now)
+        new = Failures(
+            count, error, now + delay, now + cap, record.cooldown_until, transport, window
+        )
         return FailureDecision(new, min(delay, cap), cached=True, cooling=False)
     if isinstance(error, TokenRequestError):
-        new = Failures(count, error, now + delay, now + delay, now + delay)
+        new = Failures(count, error, now + delay, now + delay, now + delay, transport, window)
         return FailureDecision(new, delay, cached=False, cooling=True)
-    new = Failures(count, error, now + delay, now + delay, record.cooldown_until)
+    new = Failures(count, error, now + delay, now + delay, record.cooldown_until, transport, window)
     return FailureDecision(new, None, cached=False, cooling=False)
+
+
+def window_left(record: Failures, now: float, transport: int | None = None) -> float:
+    """Seconds left of the server's ``Retry-After`` window (0: token requests may go)."""
+    if transport is not None and record.transport not in (None, transport):
+        return 0.0
+    return max(0.0, record.window_until - now)
 
 
 def background_due(record: Failures, now: float) -> bool:
@@ -168,9 +189,15 @@ def background_due(record: Failures, now: float) -> bool:
     return record.count == 0 or now >= min(record.retry_at, record.retry_by)
 
 
-def cooldown_left(record: Failures, now: float) -> float:
-    """Seconds left of a cool-down (0 when calls may fetch)."""
+def cooldown_left(record: Failures, now: float, transport: int | None = None) -> float:
+    """Seconds left of a cool-down (0 when calls may fetch) for a provider's ``transport``.
+
+    A cool-down started by a fetch over another transport (another proxy, TLS setting or
+    session) does not hold: that transport's failure says nothing of this one.
+    """
     if record.last_error is None or now >= record.cooldown_until:
+        return 0.0
+    if transport is not None and record.transport not in (None, transport):
         return 0.0
     return record.cooldown_until - now
 
@@ -184,7 +211,14 @@ def probe_only(record: Failures, reason: FetchReason, *, full_budget: bool) -> b
     return not full_budget and reason is FetchReason.COLD and record.cooldown_until > 0
 
 
-def retry_delay(planned: float, hurried: int | None, retry: RetryPolicy, jitter: float) -> float:
+def retry_delay(
+    planned: float,
+    hurried: int | None,
+    retry: RetryPolicy,
+    jitter: float,
+    *,
+    retry_after: float | None = None,
+) -> float:
     """Seconds to wait before the next attempt of a fetch: the one decision of it.
 
     Args:
@@ -194,8 +228,10 @@ def retry_delay(planned: float, hurried: int | None, retry: RetryPolicy, jitter:
             waited: the next attempt goes at once, then the backoff starts over.
         retry: The provider's retry policy.
         jitter: A number in [0, 1).
+        retry_after: The server's ``Retry-After`` for the failed attempt, if it gave one:
+            its window is kept whoever waits (no token request inside it).
     """
-    if hurried is None:
+    if hurried is None or retry_after is not None:
         return planned
     if hurried == 0:
         return 0.0

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import math
+import os
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -22,7 +24,7 @@ from _reliability import record
 from aiohttp import web
 
 import plainid_async as pa
-from plainid_async.testing import FakePlainID, running_fetches
+from plainid_async.testing import FakePlainID, free_port, running_fetches
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -791,3 +793,112 @@ async def test_a_replacement_refused_for_invalid_credentials_drops_the_token() -
                 await provider.get_token(force_refresh=True)
             assert provider.cache.get(provider.cache_key) is None
             assert token is not None
+
+
+def test_a_child_forked_mid_fetch_fetches_for_itself() -> None:
+    """The parent's fetch hangs when the child is forked: the child must not wait for it."""
+    with fake_in_thread() as fake:
+        cache = pa.MemoryTokenCache()
+        provider = provider_on(fake, cache, timeout=5.0, retry=pa.RetryPolicy(attempts=1))
+        fake.hang = True
+
+        def parent_call() -> None:
+            with contextlib.suppress(pa.PlainIDError, asyncio.CancelledError):
+                asyncio.run(provider.get_token())
+
+        hung = threading.Thread(target=parent_call, daemon=True)
+        hung.start()
+        deadline = time.monotonic() + 10
+        while not running_fetches() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert running_fetches()
+        pid = os.fork()
+        if pid == 0:  # the child: one call, its own fetch, then out (no test teardown)
+            code = 1
+            try:
+                token = asyncio.run(asyncio.wait_for(provider.get_token(), 3))
+                code = 0 if token.access_token and not running_fetches() else 2
+            finally:
+                os._exit(code)
+        fake.hang = False  # the child's own request is answered
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        for flight in running_fetches():
+            flight.cancel()
+        hung.join(10)
+
+
+async def test_one_providers_broken_proxy_never_fails_a_direct_provider_of_the_same_key() -> None:
+    async with FakePlainID() as fake:
+        cache = pa.MemoryTokenCache()
+        proxied = provider_on(
+            fake, cache, proxy=f"http://127.0.0.1:{free_port()}", retry=pa.RetryPolicy(attempts=1)
+        )
+        direct = provider_on(fake, cache, retry=pa.RetryPolicy(attempts=1))
+        async with proxied, direct:
+            with pytest.raises(pa.TokenEndpointUnavailableError, match=r"proxy|127\.0\.0\.1"):
+                await proxied.get_token()
+            # Same credentials, same key: the proxy's cool-down is not the direct one's.
+            token = await direct.get_token()
+            assert fake.is_valid(token.access_token)
+            assert len(fake.token_requests) == 1
+
+
+async def test_callers_that_give_up_leave_no_never_retrieved_exception_behind(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """100 callers with their own 0.2 s timeouts, then the shared fetch fails."""
+    caplog.set_level(logging.ERROR, logger="asyncio")
+    async with FakePlainID(latency=0.5) as fake:
+        provider = provider_on(fake, pa.MemoryTokenCache(), retry=pa.RetryPolicy(attempts=1))
+        async with provider:
+            fake.start_outage(503)
+
+            async def impatient() -> BaseException | None:
+                try:
+                    await asyncio.wait_for(provider.get_token(), 0.2)
+                except (TimeoutError, pa.TokenRequestError) as error:
+                    return error
+                return None
+
+            results = await asyncio.gather(*(impatient() for _ in range(100)))
+            assert all(isinstance(r, TimeoutError) for r in results)
+            await settle()
+            gc.collect()
+            await asyncio.sleep(0)
+    gc.collect()
+    assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []
+
+
+async def test_a_caller_inside_a_retry_after_window_fails_fast_with_its_error() -> None:
+    """A 429 with Retry-After during a background refresh, then the token runs out and a
+    caller with a budget shorter than the window arrives: no token request inside it."""
+    async with FakePlainID() as fake:
+        cache = pa.MemoryTokenCache()
+        refresher = provider_on(fake, cache, timeout=5.0)
+        hasty = provider_on(fake, cache, timeout=0.3, retry=pa.RetryPolicy(attempts=1))
+        async with refresher, hasty:
+            await cache.store(refresher.cache_key, token_with_remaining(40))
+            fake.start_outage(429, retry_after="3")
+            await refresher.get_token()  # STALE: its background refresh gets the 429
+            await requests_seen(fake)
+            await cache.store(refresher.cache_key, token_with_remaining(5))  # EXPIRED now
+            with pytest.raises(pa.TokenEndpointUnavailableError) as info:
+                await asyncio.wait_for(hasty.get_token(), 10)
+            assert info.value.status == 429  # the window's own error, not "time budget"
+            assert len(fake.token_requests) == 1  # nothing was asked inside the window
+            fake.end_outage()
+            token = await asyncio.wait_for(refresher.get_token(), 10)  # waits the window out
+            assert fake.is_valid(token.access_token)
+            assert len(fake.token_requests) == 2
+
+
+def token_with_remaining(remaining: float, lifetime: float = 100.0) -> pa.Token:
+    """A token with ``remaining`` seconds left of ``lifetime``."""
+    return pa.Token(
+        access_token="preloaded",
+        token_type="Bearer",
+        expires_in=lifetime,
+        expires_at=time.time() + remaining,
+        expires_at_monotonic=time.monotonic() + remaining,
+    )
