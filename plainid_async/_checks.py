@@ -17,13 +17,16 @@ from .exceptions import ConfigurationError
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import ssl
-    from collections.abc import Mapping
+    from collections.abc import Callable, Iterable, Mapping
     from typing import Final, TypeVar
+
+    from yarl import URL
 
     _T = TypeVar("_T")
 
 __all__ = [
     "DOCUMENTED_REGIONS",
+    "check_async_redis",
     "check_bool",
     "check_count",
     "check_has_method",
@@ -208,13 +211,15 @@ def region_hint(value: object) -> str | None:
     return close[0] if close else None
 
 
-def check_instance(name: str, value: object, kind: type[_T], what: str) -> _T:
+def check_instance(
+    name: str, value: object, kind: type[_T] | tuple[type[_T], ...], what: str
+) -> _T:
     """Check an argument is of the type it must be.
 
     Args:
         name: The parameter, for the message.
         value: Its value (never shown: it may hold a secret).
-        kind: The type it must be an instance of.
+        kind: The type it must be an instance of (or a tuple of types).
         what: The type as the message names it, such as ``"a plainid_async.Token"``.
 
     Returns:
@@ -226,6 +231,34 @@ def check_instance(name: str, value: object, kind: type[_T], what: str) -> _T:
     if not isinstance(value, kind):
         raise TypeError(f"{name} must be {what}, not {type(value).__name__}")
     return value
+
+
+def check_async_redis(name: str, value: object) -> None:
+    """Check a Redis client for an asyncio cache: not the sync one, not a URL, not ``None``.
+
+    A ``redis.asyncio`` client (or ``RedisCluster``) passes, and so does a wrapper of one
+    that offers the commands the cache sends (``eval``, ``set``). The sync
+    ``redis.Redis`` would block the event loop on every command and half-write a token.
+
+    Raises:
+        TypeError: It is a sync client, or has no such commands; the message names ``name``.
+    """
+    what = "a redis.asyncio.Redis or RedisCluster client"
+    try:
+        import redis  # noqa: PLC0415 (the redis extra; only this check needs it here)
+    except ImportError:  # pragma: no cover - the caller is the redis extra's module
+        sync: tuple[type, ...] = ()
+    else:
+        sync = (redis.Redis, redis.RedisCluster)
+    if isinstance(value, sync):
+        raise TypeError(
+            f"{name} must be {what}, not the sync {type(value).__name__}: it would block the "
+            "event loop (use redis.asyncio.Redis)"
+        )
+    if isinstance(value, (str, bytes)) or not all(
+        callable(getattr(value, command, None)) for command in ("eval", "set")
+    ):
+        raise TypeError(f"{name} must be {what}, not {type(value).__name__}")
 
 
 def check_ssl(name: str, value: object) -> ssl.SSLContext | bool | None:
@@ -317,21 +350,47 @@ def check_session_loop(name: str, session: object) -> None:
         )
 
 
-def check_token_origin(name: str, value: object, *, allowed: bool, origins: str) -> None:
-    """Check a ``base_url`` of a client that sends the token is on an origin that gets it.
+def check_token_origin(
+    name: str, value: object, *, allows: Callable[[URL], bool], origins: Iterable[object]
+) -> None:
+    """Check the ``base_url`` of a client that sends the token is on an origin that gets it.
+
+    ``provider.session()`` and ``plainid_async.httpx.client()`` both refuse one that is not:
+    its requests would silently go without a token.
 
     Args:
         name: The parameter, for the message.
-        value: The URL as shown (without credentials).
-        allowed: Whether its origin gets the token.
-        origins: The origins that do, for the message.
+        value: The URL, as ``str`` or ``yarl.URL``.
+        allows: Whether a request to an absolute URL gets the token.
+        origins: The origins that get it, for the message.
 
     Raises:
-        ConfigurationError: It is not: its requests would silently go without a token.
+        ConfigurationError: ``value`` is no absolute URL, or its origin gets no token.
     """
+    from yarl import URL  # noqa: PLC0415 (the command line imports this module: no yarl)
+
+    try:
+        url = URL(value) if isinstance(value, str) else value
+        allowed = isinstance(url, URL) and url.absolute and allows(url)
+    except (TypeError, ValueError):
+        allowed = False
     if not allowed:
+        shown = ", ".join(str(origin) for origin in origins)
         raise ConfigurationError(
-            f"{name}={value!r} is not on an origin that gets the token ({origins}): add its "
-            "origin to origins=, or use a client without the provider for requests that "
-            "need no token"
+            f"{name}={_shown_url(value)!r} is not on an origin that gets the token ({shown}): "
+            "add its origin to origins=, or use a client without the provider for requests "
+            "that need no token"
         )
+
+
+def _shown_url(value: object) -> str:
+    """A URL as an error may show it: without user info, which may hold a password."""
+    from yarl import URL  # noqa: PLC0415
+
+    if isinstance(value, (str, URL)):
+        try:
+            url = URL(value) if isinstance(value, str) else value
+            return str(url.with_user(None)) if url.host else "(not a URL)"
+        except (TypeError, ValueError):
+            return "(not a URL)"
+    return f"({type(value).__name__})"

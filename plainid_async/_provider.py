@@ -31,7 +31,15 @@ import aiohttp
 import attrs
 
 from ._cache import CacheKey, Flight, KeyState, TokenCache, default_cache, key_states_of
-from ._checks import check_bool, check_seconds, check_text
+from ._checks import (
+    check_bool,
+    check_instance,
+    check_mapping,
+    check_seconds,
+    check_session_loop,
+    check_ssl,
+    check_text,
+)
 from ._endpoint import RetryPolicy, request_token, resolve_endpoint
 from ._events import BUS, EventKind, FetchReason, Listener, TokenEvent, emit, log_level
 from ._log import LOGGER_NAME
@@ -228,6 +236,9 @@ class HealthReport:
         }
 
 
+#: How a misused ``token`` argument is told what it must be.
+_A_TOKEN: Final = "a plainid_async.Token, as get_token() returned it"  # noqa: S105 (words)
+
 #: Open providers, so a subscriber that arrives can empty their hot slots (see _cool_all).
 _PROVIDERS: weakref.WeakSet[TokenProvider] = weakref.WeakSet()
 
@@ -371,7 +382,7 @@ class TokenProvider:
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise ConfigurationError("retry must be a plainid_async.RetryPolicy")
         self._retry = RetryPolicy() if retry is None else retry
-        self._ssl = ssl
+        self._ssl = check_ssl("ssl", ssl)
         if on_event is not None and not callable(on_event):
             raise ConfigurationError(f"on_event must be a callable, not {type(on_event).__name__}")
         self._listener = None if on_event is None else Listener(on_event)
@@ -429,7 +440,9 @@ class TokenProvider:
             ConfigurationError: A variable is missing, blank or invalid; the message names
                 it, and names every missing variable at once.
         """  # noqa: D205 (the summary names four variables and needs two lines)
-        settings = Settings.from_environ(environ)
+        settings = Settings.from_environ(
+            None if environ is None else check_mapping("environ", environ)
+        )
         try:
             return cls(
                 settings.client_id,
@@ -519,11 +532,14 @@ class TokenProvider:
         Raises:
             TokenRequestError: No token could be obtained (a subclass says why).
             ProviderClosedError: The provider is closed.
+            ConfigurationError: ``force_refresh`` is not a bool, or the ``session=`` passed
+                in was created on another event loop than this call's.
         """
         token, refresh_at, state = self._hot
         # The state holds the very token only while the cache does: a discarded, evicted or
         # replaced token fails this check, and close() empties the slot.
-        if monotonic() < refresh_at and state.token is token and not force_refresh:
+        # `is False`, not `not`: a truthy or falsy stand-in goes the slow way, which refuses it.
+        if monotonic() < refresh_at and state.token is token and force_refresh is False:
             self._hits += 1
             return token
         return await self._get_token_slow(force_refresh=force_refresh)
@@ -585,8 +601,11 @@ class TokenProvider:
 
         Returns:
             Whether it was dropped.
+
+        Raises:
+            TypeError: ``token`` is not a :class:`~plainid_async.Token`.
         """
-        return self._discard(self._key, token)
+        return self._discard(self._key, check_instance("token", token, Token, _A_TOKEN))
 
     def report_unauthorized(self, token: Token) -> bool:
         """Report that PlainID's API answered 401 to a request that carried ``token``.
@@ -606,7 +625,11 @@ class TokenProvider:
         Returns:
             Whether a retry with a token from :meth:`get_token` is worth it: ``False``
             while the guard holds (return the 401 to the caller).
+
+        Raises:
+            TypeError: ``token`` is not a :class:`~plainid_async.Token`.
         """
+        check_instance("token", token, Token, _A_TOKEN)
         key = self._key
         with self._states.lock:
             if self._cache.get(key) is not token:
@@ -650,6 +673,9 @@ class TokenProvider:
 
     async def _get_token_slow(self, *, force_refresh: bool) -> Token:
         self._check_open()
+        check_bool("force_refresh", force_refresh)
+        if self._session is not None:
+            check_session_loop("session", self._session)
         key = self._key
         reason = "forced" if force_refresh else "cold"
         replacing: Token | None = None

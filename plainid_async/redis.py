@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Final, TypeVar
 import attrs
 
 from ._cache import DEFAULT_MAX_ENTRIES, KeyStates
-from ._checks import check_seconds
+from ._checks import check_async_redis, check_seconds
 from ._endpoint import RetryPolicy
 from ._events import EventKind, emit
 from ._log import LOGGER_NAME
@@ -308,6 +308,7 @@ class RedisTokenCache:
 
     Raises:
         ConfigurationError: A parameter is invalid.
+        TypeError: ``client`` is not a ``redis.asyncio`` client.
     """
 
     #: True, as the redis-py client belongs to the event loop its connections were made
@@ -331,6 +332,7 @@ class RedisTokenCache:
         if any(c.isspace() or c in "{}" for c in namespace):
             # Braces would change the Redis Cluster hash tag of the key names.
             raise ConfigurationError("namespace must not contain whitespace or braces")
+        check_async_redis("client", client)
         self._client = client
         self._namespace = namespace
         self._timeout = check_seconds("timeout", timeout, allow_zero=False)
