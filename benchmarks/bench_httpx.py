@@ -57,17 +57,20 @@ async def _run(client: httpx.AsyncClient, n: int) -> tuple[float, float]:
 
 
 async def _flow_cost(auth: httpx.Auth, calls: int) -> float:
-    """Seconds per call of ``auth.async_auth_flow`` for one request and its 200, no I/O."""
+    """Best of five: thread CPU seconds per ``auth.async_auth_flow`` for one request, no I/O."""
     request = httpx.Request("GET", "http://127.0.0.1:9/api/1.0/bench")
     response = httpx.Response(200, request=request)
-    start = time.perf_counter()
-    for _ in range(calls):
-        flow = auth.async_auth_flow(request)
-        await flow.__anext__()
-        with contextlib.suppress(StopAsyncIteration):
-            await flow.asend(response)
-        request.headers.pop("authorization", None)
-    return (time.perf_counter() - start) / calls
+    best = float("inf")
+    for _ in range(5):
+        start = time.thread_time()
+        for _ in range(calls):
+            flow = auth.async_auth_flow(request)
+            await flow.__anext__()
+            with contextlib.suppress(StopAsyncIteration):
+                await flow.asend(response)
+            request.headers.pop("authorization", None)
+        best = min(best, (time.thread_time() - start) / calls)
+    return best
 
 
 async def bench(port: int, rounds: int, requests: int) -> float:

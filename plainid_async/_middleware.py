@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from yarl import URL
 
     from ._provider import TokenProvider
+    from ._token import Token
 
 __all__ = ["BearerAuthMiddleware", "provider_session"]
 
@@ -116,30 +117,49 @@ class BearerAuthMiddleware(TokenScope):
                 if chain is not None:
                     _FOREIGN_REDIRECT.set(chain)
             return response
+        # The hot path: one token, one send. The 401 retry is _retry's, so this path runs
+        # no loop and reads no more state than it needs.
+        token = await self._provider.get_token()
+        # The header value (built once per token) goes from the token straight into the
+        # request: no local of this frame holds it, so a traceback with locals shows only
+        # Token's repr.
+        request.headers[hdrs.AUTHORIZATION] = token.authorization
+        try:
+            response = await handler(request)
+        finally:
+            # Sent, or failed: either way the header leaves the request now, so neither a
+            # frame below (which may hold request.headers) nor the response's request_info
+            # (a live view of them, in ClientResponseError's repr) shows it.
+            request.headers.popall(hdrs.AUTHORIZATION, None)
+        if response.status != 401 or not self._retry_on_401:
+            return response
+        return await self._retry(request, handler, token, response)
+
+    async def _retry(
+        self,
+        request: ClientRequest,
+        handler: ClientHandlerType,
+        token: Token,
+        response: ClientResponse,
+    ) -> ClientResponse:
+        """A 401 to ``token``: drop it, get a fresh one and send once more, if worth it."""
         provider = self._provider
-        for attempt in range(2):
-            token = await provider.get_token()
-            # The header value goes from _authorization() straight into the request: no local
-            # of this frame holds it, so a traceback with locals shows only Token's repr.
-            request.headers[hdrs.AUTHORIZATION] = self._authorization(token)
-            try:
-                response = await handler(request)
-            finally:
-                # Sent, or failed: either way the header leaves the request now, so neither
-                # a frame below (which may hold request.headers) nor the response's
-                # request_info (a live view of them, in ClientResponseError's repr) shows it.
-                request.headers.popall(hdrs.AUTHORIZATION, None)
-            if response.status != 401 or attempt or not self._retry_on_401:
-                break
-            # The token was rejected: drop it, if it is still the cached one, so this retry
-            # or else the caller's next request gets a new one. When the guard holds or a
-            # streamed body cannot be sent again, the caller gets the 401.
-            if not provider.report_unauthorized(token) or not _can_replay(request.body):
-                break
-            # Free the connection first: the retry (or, with a shared session, the token
-            # request) may need it from a small pool.
-            response.release()
-        return response
+        # The token was rejected: drop it, if it is still the cached one, so this retry or
+        # else the caller's next request gets a new one. When the guard holds or a streamed
+        # body cannot be sent again, the caller gets the 401.
+        if not provider.report_unauthorized(token) or not _can_replay(request.body):
+            return response
+        # Free the connection first: the retry (or, with a shared session, the token
+        # request) may need it from a small pool.
+        response.release()
+        token = await provider.get_token()
+        # As in __call__ (kept inline there for the hot path): no local holds the header,
+        # and it leaves the request once sent. A second 401 goes to the caller.
+        request.headers[hdrs.AUTHORIZATION] = token.authorization
+        try:
+            return await handler(request)
+        finally:
+            request.headers.popall(hdrs.AUTHORIZATION, None)
 
 
 def _chain_of(request: ClientRequest) -> list[object] | None:

@@ -79,7 +79,7 @@ def _named(source: str, shown: str) -> str:
     return f"{source}{shown!r}" if source.endswith("=") else f"{source}={shown!r}"
 
 
-def resolve_proxy(proxy: object, *, source: str = FROM_ARGUMENT) -> Proxy | None:
+def resolve_proxy(proxy: object, source: str = FROM_ARGUMENT) -> Proxy | None:
     """Validate a proxy URL and split its credentials off.
 
     Args:
@@ -96,26 +96,38 @@ def resolve_proxy(proxy: object, *, source: str = FROM_ARGUMENT) -> Proxy | None
         ConfigurationError: The value is not such a URL; the message names ``source`` and
             never shows the credentials.
     """
+    outcome = _proxy_or_error(proxy, source)
+    # The raise below must not find the URL (and its credentials) among this frame's locals.
+    del proxy
+    if isinstance(outcome, ConfigurationError):
+        raise outcome
+    return outcome
+
+
+def _proxy_or_error(proxy: object, source: str) -> Proxy | ConfigurationError | None:
+    """The proxy, or the error to raise; it returns either, so no frame of it is in a traceback."""
     if proxy is None or isinstance(proxy, Proxy):
         return proxy
     if not isinstance(proxy, (str, URL)):
-        raise ConfigurationError(
+        return ConfigurationError(
             f"{source.rstrip('=')} must be a string or yarl.URL, not {type(proxy)}"
         )
     try:
         url = URL(proxy) if isinstance(proxy, str) else proxy
         shown = str(url.with_user(None)) if url.host else without_userinfo(str(proxy))
     except (ValueError, TypeError):
-        raise ConfigurationError(
+        return ConfigurationError(
             f"{_named(source, without_userinfo(str(proxy)))} is not a valid URL"
-        ) from None
+        )
     if not url.absolute or not url.host or url.scheme not in {"http", "https"}:
-        raise ConfigurationError(
+        return ConfigurationError(
             f"{_named(source, shown)} must be an absolute http:// proxy URL, such as "
             "'http://proxy.internal:3128'"
         )
     if url.raw_path not in {"", "/"} or url.query_string or url.fragment:
-        raise ConfigurationError(f"{_named(source, shown)} must not have a path, query or fragment")
+        return ConfigurationError(
+            f"{_named(source, shown)} must not have a path, query or fragment"
+        )
     login = url.user or None
     password = None if url.password is None else Secret(url.password)
     return Proxy(url.with_user(None).with_path(""), login, password, source)
@@ -139,16 +151,21 @@ def proxy_from_env(url: URL, environ: Mapping[str, str] | None = None) -> Proxy 
     Raises:
         ConfigurationError: The variable holds no valid proxy URL; the message names it.
     """
-    env = os.environ if environ is None else environ
+    # Read in a frame that returns: a frame that may raise never holds the environment
+    # (whose repr shows every variable, the client secret's too) nor the variable's value.
+    return resolve_proxy(*_variable(url, os.environ if environ is None else environ))
+
+
+def _variable(url: URL, env: Mapping[str, str]) -> tuple[str | None, str]:
+    """The proxy variable's value for ``url`` and its name, or ``(None, "")``."""
     name = f"{url.scheme}_proxy"
     value = env.get(name) or env.get(name.upper())
     if not value or not value.strip():
-        return None
+        return None, ""
     if _bypassed(url.host or "", env.get("no_proxy") or env.get("NO_PROXY") or ""):
-        return None
-    source = name if env.get(name) else name.upper()
+        return None, ""
     text = value.strip()
-    return resolve_proxy(text if "://" in text else f"http://{text}", source=source)
+    return text if "://" in text else f"http://{text}", name if env.get(name) else name.upper()
 
 
 def _bypassed(host: str, no_proxy: str) -> bool:
@@ -178,10 +195,17 @@ def _is_ip(text: str) -> bool:
 def _of_session(session: aiohttp.ClientSession) -> Proxy | None:
     """The proxy a session was made with (``ClientSession(proxy=..., proxy_auth=...)``)."""
     # aiohttp keeps them without a public reader; a session from before 3.10 has neither.
-    url: object = getattr(session, "_default_proxy", None)
-    auth: object = getattr(session, "_default_proxy_auth", None)
-    proxy = resolve_proxy(url, source=FROM_SESSION)
-    if proxy is None or not isinstance(auth, aiohttp.BasicAuth):
+    # No local holds the URL or the BasicAuth (whose repr shows the password) while
+    # resolve_proxy may raise.
+    proxy = resolve_proxy(getattr(session, "_default_proxy", None), source=FROM_SESSION)
+    return (
+        None if proxy is None else _with_auth(proxy, getattr(session, "_default_proxy_auth", None))
+    )
+
+
+def _with_auth(proxy: Proxy, auth: object) -> Proxy:
+    """``proxy`` with the credentials of a session's ``proxy_auth=``, if it has one."""
+    if not isinstance(auth, aiohttp.BasicAuth):
         return proxy
     return attrs.evolve(
         proxy, login=auth.login, password=Secret(auth.password), encoding=auth.encoding

@@ -72,7 +72,7 @@ class TokenScope:
     so both check their arguments, and answer ``provider``, ``origins`` and ``repr()``, alike.
     """
 
-    __slots__ = ("_allowed", "_header", "_origins", "_provider", "_retry_on_401")
+    __slots__ = ("_allowed", "_origins", "_provider", "_retry_on_401")
 
     def __init__(
         self,
@@ -89,10 +89,6 @@ class TokenScope:
         self._origins: Final = (provider.api_url.origin(), *extra)
         self._allowed: Final = allowed_schemes(self._origins)
         self._retry_on_401: Final = retry_on_401
-        # The last token and its header value, replaced as one object (so threads sharing
-        # the integration never pair a token with another token's header): the hot path
-        # then builds no string.
-        self._header: tuple[Token | None, str] = (None, "")
 
     @property
     def provider(self) -> TokenSource:
@@ -109,10 +105,3 @@ class TokenScope:
         shown = ", ".join(f"'{origin}'" for origin in self._origins)
         name = type(self).__name__
         return f"<{name} origins=({shown}) retry_on_401={self._retry_on_401}>"
-
-    def _authorization(self, token: Token) -> str:
-        """The ``Authorization`` value for ``token``, built once per token."""
-        header = self._header
-        if header[0] is not token:
-            header = self._header = (token, token.authorization)
-        return header[1]

@@ -483,14 +483,16 @@ def sanitized_cause(exc: BaseException) -> BaseException:
         The exception to chain as the typed error's ``__cause__``.
     """
     if isinstance(exc, aiohttp.ClientResponseError):
-        copy = type(exc)(
-            _without_credentials(exc.request_info),
-            (),
-            status=exc.status,
-            message=exc.message,
-            headers=exc.headers,
-        )
-        exc = copy
+        answer: dict[str, Any] = {
+            "status": exc.status,
+            "message": exc.message,
+            "headers": exc.headers,
+        }
+        info = _without_credentials(exc.request_info)
+        try:
+            exc = type(exc)(info, (), **answer)
+        except TypeError:  # a subclass with its own constructor: the base class then
+            exc = aiohttp.ClientResponseError(info, (), **answer)
     for held in (exc, *(arg for arg in exc.args if isinstance(arg, BaseException))):
         held.__traceback__ = None
         held.__cause__ = held.__context__ = None

@@ -93,14 +93,14 @@ class BearerAuth(TokenScope, httpx.Auth):
             token = await provider.get_token()
             # No local of this frame holds the header value (a traceback with locals, as
             # Sentry captures it, would show it when the next get_token() fails): it goes
-            # from _authorization() into the request, whose repr httpx redacts.
-            request.headers["Authorization"] = self._authorization(token)
+            # from the token (built once per token) into the request, whose repr httpx redacts.
+            request.headers["Authorization"] = token.authorization
             response = yield request
             if response.status_code != 401 or attempt or not self._retry_on_401:
                 return
             # After redirects, the 401 may come from a hop the token never reached (httpx
             # dropped it on the way to another origin): only a rejected token is reported.
-            if response.request.headers.get("authorization") != self._authorization(token):
+            if response.request.headers.get("authorization") != token.authorization:
                 return
             if not provider.report_unauthorized(token) or not _can_replay(request):
                 return  # guard held, or a streamed body cannot be sent again: the 401 stays

@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 import trustme
 from _proxy import GOOD, PROXY_VARIABLES, TinyProxy, TokenServer
-from _tracebacks import everything_reported, failure_of
+from _tracebacks import everything_reported, failure_of, raised_by, with_locals
 from yarl import URL
 
 from plainid_async import (
@@ -390,6 +390,44 @@ async def test_a_proxy_that_is_down_leaves_its_credentials_in_no_frame(
     )
     assert isinstance(error, TokenEndpointUnavailableError)
     assert isinstance(error.__cause__, aiohttp.ClientProxyConnectionError)
+    reported = everything_reported(error)
+    for form in forms_of_credentials(PROXY_PASSWORD):
+        assert form not in reported
+
+
+BAD_PROXY = f"socks5://{LOGIN}:{PROXY_PASSWORD}@127.0.0.1:1080"
+
+
+def test_a_bad_proxy_url_leaves_its_credentials_in_no_frame() -> None:
+    error = raised_by(lambda: resolve_proxy(BAD_PROXY, "--proxy"))
+    assert isinstance(error, ConfigurationError)
+    assert "resolve_proxy" in with_locals(error)
+    reported = everything_reported(error)
+    for form in forms_of_credentials(PROXY_PASSWORD):
+        assert form not in reported
+
+
+def test_a_bad_proxy_variable_leaves_neither_it_nor_the_environment_in_a_frame(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", BAD_PROXY)
+    monkeypatch.setenv("PLAINID_CLIENT_SECRET", SECRET)  # os.environ's repr would show it
+    error = raised_by(lambda: proxy_from_env(URL("https://api.us1.plainid.io/t")))
+    assert isinstance(error, ConfigurationError)
+    assert "HTTPS_PROXY=" in str(error)
+    assert "proxy_from_env" in with_locals(error)
+    reported = everything_reported(error)
+    for form in [*forms_of_credentials(PROXY_PASSWORD), SECRET]:
+        assert form not in reported
+
+
+async def test_a_sessions_bad_proxy_leaves_its_credentials_in_no_frame(
+    server: TokenServer,
+) -> None:
+    async with aiohttp.ClientSession(proxy=BAD_PROXY) as theirs:
+        error = await failure_of_provider(provider_for(server.base_url, session=theirs))
+    assert isinstance(error, ConfigurationError)
+    assert "choose_proxy" in with_locals(error)
     reported = everything_reported(error)
     for form in forms_of_credentials(PROXY_PASSWORD):
         assert form not in reported

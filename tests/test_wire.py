@@ -1,4 +1,4 @@
-"""The wire without the I/O: token response parsing and ``Retry-After`` (``_wire.py``).
+"""The wire without the I/O (``_wire.py``): parsing, ``Retry-After``, sanitized causes.
 
 The typed errors for statuses and transport failures are checked through a request in
 ``test_endpoint.py``; here, the pure parsers, on literal bodies and on generated ones.
@@ -11,11 +11,19 @@ import math
 import time
 from typing import Any
 
+import aiohttp
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
 
-from plainid_async._wire import MAX_BODY_SIZE, parse_retry_after, parse_token_response
+from plainid_async._wire import (
+    MAX_BODY_SIZE,
+    parse_retry_after,
+    parse_token_response,
+    sanitized_cause,
+)
 from plainid_async.exceptions import InvalidTokenResponseError
 
 ACCESS = "eyJhbGciOiJIUzI1NiJ9.payload-of-the-token.signature"
@@ -232,3 +240,56 @@ def test_huge_digit_string_does_not_raise() -> None:
 def test_retry_after_never_raises_and_is_never_negative(value: str) -> None:
     seconds = parse_retry_after(value, now=HTTP_DATE_TS)
     assert seconds is None or seconds >= 0
+
+
+# -- sanitized_cause -----------------------------------------------------------------------
+
+
+def raised(error: BaseException) -> BaseException:
+    """``error`` as it is caught: with a traceback, and a context of its own."""
+
+    def underneath() -> None:
+        raise OSError("underneath")
+
+    try:
+        try:
+            underneath()
+        except OSError:
+            raise error  # noqa: B904 (the implicit context is what is under test)
+    except BaseException as caught:  # noqa: BLE001 (any error)
+        return caught
+    raise AssertionError("unreachable")
+
+
+def test_a_refused_connect_is_chained_as_a_copy_without_proxy_authorization() -> None:
+    basic = "Basic dXNlcjpwcjB4eS1QYTU1"
+    info = aiohttp.RequestInfo(
+        URL("http://proxy.internal:3128"),
+        "CONNECT",
+        CIMultiDictProxy(CIMultiDict({"Host": "api.us1.plainid.io", "Proxy-Authorization": basic})),
+        URL("http://proxy.internal:3128"),
+    )
+    original = raised(aiohttp.ClientHttpProxyError(info, (), status=407, message="Auth"))
+    assert basic in repr(original)  # what aiohttp's own error shows
+    cause = sanitized_cause(original)
+    assert isinstance(cause, aiohttp.ClientHttpProxyError)
+    assert (cause.status, cause.message) == (407, "Auth")
+    assert cause.request_info.headers == {"Host": "api.us1.plainid.io"}
+    assert basic not in repr(cause)
+    assert cause.__traceback__ is None
+    assert cause.__context__ is None
+    assert cause.__cause__ is None
+
+
+def test_a_transport_error_is_chained_without_its_traceback_or_chain() -> None:
+    underneath = ConnectionRefusedError(111, "refused")
+    original = raised(aiohttp.ClientOSError(underneath))
+    underneath.__traceback__ = raised(ValueError()).__traceback__
+    assert original.__traceback__ is not None
+    assert original.__context__ is not None
+    cause = sanitized_cause(original)
+    assert cause is original  # the same error, its type and text kept
+    assert cause.__traceback__ is None
+    assert cause.__context__ is None
+    assert cause.__suppress_context__
+    assert underneath.__traceback__ is None  # an error it holds in args: no frames either
