@@ -127,7 +127,7 @@ class RetryPolicy:
     past ``deadline`` seconds from the first attempt.
 
     Attributes:
-        attempts: Requests at most, the first included (1 to :data:`MAX_ATTEMPTS`).
+        attempts: Requests at most, the first included (1 to 1000).
         backoff_base: Wait before the first retry, before jitter (seconds).
         backoff_max: Longest wait between attempts from backoff alone (seconds).
         max_retry_after: Longest ``Retry-After`` honoured (seconds).
