@@ -1,12 +1,16 @@
 """Cost of plainid_async.httpx.BearerAuth on sequential httpx GETs over loopback.
 
 The httpx twin of bench_middleware.py, with its server (a small aiohttp app in a child
-process). Two ``httpx.AsyncClient`` send the same sequential GETs: one with ``BearerAuth``
+process). Three ``httpx.AsyncClient`` send the same sequential GETs: one with ``BearerAuth``
 (the token comes from a TokenProvider's cache), one with the same ``Authorization`` header
-fixed in its default headers (httpx then runs its no-op ``Auth`` flow). Rounds alternate the
-order; the median of the per-round ratios resists bursts of load from other processes. The
-cost of the auth flow alone, driven without any I/O, is measured too. Goal: the BearerAuth
-client reaches >= 0.98 of the static-header client's requests/s.
+fixed in its default headers (httpx then runs its no-op ``Auth`` flow), and one with the
+cheapest possible auth: an ``httpx.Auth`` that sets a precomputed header. Every round runs
+them all, in an order that rotates from round to round (benchmarks/sidebyside.py), and
+within a round the clients take turns request by request; each figure is the median and the
+range of the per-round ratios to the static-header client of the same round, in requests/s
+and in this thread's CPU per request (client CPU). The cost of the auth flows alone, driven
+without any I/O, is measured too. Goal: the BearerAuth client reaches >= 0.99 of the
+static-header client in client CPU (median of rounds), as the cheapest auth does.
 
 Run: .venv/bin/python benchmarks/bench_httpx.py [--rounds 30] [--requests 200]
 """
@@ -46,14 +50,19 @@ class _Precomputed(httpx.Auth):
         yield request
 
 
-async def _run(client: httpx.AsyncClient, n: int) -> tuple[float, float]:
-    """``n`` sequential GETs: (requests per wall-clock second, per client CPU second)."""
-    start, cpu = time.perf_counter(), time.process_time()
+async def _run(client: httpx.AsyncClient, n: int) -> None:
+    """``n`` sequential GETs (a warm-up)."""
     for _ in range(n):
-        response = await client.get("/api/1.0/bench")
-        if response.status_code != 200:
-            raise SystemExit(f"unexpected status {response.status_code}")
-    return n / (time.perf_counter() - start), n / (time.process_time() - cpu)
+        await _one(client)
+
+
+async def _one(client: httpx.AsyncClient) -> tuple[float, float]:
+    """One GET: (wall-clock seconds, this thread's CPU seconds), the client's own work."""
+    start, cpu = time.perf_counter(), time.thread_time()
+    response = await client.get("/api/1.0/bench")
+    if response.status_code != 200:
+        raise SystemExit(f"unexpected status {response.status_code}")
+    return time.perf_counter() - start, time.thread_time() - cpu
 
 
 async def _flow_cost(auth: httpx.Auth, calls: int) -> float:
@@ -96,16 +105,26 @@ async def bench(port: int, rounds: int, requests: int) -> float:
             rates: dict[str, list[float]] = {name: [] for name in clients}
             cpu: dict[str, list[float]] = {name: [] for name in clients}
             for order in sidebyside.orders(list(clients), rounds):
+                # Request by request, the clients take turns (in this round's order), so a
+                # burst of load from other processes lands on all of them alike.
+                wall, used = dict.fromkeys(order, 0.0), dict.fromkeys(order, 0.0)
+                for _ in range(requests):
+                    for name in order:
+                        seconds, spent = await _one(clients[name])
+                        wall[name] += seconds
+                        used[name] += spent
                 for name in order:
-                    rate, per_cpu = await _run(clients[name], requests)
-                    rates[name].append(rate)
-                    cpu[name].append(per_cpu)
+                    rates[name].append(requests / wall[name])
+                    cpu[name].append(requests / used[name])  # requests per client CPU second
             flow = await _flow_cost(auth, 20_000)
             least_flow = await _flow_cost(cheapest, 20_000)
             noop = await _flow_cost(httpx.Auth(), 20_000)
     rate_ratios = sidebyside.ratios(rates, STATIC)
     cpu_ratios = sidebyside.ratios(cpu, STATIC)
-    print(f"{rounds} rounds x {requests} sequential GETs per client, order rotated each round")
+    print(
+        f"{rounds} rounds x {requests} sequential GETs per client, the clients taking turns "
+        "request by request, their order rotated each round"
+    )
     print("ratio to the static-header client of the same round: median (range over rounds)")
     print(f"{'client':>24}  {'requests/s':>10}  {'wall-clock ratio':>22}  client CPU ratio")
     for name in clients:

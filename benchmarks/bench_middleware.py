@@ -8,9 +8,10 @@ a middleware), and the cheapest possible token middleware: one that sets a preco
 ``Authorization`` header on every request (the floor any bearer middleware can reach). Rounds
 rotate the order (benchmarks/sidebyside.py) so drift on a busy machine hits all alike; each
 figure is the median and the range of the per-round ratios to the static-header session of
-the same round, in requests/s and in this process's CPU per request (client CPU: other
-processes' load does not count). Goal: the middleware session reaches >= 0.99 of the
-static-header session in client CPU (median of rounds), as the cheapest middleware does.
+the same round, in requests/s and in this thread's CPU per request (client CPU: other
+processes' load does not count). Within a round the variants take turns request by
+request. Goal: the middleware session reaches >= 0.99 of the static-header session in
+client CPU (median of rounds), as the cheapest middleware does.
 
 Run: .venv/bin/python benchmarks/bench_middleware.py [--rounds 30] [--requests 300]
 """
@@ -82,15 +83,20 @@ def serving() -> Iterator[int]:
         server.join(10)
 
 
-async def _run(session: aiohttp.ClientSession, url: URL, n: int) -> tuple[float, float]:
-    """Send ``n`` sequential GETs; return (wall-clock seconds, this process's CPU seconds)."""
-    start, cpu = time.perf_counter(), time.process_time()
+async def _run(session: aiohttp.ClientSession, url: URL, n: int) -> None:
+    """Send ``n`` sequential GETs (a warm-up)."""
     for _ in range(n):
-        async with session.get(url) as response:
-            await response.read()
-            if response.status != 200:
-                raise RuntimeError(f"unexpected status {response.status}")
-    return time.perf_counter() - start, time.process_time() - cpu
+        await _one(session, url)
+
+
+async def _one(session: aiohttp.ClientSession, url: URL) -> tuple[float, float]:
+    """One GET: (wall-clock seconds, this thread's CPU seconds), the client's own work."""
+    start, cpu = time.perf_counter(), time.thread_time()
+    async with session.get(url) as response:
+        await response.read()
+        if response.status != 200:
+            raise RuntimeError(f"unexpected status {response.status}")
+    return time.perf_counter() - start, time.thread_time() - cpu
 
 
 async def _noop(request: aiohttp.ClientRequest, handler: ClientHandlerType) -> ClientResponse:
@@ -167,13 +173,23 @@ async def bench(port: int, rounds: int, requests: int) -> float:
             rates: dict[str, list[float]] = {name: [] for name in variants}
             cpu: dict[str, list[float]] = {name: [] for name in variants}
             for order in sidebyside.orders(list(variants), rounds):
+                # Request by request, the variants take turns (in this round's order), so a
+                # burst of load from other processes lands on all of them alike.
+                wall, used = dict.fromkeys(order, 0.0), dict.fromkeys(order, 0.0)
+                for _ in range(requests):
+                    for name in order:
+                        seconds, spent = await _one(variants[name], url)
+                        wall[name] += seconds
+                        used[name] += spent
                 for name in order:
-                    seconds, used = await _run(variants[name], url, requests)
-                    rates[name].append(requests / seconds)
-                    cpu[name].append(requests / used)  # requests per client CPU second
+                    rates[name].append(requests / wall[name])
+                    cpu[name].append(requests / used[name])  # requests per client CPU second
     rate_ratios = sidebyside.ratios(rates, STATIC)
     cpu_ratios = sidebyside.ratios(cpu, STATIC)
-    print(f"{rounds} rounds x {requests} sequential GETs per variant, order rotated each round")
+    print(
+        f"{rounds} rounds x {requests} sequential GETs per variant, the variants taking turns "
+        "request by request, their order rotated each round"
+    )
     print("ratio to the static-header session of the same round: median (range over rounds)")
     print(f"{'variant':>32}  {'requests/s':>10}  {'wall-clock ratio':>22}  client CPU ratio")
     for name in variants:

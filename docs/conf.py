@@ -26,15 +26,19 @@ extensions = [
     "sphinx.ext.intersphinx",
 ]
 
-source_suffix = {".md": "markdown"}
+# The docstring reference is reStructuredText (docs/reference.rst): GitHub shows the prose
+# pages as Markdown with no raw autodoc directive in them.
+source_suffix = {".md": "markdown", ".rst": "restructuredtext"}
 exclude_patterns = ["_build"]
 root_doc = "index"
 
 html_theme = "furo"
-html_title = "plainid-async"
+# The version on every page, the index included (the sidebar title).
+html_title = f"plainid-async {release}"
 html_static_path = ["_static"]
-# Wide tables wrap to the content column instead of overflowing it (docs/_static/tables.css).
-html_css_files = ["tables.css"]
+# Wide tables wrap to the content column instead of overflowing it (docs/_static/tables.css);
+# 100-column code lines fit it at 1280 px (docs/_static/code.css).
+html_css_files = ["tables.css", "code.css"]
 
 myst_enable_extensions = ["colon_fence", "deflist"]
 myst_heading_anchors = 3

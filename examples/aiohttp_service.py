@@ -11,7 +11,8 @@ Run it against the real PlainID:
     python examples/aiohttp_service.py
     curl http://127.0.0.1:8080/policies
 
-With no PLAINID_CLIENT_ID set it starts FakePlainID on 127.0.0.1 and uses that instead, so it
+With no PLAINID_CLIENT_ID set it starts FakePlainID on 127.0.0.1 and uses that instead (and
+says so, on stderr and as ``"fake_plainid": true`` in every answer), so it
 works offline. ``--self-test`` starts the service on a free port, calls it, and exits.
 ``HOST`` and ``PORT`` choose where it listens (default 127.0.0.1:8080).
 """
@@ -33,8 +34,16 @@ from plainid_async.testing import FakePlainID
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
+# Said on stderr when the service starts on the fake, and in every /policies answer
+# ("fake_plainid"): made-up data must never pass for a tenant's.
+FAKE_WARNING = (
+    "WARNING: PLAINID_CLIENT_ID is not set: serving a FAKE PlainID on 127.0.0.1 "
+    "(plainid_async.testing.FakePlainID); every answer is made up, none is your tenant's"
+)
+
 PLAINID = web.AppKey("plainid", aiohttp.ClientSession)
 PROVIDER = web.AppKey("provider", pa.TokenProvider)
+FAKE = web.AppKey("fake", bool)
 
 
 async def plainid_context(app: web.Application) -> AsyncIterator[None]:
@@ -42,11 +51,13 @@ async def plainid_context(app: web.Application) -> AsyncIterator[None]:
     async with contextlib.AsyncExitStack() as stack:
         if os.environ.get("PLAINID_CLIENT_ID"):
             provider = pa.TokenProvider.from_env()
-        else:  # offline: play PlainID ourselves
+        else:  # offline: play PlainID ourselves, and say so
+            print(FAKE_WARNING, file=sys.stderr)
             fake = await stack.enter_async_context(FakePlainID())
             provider = pa.TokenProvider(
                 client_id=fake.client_id, client_secret=fake.client_secret, base_url=fake.base_url
             )
+        app[FAKE] = not os.environ.get("PLAINID_CLIENT_ID")
         app[PROVIDER] = await stack.enter_async_context(provider)
         app[PLAINID] = await stack.enter_async_context(provider.session())
         yield
@@ -58,7 +69,13 @@ async def list_policies(request: web.Request) -> web.Response:
     try:
         async with request.app[PLAINID].get(f"policy-mgmt/1.0/policies/{env_id}") as response:
             body = await response.json(content_type=None)
-            return web.json_response({"plainid_status": response.status, "body": body})
+            return web.json_response(
+                {
+                    "fake_plainid": request.app[FAKE],
+                    "plainid_status": response.status,
+                    "body": body,
+                }
+            )
     except pa.TokenRequestError as exc:  # no token: PlainID's token endpoint said no or is down
         return web.json_response({"error": str(exc)}, status=503)
 
@@ -101,6 +118,8 @@ async def self_test() -> None:
                     payload = await response.json()
                     if response.status != 200:
                         raise SystemExit(f"self-test failed: {response.status} {payload}")
+                    if payload["fake_plainid"] is not True:  # offline: it must say so
+                        raise SystemExit(f"self-test failed: fake not flagged in {payload}")
                     return int(payload["plainid_status"])
 
             statuses = await asyncio.gather(*(call() for _ in range(10)))

@@ -13,7 +13,8 @@ Needs the ``examples`` dependency group and the ``httpx`` extra (``pip install -
     python examples/fastapi_httpx_service.py
     curl http://127.0.0.1:8000/policies
 
-With no PLAINID_CLIENT_ID set it starts FakePlainID on 127.0.0.1 and uses that instead, so it
+With no PLAINID_CLIENT_ID set it starts FakePlainID on 127.0.0.1 and uses that instead (and
+says so, on stderr and as ``"fake_plainid": true`` in every answer), so it
 works offline. ``--self-test`` starts the service on a free port, calls it, and exits.
 ``HOST`` and ``PORT`` choose where it listens (default 127.0.0.1:8000).
 """
@@ -38,11 +39,20 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
 
+# Said on stderr when the service starts on the fake, and in every /policies answer
+# ("fake_plainid"): made-up data must never pass for a tenant's.
+FAKE_WARNING = (
+    "WARNING: PLAINID_CLIENT_ID is not set: serving a FAKE PlainID on 127.0.0.1 "
+    "(plainid_async.testing.FakePlainID); every answer is made up, none is your tenant's"
+)
+
+
 class State(TypedDict):
     """What the lifespan hands to every request (``request.state``)."""
 
     plainid: httpx.AsyncClient
     provider: pa.TokenProvider
+    fake: bool
 
 
 @contextlib.asynccontextmanager
@@ -51,14 +61,16 @@ async def lifespan(_app: FastAPI) -> AsyncIterator[State]:
     async with contextlib.AsyncExitStack() as stack:
         if os.environ.get("PLAINID_CLIENT_ID"):
             provider = pa.TokenProvider.from_env()
-        else:  # offline: play PlainID ourselves
+        else:  # offline: play PlainID ourselves, and say so
+            print(FAKE_WARNING, file=sys.stderr)
             fake = await stack.enter_async_context(FakePlainID())
             provider = pa.TokenProvider(
                 client_id=fake.client_id, client_secret=fake.client_secret, base_url=fake.base_url
             )
         await stack.enter_async_context(provider)
         plainid = await stack.enter_async_context(client(provider, timeout=10))
-        yield {"plainid": plainid, "provider": provider}
+        offline = not os.environ.get("PLAINID_CLIENT_ID")
+        yield {"plainid": plainid, "provider": provider, "fake": offline}
 
 
 app = FastAPI(lifespan=lifespan)
@@ -73,7 +85,11 @@ async def list_policies(request: Request) -> dict[str, Any]:
         response = await plainid.get(f"policy-mgmt/1.0/policies/{env_id}")
     except pa.TokenRequestError as exc:  # no token: PlainID's token endpoint said no or is down
         raise HTTPException(status_code=503, detail=str(exc)) from exc
-    return {"plainid_status": response.status_code, "body": response.json()}
+    return {
+        "fake_plainid": request.state.fake,
+        "plainid_status": response.status_code,
+        "body": response.json(),
+    }
 
 
 @app.get("/health")

@@ -1,9 +1,9 @@
 """A FastAPI service that calls PlainID's Management API through plainid-async.
 
 The lifespan opens one TokenProvider and one authenticated aiohttp session for the whole
-application and hands the session to the endpoints through the lifespan state
-(``request.state.plainid``); both are closed at shutdown. The same code works in any
-Starlette application.
+application and hands the session to the endpoints through the lifespan state and a
+``Depends()`` dependency (``plainid: PlainID``); both are closed at shutdown. The same code
+works in any Starlette application.
 
 Needs the ``examples`` dependency group (``pip install --group examples``: FastAPI, uvicorn).
 Run it against the real PlainID:
@@ -13,7 +13,8 @@ Run it against the real PlainID:
     python examples/fastapi_service.py
     curl http://127.0.0.1:8000/policies
 
-With no PLAINID_CLIENT_ID set it starts FakePlainID on 127.0.0.1 and uses that instead, so it
+With no PLAINID_CLIENT_ID set it starts FakePlainID on 127.0.0.1 and uses that instead (and
+says so, on stderr and as ``"fake_plainid": true`` in every answer), so it
 works offline. ``--self-test`` starts the service on a free port, calls it, and exits.
 ``HOST`` and ``PORT`` choose where it listens (default 127.0.0.1:8000).
 """
@@ -24,11 +25,11 @@ import asyncio
 import contextlib
 import os
 import sys
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, Annotated, Any, TypedDict
 
 import aiohttp
 import uvicorn
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 
 import plainid_async as pa
 from plainid_async.testing import FakePlainID
@@ -37,11 +38,20 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
 
+# Said on stderr when the service starts on the fake, and in every /policies answer
+# ("fake_plainid"): made-up data must never pass for a tenant's.
+FAKE_WARNING = (
+    "WARNING: PLAINID_CLIENT_ID is not set: serving a FAKE PlainID on 127.0.0.1 "
+    "(plainid_async.testing.FakePlainID); every answer is made up, none is your tenant's"
+)
+
+
 class State(TypedDict):
     """What the lifespan hands to every request (``request.state``)."""
 
     plainid: aiohttp.ClientSession
     provider: pa.TokenProvider
+    fake: bool
 
 
 @contextlib.asynccontextmanager
@@ -50,28 +60,45 @@ async def lifespan(_app: FastAPI) -> AsyncIterator[State]:
     async with contextlib.AsyncExitStack() as stack:
         if os.environ.get("PLAINID_CLIENT_ID"):
             provider = pa.TokenProvider.from_env()
-        else:  # offline: play PlainID ourselves
+        else:  # offline: play PlainID ourselves, and say so
+            print(FAKE_WARNING, file=sys.stderr)
             fake = await stack.enter_async_context(FakePlainID())
             provider = pa.TokenProvider(
                 client_id=fake.client_id, client_secret=fake.client_secret, base_url=fake.base_url
             )
         await stack.enter_async_context(provider)
         session = await stack.enter_async_context(provider.session())
-        yield {"plainid": session, "provider": provider}
+        offline = not os.environ.get("PLAINID_CLIENT_ID")
+        yield {"plainid": session, "provider": provider, "fake": offline}
 
 
 app = FastAPI(lifespan=lifespan)
 
 
+def plainid_session(request: Request) -> aiohttp.ClientSession:
+    """The application's PlainID session, as a FastAPI dependency."""
+    session: aiohttp.ClientSession = request.state.plainid
+    return session
+
+
+def serving_the_fake(request: Request) -> bool:
+    """Whether the session talks to FakePlainID (no credentials set), as a dependency."""
+    fake: bool = request.state.fake
+    return fake
+
+
+PlainID = Annotated[aiohttp.ClientSession, Depends(plainid_session)]
+ServingTheFake = Annotated[bool, Depends(serving_the_fake)]
+
+
 @app.get("/policies")
-async def list_policies(request: Request) -> dict[str, Any]:
+async def list_policies(plainid: PlainID, fake: ServingTheFake) -> dict[str, Any]:
     """Call PlainID's policy API with the shared session and relay its answer."""
-    plainid: aiohttp.ClientSession = request.state.plainid
     env_id = os.environ.get("PLAINID_ENV_ID", "demo-env")
     try:
         async with plainid.get(f"policy-mgmt/1.0/policies/{env_id}") as response:
             body = await response.json(content_type=None)
-            return {"plainid_status": response.status, "body": body}
+            return {"fake_plainid": fake, "plainid_status": response.status, "body": body}
     except pa.TokenRequestError as exc:  # no token: PlainID's token endpoint said no or is down
         raise HTTPException(status_code=503, detail=str(exc)) from exc
 
@@ -107,6 +134,8 @@ async def self_test() -> None:
                     payload = await response.json()
                     if response.status != 200:
                         raise SystemExit(f"self-test failed: {response.status} {payload}")
+                    if payload["fake_plainid"] is not True:  # offline: it must say so
+                        raise SystemExit(f"self-test failed: fake not flagged in {payload}")
                     return int(payload["plainid_status"])
 
             statuses = await asyncio.gather(*(call() for _ in range(10)))

@@ -7,7 +7,6 @@ whose wall-clock ``expires_at`` is what crosses process boundaries.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import hmac
@@ -21,12 +20,13 @@ from typing import TYPE_CHECKING, Final, Protocol, runtime_checkable
 import attrs
 
 from ._events import EventKind, Listener, emit
+from ._flight import Flight
+from ._policy import NO_FAILURES, FailureDecision, Failures, Guard, after_failure, on_unauthorized
 from ._secret import Secret
 from .exceptions import ConfigurationError
 
 if TYPE_CHECKING:
-    import concurrent.futures
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
     from contextlib import AbstractAsyncContextManager
 
     from ._token import Token
@@ -37,11 +37,16 @@ __all__ = [
     "Flight",
     "KeyState",
     "KeyStates",
+    "KeyStatesCache",
+    "LoopBoundCache",
     "MemoryTokenCache",
+    "SourceCache",
     "TokenCache",
     "default_cache",
+    "is_loop_bound",
     "key_states_of",
     "running_fetches",
+    "serves_shared",
 ]
 
 _FINGERPRINT_LABEL = b"plainid-async/v1/cache-key"
@@ -102,6 +107,13 @@ class TokenCache(Protocol):
     the in-process layer. ``load``, ``store`` and ``fetch_lock`` may do I/O against a shared
     store. A shared cache keeps a local layer in front of its store, so ``get`` answers from
     memory.
+
+    Optional capabilities the provider uses when a cache has them, each declared by its own
+    protocol below: ``key_states`` (``KeyStatesCache``: the cache owns the per-key
+    records), ``loop_bound`` (``LoopBoundCache``: fetches must run on the caller's
+    loop) and ``source`` (``SourceCache``: what :meth:`TokenProvider.health` reports).
+    ``load``, ``store`` and ``fetch_lock`` are called from the loop the fetch runs on: the
+    refresher's (a thread of its own), unless the cache is loop-bound.
     """
 
     def get(self, key: CacheKey) -> Token | None:
@@ -132,6 +144,54 @@ class TokenCache(Protocol):
         """
 
 
+# -- optional capabilities: what the provider uses when a cache has it -----------------------
+
+
+@runtime_checkable
+class KeyStatesCache(Protocol):
+    """A cache that owns its per-key records (flights, failures, 401 guard) and shares them
+    with every provider using it. A cache without it gets a side table (see
+    :func:`key_states_of`).
+    """  # noqa: D205 (a definition)
+
+    @property
+    def key_states(self) -> KeyStates:
+        """The cache's per-key records."""
+
+
+@runtime_checkable
+class LoopBoundCache(Protocol):
+    """A cache that says whether it must be used from the loop that calls ``get_token``.
+
+    ``loop_bound = True``: fetches for it run on the caller's loop (and die with it). A cache
+    without this attribute, or with ``False``, is used from the refresher's loop, where
+    fetches outlive the caller's loop.
+    """
+
+    @property
+    def loop_bound(self) -> bool:
+        """Whether the cache is bound to the caller's event loop."""
+
+
+@runtime_checkable
+class SourceCache(Protocol):
+    """A cache that says where it serves tokens from now (``"redis"`` or ``"memory"``)."""
+
+    @property
+    def source(self) -> str:
+        """``"redis"`` while the shared store answers, else ``"memory"``."""
+
+
+def is_loop_bound(cache: TokenCache) -> bool:
+    """Whether fetches for ``cache`` must run on the caller's loop (see :class:`LoopBoundCache`)."""
+    return isinstance(cache, LoopBoundCache) and cache.loop_bound is True
+
+
+def serves_shared(cache: TokenCache) -> bool:
+    """Whether ``cache`` serves from a shared store that answers now (see :class:`SourceCache`)."""
+    return isinstance(cache, SourceCache) and cache.source == "redis"
+
+
 _NO_LOCK: contextlib.nullcontext[None] = contextlib.nullcontext()
 
 #: Keys a memory cache holds by default before it evicts the least recently used.
@@ -142,137 +202,243 @@ _SWEEP_PER_STORE = 2
 _EVICT_SKIP = 8
 
 
-_FETCH_IDS = itertools.count(1)
+_NO_GUARD: Final = Guard()
 
 
-@attrs.define(eq=False)
-class Flight:
-    """One token fetch in progress for one cache key, shared by every caller of that key.
-
-    Read-only for users: tests see flights through ``running_fetches()`` and a cache's
-    ``key_states.flights()``.
-
-    Attributes:
-        key: The cache key the fetch is for.
-        reason: Why it started: ``"cold"`` (nothing cached), ``"refresh"`` (a background
-            refresh of a STALE token), ``"expired"``, ``"forced"`` or ``"unauthorized"``.
-        future: Completes with the token or the error, from any thread.
-        loop: The event loop running the fetch.
-        id: Number of the fetch in this process (its events' ``fetch_id``).
-        attempts: HTTP requests it sent so far.
-    """
-
-    key: CacheKey = attrs.field(repr=False)
-    reason: str
-    future: concurrent.futures.Future[Token] = attrs.field(repr=False)
-    loop: asyncio.AbstractEventLoop = attrs.field(repr=False)
-    owner: object = attrs.field(repr=False)
-    wake: asyncio.Event | None = attrs.field(default=None, repr=False)
-    task: asyncio.Task[Token] | None = attrs.field(default=None, repr=False)
-    hurried: bool = False
-    id: int = attrs.field(factory=lambda: next(_FETCH_IDS))
-    started: float = attrs.field(factory=time.monotonic, repr=False)
-    attempts: int = 0
-    attempt_started: float = attrs.field(default=0.0, repr=False)
-
-    def attempt(self) -> None:
-        """An HTTP attempt starts."""
-        self.attempts += 1
-        self.attempt_started = time.monotonic()
-
-    @property
-    def background(self) -> bool:
-        """Whether it started as a background refresh (a usable token was cached)."""
-        return self.reason == "refresh"
-
-    def done(self) -> bool:
-        """Whether the fetch has finished."""
-        return self.future.done()
-
-    async def wait(self) -> Token:
-        """Wait for the fetch from any event loop; a cancelled waiter never cancels it.
-
-        Returns:
-            The token it fetched.
-
-        Raises:
-            TokenRequestError: The fetch failed.
-            asyncio.CancelledError: The fetch was cancelled (its provider closed).
-        """
-        return await asyncio.shield(asyncio.wrap_future(self.future))
-
-    def hurry(self) -> None:
-        """Callers now wait for this fetch: cut short any retry backoff it is sleeping."""
-        if self.hurried or not self.background:
-            return
-        self.hurried = True
-        with contextlib.suppress(RuntimeError):  # its loop is closed: nothing sleeps there
-            self.loop.call_soon_threadsafe(self._wake_up)
-
-    def cancel(self) -> None:
-        """Cancel the fetch (its waiters then start or join another)."""
-
-        def cancel_task() -> None:
-            if self.task is not None:
-                self.task.cancel()
-
-        with contextlib.suppress(RuntimeError):  # its loop is closed: nothing runs there
-            self.loop.call_soon_threadsafe(cancel_task)
-
-    def _wake_up(self) -> None:
-        if self.wake is not None:
-            self.wake.set()
-
-
-@attrs.define(eq=False)
 class KeyState:
-    """What a cache remembers about one key besides the token: its fetch and its failures.
+    """What a cache remembers about one key: its token, its fetch, its failures, its guard.
 
-    Read-only for users (see :meth:`KeyStates.get`).
+    Three concerns, each changed only through this record's own methods: storage
+    (:meth:`hold`, :meth:`drop`, :meth:`reject`), the flight slot (:meth:`begin`,
+    :meth:`end`) and the failure policy's records (:meth:`failed`, :meth:`succeeded`,
+    :meth:`guarded`, :meth:`start_afresh`), whose rules are pure functions in
+    :mod:`plainid_async._policy`. Callers hold the table's lock (:attr:`KeyStates.lock`)
+    around a change that must be atomic with a read. Read-only for everyone else: assigning
+    an attribute raises :class:`AttributeError`.
 
     Attributes:
         token: The token held for the key in this process (memory and Redis caches keep it
-            here), or ``None``.
+            here), or ``None``. A plain slot: the provider's hot path reads it on every call.
+        token_id: A shared cache's id of that token, or ``None``.
         flight: The fetch in progress, or ``None``.
-        failures: Failed fetches in a row.
-        last_error: The error of the last failed fetch, while ``failures`` > 0.
-        failed_at: Monotonic time of the last failure.
-        retry_at: Monotonic time before which no background refresh starts again.
-        cooldown_until: Monotonic time before which, with no usable token, calls fail at once
-            with ``last_error`` and no token request.
-        guard_until: Monotonic time before which a 401 from the API does not replace the
-            token (the 401 guard).
-        guard_step: 401 guard intervals in a row (each doubles the next).
-        unauthorized: A 401 dropped the token: the next fetch is for reason "unauthorized".
+        record: The failure record (streak, last error, backoff, cool-down).
+        guard: The 401 guard.
         last_success: Wall-clock time of the last successful fetch, or ``None``.
         providers: Open providers using this key.
         listeners: The ``on_event`` listeners of those providers (for evictions).
-        rejected: Token ids a shared cache was told are bad, with when they expire.
     """
 
-    token: Token | None = attrs.field(default=None, repr=False)
-    token_id: str | None = attrs.field(default=None, repr=False)
-    flight: Flight | None = None
-    failures: int = 0
-    last_error: BaseException | None = None
-    failed_at: float = 0.0
-    retry_at: float = 0.0
-    cooldown_until: float = 0.0
-    guard_until: float = 0.0
-    guard_step: int = 0
-    unauthorized: bool = False
-    last_success: float | None = None
-    providers: int = 0
-    listeners: tuple[Listener, ...] = attrs.field(default=(), repr=False)
-    rejected: dict[str, float] | None = attrs.field(default=None, repr=False)
+    __slots__ = (
+        "_flight",
+        "_guard",
+        "_last_success",
+        "_listeners",
+        "_providers",
+        "_record",
+        "_rejected",
+        "_token_id",
+        "_unauthorized",
+        "token",
+    )
+
+    token: Token | None
+
+    def __init__(self) -> None:
+        """An empty record: no token, no fetch, no failure, no guard, no provider."""
+        object.__setattr__(self, "token", None)
+        self._token_id: str | None = None
+        self._flight: Flight | None = None
+        self._record: Failures = NO_FAILURES
+        self._guard: Guard = _NO_GUARD
+        self._unauthorized = False
+        self._last_success: float | None = None
+        self._providers = 0
+        self._listeners: tuple[Listener, ...] = ()
+        self._rejected: dict[str, float] | None = None
+
+    def __setattr__(self, name: str, value: object) -> None:
+        """Refuse assignments from outside: the record changes through its methods."""
+        if not name.startswith("_"):
+            raise AttributeError(f"KeyState.{name} changes only through the record's methods")
+        object.__setattr__(self, name, value)
+
+    def __repr__(self) -> str:
+        """The fetch, the streak and the providers; never the token."""
+        return (
+            f"<KeyState token={'held' if self.token is not None else None} "
+            f"flight={self._flight!r} failures={self._record.count} "
+            f"providers={self._providers}>"
+        )
+
+    # -- reading -------------------------------------------------------------------------
+
+    @property
+    def token_id(self) -> str | None:
+        """A shared cache's id of the token held, or ``None``."""
+        return self._token_id
+
+    @property
+    def flight(self) -> Flight | None:
+        """The fetch in progress, or ``None``."""
+        return self._flight
+
+    @property
+    def record(self) -> Failures:
+        """The failure record (immutable; replaced by :meth:`failed` and :meth:`succeeded`)."""
+        return self._record
+
+    @property
+    def failures(self) -> int:
+        """Failed fetches in a row."""
+        return self._record.count
+
+    @property
+    def last_error(self) -> BaseException | None:
+        """The error of the last failed fetch, while :attr:`failures` > 0."""
+        return self._record.last_error
+
+    @property
+    def cooldown_until(self) -> float:
+        """Monotonic time before which, with no usable token, calls fail at once."""
+        return self._record.cooldown_until
+
+    @property
+    def guard(self) -> Guard:
+        """The 401 guard."""
+        return self._guard
+
+    @property
+    def last_success(self) -> float | None:
+        """Wall-clock time of the last successful fetch, or ``None``."""
+        return self._last_success
+
+    @property
+    def providers(self) -> int:
+        """Open providers using this key."""
+        return self._providers
+
+    @property
+    def listeners(self) -> tuple[Listener, ...]:
+        """The ``on_event`` listeners of the providers using this key."""
+        return self._listeners
+
+    def is_rejected(self, token_id: str) -> bool:
+        """Whether a shared cache was told the token with this id is bad."""
+        return token_id in (self._rejected or {})
 
     def idle(self, now: float) -> bool:
-        """Whether nothing here is worth keeping: no provider, no fetch, no live token."""
+        """Whether nothing here is worth keeping: no provider, no fetch, no live token, no
+        failure memory still in force.
+        """  # noqa: D205 (a list of four)
+        token = self.token
         return (
-            self.providers <= 0
-            and self.flight is None
-            and (self.token is None or self.token.expires_at_monotonic <= now)
+            self._providers <= 0
+            and self._flight is None
+            and (token is None or token.expires_at_monotonic <= now)
         )
+
+    # -- storage -------------------------------------------------------------------------
+
+    def hold(self, token: Token, token_id: str | None = None) -> None:
+        """Hold ``token`` (with a shared cache's id of it) as the key's token."""
+        object.__setattr__(self, "token", token)
+        self._token_id = token_id
+
+    def drop(self, token: Token | None = None) -> bool:
+        """Drop the token (only if it is ``token``, when given); whether one was dropped."""
+        if self.token is None or (token is not None and self.token is not token):
+            return False
+        object.__setattr__(self, "token", None)
+        self._token_id = None
+        return True
+
+    def drop_id(self, token_id: str) -> bool:
+        """Drop the token if a shared cache's id of it is ``token_id``; whether it was."""
+        if self.token is None or self._token_id != token_id:
+            return False
+        object.__setattr__(self, "token", None)
+        self._token_id = None
+        return True
+
+    def reject(self, token_id: str, until: float, now: float) -> bool:
+        """Remember that the token with this id is bad, until monotonic ``until``.
+
+        Returns:
+            Whether it is newly rejected (expired rejections are forgotten here).
+        """
+        rejected = self._rejected
+        if rejected is None:
+            rejected = self._rejected = {}
+        first = token_id not in rejected
+        for old in [t for t, expiry in rejected.items() if expiry <= now]:
+            del rejected[old]
+        rejected[token_id] = max(until, now)
+        return first
+
+    # -- the flight slot -----------------------------------------------------------------
+
+    def begin(self, flight: Flight) -> None:
+        """``flight`` is now the key's fetch in progress."""
+        self._flight = flight
+
+    def end(self, flight: Flight) -> bool:
+        """``flight`` ended (or was found orphaned); whether it was the key's fetch."""
+        if self._flight is not flight:
+            return False
+        self._flight = None
+        return True
+
+    # -- the failure policy's records ------------------------------------------------------
+
+    def failed(
+        self, now: float, error: BaseException, *, delay: float, usable_left: float | None
+    ) -> FailureDecision:
+        """Record a failed fetch (see :func:`plainid_async._policy.after_failure`)."""
+        decision = after_failure(self._record, now, error, delay=delay, usable_left=usable_left)
+        self._record = decision.record
+        return decision
+
+    def succeeded(self, wall_now: float) -> int:
+        """Record a successful fetch at wall-clock ``wall_now``; the streak it ends."""
+        ended = self._record.count
+        self._record = NO_FAILURES
+        self._last_success = wall_now
+        return ended
+
+    def start_afresh(self) -> None:
+        """Forget the failures: no streak, no cool-down, no background backoff."""
+        self._record = NO_FAILURES
+
+    def guarded(self, now: float) -> float:
+        """A 401 from the API at ``now``: seconds the guard still holds (0: it opened now).
+
+        See :func:`plainid_async._policy.on_unauthorized`.
+        """
+        self._guard, held = on_unauthorized(self._guard, now)
+        return held
+
+    def mark_unauthorized(self) -> None:
+        """A 401 dropped the token: the next cold fetch is for reason UNAUTHORIZED."""
+        self._unauthorized = True
+
+    def take_unauthorized(self) -> bool:
+        """Whether a 401 dropped the token since the last fetch started; clears it."""
+        taken, self._unauthorized = self._unauthorized, False
+        return taken
+
+    # -- bookkeeping -----------------------------------------------------------------------
+
+    def attach(self, listener: Listener | None) -> None:
+        """One more open provider uses the key (with its ``on_event``, if any)."""
+        self._providers += 1
+        if listener is not None:
+            self._listeners = (*self._listeners, listener)
+
+    def detach(self, listener: Listener | None) -> None:
+        """One open provider fewer uses the key."""
+        self._providers -= 1
+        if listener is not None:
+            self._listeners = tuple(x for x in self._listeners if x is not listener)
 
 
 _ALL_TABLES: weakref.WeakSet[KeyStates] = weakref.WeakSet()
@@ -293,6 +459,9 @@ class KeyStates:
     """
 
     max_entries: int = DEFAULT_MAX_ENTRIES
+    #: The failure policy's clock (monotonic seconds): cool-downs, backoffs and the 401
+    #: guard are recorded and read on it. A test passes a fake to skip a wait.
+    clock: Callable[[], float] = attrs.field(default=time.monotonic, repr=False, kw_only=True)
     _states: OrderedDict[CacheKey, KeyState] = attrs.field(factory=OrderedDict, repr=False)
     _lock: threading.RLock = attrs.field(factory=threading.RLock, repr=False)
     evictions: int = 0
@@ -329,28 +498,20 @@ class KeyStates:
         """Hold ``token`` for ``key``; drop a few dead keys; evict beyond the bound."""
         now = time.monotonic()
         with self._lock:
-            state = self.state(key)
-            state.token, state.token_id = token, token_id
+            self.state(key).hold(token, token_id)
             self._sweep(now)
 
     def drop_token(self, key: CacheKey, token: Token | None = None) -> bool:
         """Drop the token of ``key`` (only if it is ``token``, when given)."""
         with self._lock:
             state = self._states.get(key)
-            if state is None or state.token is None:
-                return False
-            if token is not None and state.token is not token:
-                return False
-            state.token = state.token_id = None
-            return True
+            return state is not None and state.drop(token)
 
     def attach(self, key: CacheKey, listener: Listener | None = None) -> KeyState:
         """Count one more open provider using ``key`` (and keep its ``on_event``)."""
         with self._lock:
             state = self.state(key)
-            state.providers += 1
-            if listener is not None:
-                state.listeners = (*state.listeners, listener)
+            state.attach(listener)
             return state
 
     def release(self, key: CacheKey, listener: Listener | None = None) -> None:
@@ -359,9 +520,7 @@ class KeyStates:
             state = self._states.get(key)
             if state is None:
                 return
-            state.providers -= 1
-            if listener is not None:
-                state.listeners = tuple(x for x in state.listeners if x is not listener)
+            state.detach(listener)
             self.forget_if_idle(key)
 
     def forget_if_idle(self, key: CacheKey) -> None:
@@ -380,7 +539,7 @@ class KeyStates:
         """Forget every key (tokens, streaks, cool-downs); running fetches go on."""
         with self._lock:
             for state in self._states.values():
-                state.token = state.token_id = None
+                state.drop()
             self._states.clear()
 
     def __len__(self) -> int:
@@ -410,7 +569,8 @@ class KeyStates:
             del self._states[key]
             # A provider still holding this token must not serve it: its hot path checks
             # that the state still holds the very token it cached.
-            token, state.token, state.token_id = state.token, None, None
+            token = state.token
+            state.drop()
             self.evictions += 1
             # To the log, the key's providers and the subscribers.
             emit(
@@ -423,7 +583,7 @@ class KeyStates:
 
 
 _SIDE_TABLES: weakref.WeakKeyDictionary[object, KeyStates] = weakref.WeakKeyDictionary()
-_SIDE_LOCK = threading.Lock()
+_SIDE_LOCK = threading.RLock()  # key_states_of makes a table (which registers) under it
 
 
 def running_fetches() -> list[Flight]:
@@ -443,9 +603,8 @@ def key_states_of(cache: TokenCache) -> KeyStates:
     Memory and Redis caches own one (their ``key_states`` attribute). A cache of your own
     without that attribute gets one from a side table that lives as long as the cache.
     """
-    own = getattr(cache, "key_states", None)
-    if isinstance(own, KeyStates):
-        return own
+    if isinstance(cache, KeyStatesCache) and isinstance(cache.key_states, KeyStates):
+        return cache.key_states
     with _SIDE_LOCK:
         try:
             table = _SIDE_TABLES.get(cache)

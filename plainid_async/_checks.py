@@ -34,7 +34,6 @@ __all__ = [
     "check_mapping",
     "check_port",
     "check_seconds",
-    "check_session_loop",
     "check_ssl",
     "check_text",
     "check_token_origin",
@@ -324,30 +323,6 @@ def check_has_method(name: str, value: object, method: str, what: str) -> None:
     """
     if value is not None and not callable(getattr(value, method, None)):
         raise TypeError(f"{name} must be {what} (with {method}()), not {type(value).__name__}")
-
-
-def check_session_loop(name: str, session: object) -> None:
-    """Check an aiohttp session passed in belongs to the running event loop.
-
-    A session is bound to the loop it was created on; used from another (a second
-    ``asyncio.run``, another thread) every request fails with a bare ``RuntimeError``.
-
-    Args:
-        name: The parameter, for the message.
-        session: The ``aiohttp.ClientSession``.
-
-    Raises:
-        ConfigurationError: It was created on another event loop.
-    """
-    import asyncio  # noqa: PLC0415 (the caller runs in a loop: already loaded)
-
-    loop = getattr(session, "_loop", None)  # aiohttp keeps no public handle on it
-    if loop is not None and loop is not asyncio.get_running_loop():
-        raise ConfigurationError(
-            f"{name} was created on another event loop (a previous asyncio.run, or another "
-            "thread): create the aiohttp.ClientSession inside the loop that calls the "
-            f"provider, or pass no {name} (the provider then makes its own per loop)"
-        )
 
 
 def check_token_origin(

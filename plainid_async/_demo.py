@@ -600,11 +600,17 @@ async def _watch(
     snapshot: Callable[[], Snapshot],
     events: _EventLog,
     done: asyncio.Event,
+    last_row_before: float,
 ) -> None:
+    """Update the view every interval until ``done``, up to ``last_row_before``.
+
+    From then on only the final row, printed by the caller once the run has drained, tells
+    the end: the last second never shows twice.
+    """
     while not done.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(done.wait(), view.interval)
-        if not done.is_set():
+        if not done.is_set() and time.monotonic() < last_row_before:
             view.update(snapshot(), events.events)
 
 
@@ -837,13 +843,14 @@ async def _drive(
     events: _EventLog,
 ) -> int:
     options = run.options
-    cold_started = time.monotonic()
+    # t=0 is the cold fetch: its event lines and every later one share one clock, in order.
+    run.started = events.started = cold_started = time.monotonic()
     await run.provider.get_token()
     cold = time.monotonic() - cold_started
     run.baseline_waits = run.provider.stats.waits
-    run.started = events.started = time.monotonic()
-    run.last = (run.started, 0)  # the rate starts here
-    deadline = run.started + options.seconds
+    workload_started = time.monotonic()
+    run.last = (workload_started, 0)  # the rate starts here
+    deadline = workload_started + options.seconds
     outage_task = None
     if outage_fits(options):
         outage_task = asyncio.create_task(
@@ -860,7 +867,9 @@ async def _drive(
         )
     done = asyncio.Event()
     with view:
-        watcher = asyncio.create_task(_watch(view, run.snapshot, events, done))
+        watcher = asyncio.create_task(
+            _watch(view, run.snapshot, events, done, deadline - view.interval / 2)
+        )
         workers = [
             asyncio.create_task(_worker(session, deadline, run.workload))
             for _ in range(options.workers)

@@ -25,7 +25,7 @@ import enum
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
@@ -183,7 +183,7 @@ class Listener:
     def __init__(self, callback: Callable[[TokenEvent], object]) -> None:
         """Wrap ``callback``."""
         self.callback: Final = callback
-        self.failed = False
+        self.failed: bool = False
         self._lock = threading.Lock()
 
     def __call__(self, event: TokenEvent) -> None:
@@ -265,77 +265,50 @@ def emit(
     client_id: str | None = None,
     *,
     own: tuple[Listener, ...] = (),
-    reason: FetchReason | None = None,
-    fetch_id: int | None = None,
-    attempts: int | None = None,
-    status: int | None = None,
-    error: str | None = None,
-    error_type: str | None = None,
-    duration: float | None = None,
-    retry_in: float | None = None,
-    expires_in: float | None = None,
-    expires_at: float | None = None,
-    failures: int | None = None,
     cached: bool | None = None,
+    **fields: Any,  # noqa: ANN401 (the TokenEvent fields, defined there once)
 ) -> None:
     """Put one decision on the stream: write its log record, then tell its listeners.
 
     The :class:`TokenEvent` is built only when a listener hears it (``own`` or a
-    subscriber); the log record only when the logger is enabled for its level.
+    subscriber); the log record, only when the logger is enabled for its level, is rendered
+    from the same fields, by their :class:`TokenEvent` names.
 
     Args:
         kind: What was decided.
         client_id: The API client id, or ``None`` for an event of a whole cache.
         own: The ``on_event`` listeners of the provider (or the key) it concerns.
-        reason: The :class:`TokenEvent` field of that name; so are the others below.
-        fetch_id: As in :class:`TokenEvent`.
-        attempts: As in :class:`TokenEvent`.
-        status: As in :class:`TokenEvent`.
-        error: What went wrong, already fit to show (no secret, one line).
-        error_type: As in :class:`TokenEvent`.
-        duration: As in :class:`TokenEvent`.
-        retry_in: As in :class:`TokenEvent`.
-        expires_in: As in :class:`TokenEvent`.
-        expires_at: As in :class:`TokenEvent`.
-        failures: As in :class:`TokenEvent`.
         cached: For the log only, on ``FETCH_FAILED``: whether a usable token is still
             cached (it keeps being served), which the WARNING's wording tells.
+        **fields: The other :class:`TokenEvent` fields the kind fills in (``error`` already
+            fit to show: no secret, one line).
     """
-    level = log_level(kind, failures)
+    level = log_level(kind, fields.get("failures"))
     if level:
-        _log(
-            kind,
-            level,
-            client_id,
-            reason=reason,
-            attempts=attempts,
-            error=error,
-            retry_in=retry_in,
-            expires_in=expires_in,
-            failures=failures,
-            cached=cached,
-        )
+        _log(kind, client_id, level, fields, cached=cached)
     if own or BUS.listeners:
-        event = TokenEvent(
-            kind=kind,
-            client_id=client_id,
-            timestamp=time.time(),
-            reason=reason,
-            fetch_id=fetch_id,
-            attempts=attempts,
-            status=status,
-            error=error,
-            error_type=error_type,
-            duration=duration,
-            retry_in=retry_in,
-            expires_in=expires_in,
-            expires_at=expires_at,
-            failures=failures,
-        )
-        publish(event, own)
+        publish(TokenEvent(kind=kind, client_id=client_id, timestamp=time.time(), **fields), own)
 
 
 # -- the log: one more consumer of the stream ---------------------------------------------
+
+
+class _Fields:
+    """:class:`TokenEvent` fields by name, read as attributes (``None`` when absent)."""
+
+    __slots__ = ("_fields",)
+
+    def __init__(self, fields: Mapping[str, Any]) -> None:
+        self._fields = fields
+
+    def __getattr__(self, name: str) -> Any:  # noqa: ANN401 (a TokenEvent field's value)
+        if name not in _FIELD_NAMES:
+            raise AttributeError(name)
+        return self._fields.get(name)
+
+
+#: The names a TokenEvent has: the one list of them.
+_FIELD_NAMES: Final = frozenset(field.name for field in attrs.fields(TokenEvent))
 
 #: The level the log writes each kind at. Kinds not here are not logged: lookups come once
 #: per call (stats, health and listeners count them), and a cool-down, a caller that gave
@@ -375,71 +348,60 @@ def log_level(kind: EventKind, failures: int | None = None) -> int:
 
 def _log(  # noqa: C901 (one branch per kind)
     kind: EventKind,
-    level: int,
     client_id: str | None,
+    level: int,
+    fields: Mapping[str, Any],
     *,
-    reason: FetchReason | None,
-    attempts: int | None,
-    error: str | None,
-    retry_in: float | None,
-    expires_in: float | None,
-    failures: int | None,
     cached: bool | None,
 ) -> None:
     """Write the record of one decision: what each kind says, from the event's fields.
 
-    Each record carries the kind's name as ``record.plainid_event`` (e.g. ``"fetch_failed"``).
+    ``fields`` are :class:`TokenEvent` fields by name (absent ones are ``None``). Each
+    record carries the kind's name as ``record.plainid_event`` (e.g. ``"fetch_failed"``).
     """
+    event = _Fields(fields)
     extra = {"plainid_event": kind.value}
     if kind is EventKind.FETCH_STARTED:
-        if reason is FetchReason.REFRESH:
+        if event.reason is FetchReason.REFRESH:
             logger.log(level, "background refresh started for client %s", client_id, extra=extra)
         else:
-            why = None if reason is None else reason.value
+            why = None if event.reason is None else event.reason.value
             logger.log(level, "token fetch started for client %s (%s)", client_id, why, extra=extra)
     elif kind is EventKind.ATTEMPT_FAILED:
         logger.log(
             level,
             "token request %d for client %s failed (%s); retrying in %.2f s",
-            attempts,
+            event.attempts,
             client_id,
-            error,
-            retry_in,
+            event.error,
+            event.retry_in,
             extra=extra,
         )
     elif kind is EventKind.FETCH_SUCCEEDED:
-        if attempts:  # 0: a shared cache already held a new token
+        if event.attempts:  # 0: a shared cache already held a new token
             logger.log(
                 level,
                 "token fetched for client %s (expires in %g s)",
                 client_id,
-                expires_in,
+                event.expires_in,
                 extra=extra,
             )
-        if failures:
+        if event.failures:
             logger.log(
                 level,
                 "token endpoint recovered for client %s after %d failed fetches",
                 client_id,
-                failures,
+                event.failures,
                 extra=extra,
             )
     elif kind is EventKind.FETCH_FAILED:
-        _log_failed(
-            level,
-            extra,
-            client_id,
-            error=error,
-            retry_in=retry_in,
-            failures=failures,
-            cached=cached,
-        )
+        _log_failed(client_id, event, level, extra, cached=cached)
     elif kind is EventKind.UNAUTHORIZED_HELD:
         logger.log(
             level,
             "401 for client %s inside the 401 guard (%.1f s left): token kept",
             client_id,
-            retry_in,
+            event.retry_in,
             extra=extra,
         )
     elif kind is EventKind.REDIS_FALLBACK_ENTERED:
@@ -447,7 +409,7 @@ def _log(  # noqa: C901 (one branch per kind)
             level,
             "Redis token cache unavailable (%s): using this process's memory and fetching "
             "tokens directly until Redis answers again",
-            error,
+            event.error,
             extra=extra,
         )
     elif kind is EventKind.REDIS_FALLBACK_LEFT:
@@ -463,16 +425,15 @@ def _log(  # noqa: C901 (one branch per kind)
 
 
 def _log_failed(
+    client_id: str | None,
+    event: _Fields,
     level: int,
     extra: Mapping[str, object],
-    client_id: str | None,
     *,
-    error: str | None,
-    retry_in: float | None,
-    failures: int | None,
     cached: bool | None,
 ) -> None:
     """A failed fetch: the WARNING of an episode, by what is cached, or DEBUG after it."""
+    error, retry_in, failures = event.error, event.retry_in, event.failures
     if failures != 1:
         logger.log(
             level,

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Final
 
 import attrs
 
-from ._secret import Secret
+from ._secret import Secret, read_secret_file, strip_one_newline
 from .exceptions import ConfigurationError
 
 if TYPE_CHECKING:
@@ -37,36 +37,6 @@ ENV_CLIENT_SECRET: Final = "PLAINID_CLIENT_SECRET"  # noqa: S105 (a variable nam
 ENV_CLIENT_SECRET_FILE: Final = "PLAINID_CLIENT_SECRET_FILE"  # noqa: S105 (a variable name)
 ENV_REGION: Final = "PLAINID_REGION"
 ENV_BASE_URL: Final = "PLAINID_BASE_URL"
-
-
-def strip_one_newline(text: str) -> str:
-    """Drop one trailing line break (LF or CRLF), as editors and ``echo`` add one."""
-    return text.removesuffix("\n").removesuffix("\r") if text.endswith("\n") else text
-
-
-def read_secret_file(path: str | os.PathLike[str], *, source: str) -> str:
-    """Read a client secret from a file, such as a mounted Kubernetes or Docker secret.
-
-    Args:
-        path: The file.
-        source: What named the file, for messages (an environment variable or a flag).
-
-    Returns:
-        The secret, without one trailing newline.
-
-    Raises:
-        ConfigurationError: The file cannot be read or holds no secret; the message names
-            ``source`` and the path, never the content.
-    """
-    try:
-        with open(path, encoding="utf-8") as file:  # noqa: PTH123 (str and PathLike alike)
-            secret = strip_one_newline(file.read())
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "unreadable"
-        raise ConfigurationError(f"cannot read {source} {os.fspath(path)!r}: {reason}") from None
-    if not secret.strip():
-        raise ConfigurationError(f"{source} {os.fspath(path)!r} is empty")
-    return secret
 
 
 @attrs.frozen
@@ -111,12 +81,15 @@ class Settings:
         client_secret: The API client secret, wrapped.
         region: The region, or ``None`` when ``base_url`` is given.
         base_url: The base URL, or ``None`` when ``region`` is given.
+        client_secret_file: The file the secret was read from (``PLAINID_CLIENT_SECRET_FILE``),
+            for a provider to re-read when it rotates; ``None`` when it came another way.
     """
 
     client_id: str
     client_secret: Secret = attrs.field(repr=False)
     region: str | None
     base_url: str | None
+    client_secret_file: str | None = None
 
     @classmethod
     def from_environ(
@@ -160,7 +133,9 @@ class Settings:
         )
         del env, environ
         names = _NO_FLAGS if flags is None else flags
+        from_file: str | None = None  # the file the secret came from, if it did
         if client_secret is None:
+            from_file = secret_file
             if env_secret is not None and secret_file is not None:
                 raise ConfigurationError(
                     f"set only one of {ENV_CLIENT_SECRET} and {ENV_CLIENT_SECRET_FILE}"
@@ -191,4 +166,4 @@ class Settings:
             missing.append(f"region ({_sources(variables, names.location)})")
         if client_id is None or client_secret is None or missing:
             raise ConfigurationError("missing " + "; ".join(missing))
-        return cls(client_id, client_secret, region, base_url)
+        return cls(client_id, client_secret, region, base_url, from_file)

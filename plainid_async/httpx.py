@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 try:
     import httpx
-except ImportError as exc:  # pragma: no cover (the extra is installed in the test group)
+except ImportError as _missing:  # pragma: no cover (the extra is installed in the test group)
     raise ImportError(
         "plainid_async.httpx needs httpx: install the extra, pip install 'plainid-async[httpx]'"
-    ) from exc
+    ) from _missing
 
 from ._checks import check_token_origin
 from ._origins import allows, host_port

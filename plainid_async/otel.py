@@ -30,6 +30,14 @@ a token.
 
 from __future__ import annotations
 
-from ._otel import instrument, instrumented, uninstrument
+try:
+    from ._otel import instrument, instrumented, uninstrument
+except ModuleNotFoundError as _missing:  # pragma: no cover - depends on the installed extras
+    if not (_missing.name or "").startswith("opentelemetry"):
+        raise
+    raise ImportError(
+        "plainid_async.otel needs opentelemetry-api: install the extra, "
+        "pip install 'plainid-async[otel]'"
+    ) from _missing
 
 __all__ = ["instrument", "instrumented", "uninstrument"]

@@ -62,10 +62,10 @@ try:
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
     from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-except ImportError as exc:  # pragma: no cover - depends on the installed extras
+except ImportError as _missing:  # pragma: no cover - depends on the installed extras
     raise ImportError(
         "plainid_async.redis needs the 'redis' extra: pip install 'plainid-async[redis]'"
-    ) from exc
+    ) from _missing
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
@@ -78,7 +78,7 @@ if TYPE_CHECKING:
 
 __all__ = ["RedisTokenCache"]
 
-logger = logging.getLogger(LOGGER_NAME)
+logger: logging.Logger = logging.getLogger(LOGGER_NAME)
 
 _T = TypeVar("_T")
 
@@ -412,7 +412,7 @@ class RedisTokenCache:
             current = state.token
             if shared is None:
                 return current
-            if shared.token_id not in (state.rejected or {}):
+            if not state.is_rejected(shared.token_id):
                 if current is not None and (
                     state.token_id == shared.token_id
                     or current.expires_at_monotonic >= shared.token.expires_at_monotonic
@@ -450,16 +450,8 @@ class RedisTokenCache:
         now = time.monotonic()
         with self._mutex:
             state = self.key_states.state(key)
-            if state.rejected is None:
-                state.rejected = {}
-            rejected = state.rejected
-            first = token_id not in rejected
-            for old in [t for t, expiry in rejected.items() if expiry <= now]:
-                del rejected[old]
-            rejected[token_id] = max(token.expires_at_monotonic, now)
-            dropped = state.token is not None and state.token_id == token_id
-            if dropped:
-                state.token = state.token_id = None
+            first = state.reject(token_id, token.expires_at_monotonic, now)
+            dropped = state.drop_id(token_id)
         if first:
             self._in_background(self._delete_if(key, token_id))
         return dropped

@@ -256,3 +256,15 @@ def test_refresh_load_bench_measures_lag_and_cpu_per_refresh() -> None:
         assert figure["p99 lag / idle"].rounds == 3
         if name != b.IDLE:
             assert figure["CPU ms per refresh"].rounds == 3
+
+
+def test_httpx_bench_prints_the_cheapest_auth_row(capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("httpx")
+    import bench_httpx  # noqa: PLC0415
+    from bench_middleware import serving  # noqa: PLC0415
+
+    with serving() as port:
+        asyncio.run(bench_httpx.bench(port, rounds=3, requests=3))
+    out = capsys.readouterr().out
+    for name in (bench_httpx.OURS, bench_httpx.CHEAPEST, bench_httpx.STATIC):
+        assert name in out

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import pytest
+from _clock import PolicyClock
 from _reliability import record
 from aiohttp import web
 
@@ -255,6 +256,83 @@ def test_a_refresh_started_by_a_loop_that_ends_still_lands() -> None:
         assert len(fake.token_requests) == 2
 
 
+class DictCache:
+    """A cache of a user's own: the TokenCache protocol over a dict, nothing optional."""
+
+    def __init__(self) -> None:
+        self.tokens: dict[pa.CacheKey, pa.Token] = {}
+        self.loops: set[asyncio.AbstractEventLoop] = set()
+
+    def get(self, key: pa.CacheKey) -> pa.Token | None:
+        return self.tokens.get(key)
+
+    async def load(self, key: pa.CacheKey) -> pa.Token | None:
+        self.loops.add(asyncio.get_running_loop())
+        return self.tokens.get(key)
+
+    async def store(self, key: pa.CacheKey, token: pa.Token) -> None:
+        self.tokens[key] = token
+
+    def discard(self, key: pa.CacheKey, token: pa.Token) -> bool:
+        if self.tokens.get(key) is token:
+            del self.tokens[key]
+            return True
+        return False
+
+    def fetch_lock(self, key: pa.CacheKey) -> contextlib.AbstractAsyncContextManager[object]:  # noqa: ARG002
+        return contextlib.nullcontext()
+
+
+def test_a_refresh_for_a_user_cache_started_by_a_loop_that_ends_still_lands() -> None:
+    """One fetch path for every cache: a user's cache gets the refresher's loop too."""
+    with fake_in_thread(latency=0.1) as fake:
+        cache = DictCache()
+        provider = pa.TokenProvider(
+            fake.client_id, fake.client_secret, base_url=str(fake.base_url), cache=cache
+        )
+        first = asyncio.run(provider.get_token())
+        stale = pa.Token(
+            access_token=first.access_token,
+            token_type="Bearer",
+            expires_in=100.0,
+            expires_at=time.time() + 40,
+            expires_at_monotonic=time.monotonic() + 40,
+        )
+        asyncio.run(cache.store(provider.cache_key, stale))
+        loops_before = set(cache.loops)
+        # The loop ends at once; the refresh it started (100 ms at the endpoint) goes on.
+        assert asyncio.run(provider.get_token()) is stale
+        [flight] = running_fetches()
+        flight.future.result(10)
+        assert cache.get(provider.cache_key) not in (None, stale)
+        assert len(fake.token_requests) == 2
+        assert cache.loops == loops_before  # both fetches ran on one loop, the refresher's
+
+
+def test_a_session_of_a_loop_that_does_not_run_fails_with_an_error_naming_session() -> None:
+    with fake_in_thread() as fake:
+        other = asyncio.new_event_loop()
+        try:
+
+            async def make_session() -> aiohttp.ClientSession:
+                return aiohttp.ClientSession()
+
+            session = other.run_until_complete(make_session())
+            provider = pa.TokenProvider(
+                fake.client_id,
+                fake.client_secret,
+                base_url=str(fake.base_url),
+                cache=pa.MemoryTokenCache(),
+                session=session,
+            )
+            with pytest.raises(pa.ConfigurationError, match="session="):
+                asyncio.run(provider.get_token())
+            assert fake.token_requests == []
+            other.run_until_complete(session.close())
+        finally:
+            other.close()
+
+
 def test_two_hundred_asyncio_runs_need_no_extra_token_requests() -> None:
     """What Django, Flask or Celery code does: ``asyncio.run`` per request."""
     lifetime, latency, runs = 3.0, 0.1, 200
@@ -322,6 +400,7 @@ async def test_an_outage_costs_one_fetch_plus_one_request_per_cool_down_step() -
     retry = pa.RetryPolicy(attempts=3, backoff_base=0.05, backoff_max=0.1, deadline=5.0)
     async with FakePlainID() as fake:
         cache = pa.MemoryTokenCache()
+        clock = PolicyClock(cache.key_states)
         provider = provider_on(fake, cache, retry=retry)
         async with provider:
             fake.start_outage(503)
@@ -340,7 +419,7 @@ async def test_an_outage_costs_one_fetch_plus_one_request_per_cool_down_step() -
             assert requests == retry.attempts + steps
             assert requests < 15  # without the cool-down: 50 calls x 3 attempts = 150
             fake.end_outage()
-            state.cooldown_until = 0.0  # skip the rest of the cool-down: the next call fetches
+            clock.skip(100)  # skip the rest of the cool-down: the next call fetches
             assert fake.is_valid((await provider.get_token()).access_token)
     record(
         "cool-down: outage with no usable token",
@@ -480,6 +559,7 @@ def test_the_guard_interval_doubles_on_repeats_and_resets_after_a_quiet_spell() 
     provider = pa.TokenProvider("id", "secret", region="us1", cache=pa.MemoryTokenCache())
     cache = provider.cache
     assert isinstance(cache, pa.MemoryTokenCache)
+    clock = PolicyClock(cache.key_states)
     state = cache.key_states.state(provider.cache_key)
     lengths: list[int] = []
     for _ in range(6):
@@ -487,14 +567,14 @@ def test_the_guard_interval_doubles_on_repeats_and_resets_after_a_quiet_spell() 
         asyncio.run(cache.store(provider.cache_key, token))
         assert provider.report_unauthorized(token)
         assert not provider.report_unauthorized(token) or cache.get(provider.cache_key) is None
-        lengths.append(round(state.guard_until - time.monotonic()))
-        state.guard_until = time.monotonic()  # the interval has just ended
+        lengths.append(round(state.guard.until - clock()))
+        clock.skip(state.guard.until - clock())  # the interval has just ended
     assert lengths == [5, 10, 20, 40, 60, 60]
-    state.guard_until = time.monotonic() - 1000  # long quiet: the next one starts over
+    clock.skip(state.guard.until - clock() + 1000)  # long quiet: the next one starts over
     token = pa.Token.issued("later", expires_in=3600)
     asyncio.run(cache.store(provider.cache_key, token))
     assert provider.report_unauthorized(token)
-    assert round(state.guard_until - time.monotonic()) == 5
+    assert round(state.guard.until - clock()) == 5
 
 
 # -- 6. closed means closed ------------------------------------------------------------

@@ -18,6 +18,7 @@ import itertools
 import os
 import re
 import sys
+import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,12 +27,12 @@ import pytest
 from markdown_it import MarkdownIt
 
 import plainid_async as pa
+from plainid_async import _settings
 from plainid_async import testing as pa_testing
 from plainid_async._middleware import BearerAuthMiddleware
-from plainid_async.testing import FakePlainID
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from plainid_async.testing import FakePlainID
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC_FILES = [*sorted((ROOT / "docs").glob("*.md")), ROOT / "README.md"]
@@ -155,19 +156,14 @@ def explain(outcome: Outcome) -> str:
     return f"exit {outcome.returncode}\n--- stdout\n{outcome.stdout}\n--- stderr\n{outcome.stderr}"
 
 
-@pytest.fixture
-async def fake() -> AsyncIterator[FakePlainID]:
-    async with FakePlainID(client_id="docs-client", client_secret="docs-secret") as server:
-        yield server
-
-
 @pytest.mark.parametrize("block", PYTHON_BLOCKS, ids=lambda block: block.id)
-async def test_python_block_runs(block: Block, fake: FakePlainID) -> None:
+async def test_python_block_runs(block: Block, plainid_fake: FakePlainID) -> None:
     """A ```python block runs to completion as a script, offline, with no warning."""
+    # plainid_fake: the project's own pytest plugin, as a user's tests get it.
     env = clean_env(
-        PLAINID_CLIENT_ID=fake.client_id,
-        PLAINID_CLIENT_SECRET=fake.client_secret,
-        PLAINID_BASE_URL=str(fake.base_url),
+        PLAINID_CLIENT_ID=plainid_fake.client_id,
+        PLAINID_CLIENT_SECRET=plainid_fake.client_secret,
+        PLAINID_BASE_URL=str(plainid_fake.base_url),
     )
     args = ["-W", "error", "-c", BOOTSTRAP, block.id.rsplit(":", 1)[0], str(block.line)]
     outcome = await run(args, stdin=block.source, env=env)
@@ -217,13 +213,15 @@ def test_examples_exist() -> None:
 
 @pytest.mark.parametrize("path", EXAMPLE_PARAMS)
 async def test_example_self_test(path: Path) -> None:
-    """With no PlainID credentials set, the example starts FakePlainID, serves, calls itself
-    through PlainID, and exits 0.
+    """With no PlainID credentials set, the example starts FakePlainID, says so on stderr and
+    in every answer, serves, calls itself through PlainID, and exits 0.
     """
     outcome = await run(["-W", "error::ResourceWarning", str(path), "--self-test"], env=clean_env())
     assert outcome.returncode == 0, explain(outcome)
     assert "self-test passed" in outcome.stdout, explain(outcome)
     assert "Unclosed" not in outcome.stderr, explain(outcome)
+    # Serving the fake is said loudly (the self-test checks every answer says it too).
+    assert "WARNING: PLAINID_CLIENT_ID is not set: serving a FAKE PlainID" in outcome.stderr
 
 
 # -- the configuration reference --------------------------------------------------------------
@@ -258,12 +256,26 @@ def test_configuration_reference_lists_every_parameter_with_its_default(target: 
             )
 
 
+def defined_environment_variables() -> set[str]:
+    """The PLAINID_* names plainid_async/_settings.py reads: its module-level constants."""
+    return {
+        value
+        for name, value in vars(_settings).items()
+        if name.isupper() and isinstance(value, str) and value.startswith("PLAINID_")
+    }
+
+
 def test_configuration_reference_lists_every_environment_variable() -> None:
-    """Every PLAINID_* variable TokenProvider.from_env reads is documented."""
-    rows = table_rows(ROOT / "docs" / "configuration.md")
-    source = inspect.getsource(sys.modules["plainid_async._provider"])
-    for variable in sorted(set(re.findall(r'"(PLAINID_[A-Z_]+)"', source))):
-        assert variable in rows, f"{variable} is missing from configuration.md"
+    """Every PLAINID_* variable the settings resolver reads is documented, and no other."""
+    defined = defined_environment_variables()
+    assert {"PLAINID_CLIENT_ID", "PLAINID_CLIENT_SECRET", "PLAINID_BASE_URL"} <= defined
+    documented = {
+        name
+        for name in table_rows(ROOT / "docs" / "configuration.md")
+        if name.startswith("PLAINID_")
+    }
+    assert defined - documented == set(), "missing from configuration.md"
+    assert documented - defined == set(), "documented in configuration.md but read nowhere"
 
 
 # -- docs read the same on GitHub and in Sphinx -----------------------------------------------
@@ -339,9 +351,12 @@ def test_frameworks_page_shows_both_examples() -> None:
     }
 
 
+REFERENCE = ROOT / "docs" / "reference.rst"
+
+
 def test_api_reference_documents_every_public_name() -> None:
-    """docs/api.md has an autodoc entry for every name of the public modules."""
-    page = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
+    """docs/reference.rst has an autodoc entry for every name of the public modules."""
+    page = REFERENCE.read_text(encoding="utf-8")
     documented = set(re.findall(r"\.\. auto\w+:: (\S+)", page))
     public = {f"plainid_async.{name}" for name in pa.__all__}
     public |= {f"plainid_async.testing.{name}" for name in pa_testing.__all__}
@@ -349,12 +364,25 @@ def test_api_reference_documents_every_public_name() -> None:
 
 
 def test_api_reference_puts_the_provider_first_and_cache_key_last() -> None:
-    page = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
+    page = REFERENCE.read_text(encoding="utf-8")
     order = re.findall(r"\.\. auto\w+:: plainid_async\.(\w+)$", page, re.MULTILINE)
     assert order[0] == "TokenProvider"
     assert order.index("Token") < order.index("BearerAuthMiddleware") < order.index("PlainIDError")
     assert order.index("PlainIDError") < order.index("MemoryTokenCache") < order.index("CacheKey")
     assert order[-1] == "CacheKey"
+
+
+def test_api_page_reads_well_on_github() -> None:
+    """docs/api.md is prose and tables: the autodoc directives GitHub would show raw live in
+    docs/reference.rst, in the same order as api.md's sections.
+    """
+    page = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
+    assert ".. auto" not in page
+    assert "{eval-rst}" not in page
+    sections = [s.replace("`", "") for s in re.findall(r"^## (.+)$", page, re.MULTILINE)]
+    titles = re.findall(r"^(.+)\n-+$", REFERENCE.read_text(encoding="utf-8"), re.MULTILINE)
+    assert titles == [s for s in sections if s in titles]
+    assert titles[0] == "TokenProvider"
 
 
 def test_api_reference_describes_every_stats_field_and_token_state() -> None:
@@ -379,3 +407,34 @@ def test_docs_tables_are_narrow_enough_for_a_page(path: Path) -> None:
         if line.startswith("|---") and line.count("|") - 1 > MAX_TABLE_COLUMNS
     ]
     assert wide == []
+
+
+# -- the README is the PyPI page --------------------------------------------------------------
+
+
+def test_readme_reads_right_as_the_pypi_page() -> None:
+    """On PyPI relative links break: every link is absolute; it says how to install from PyPI
+    and lists every extra pyproject.toml declares.
+    """
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    links = [
+        token.attrGet("href")
+        for block in MarkdownIt("commonmark").parse(text)
+        for token in block.children or []
+        if token.type == "link_open"
+    ]
+    assert len(links) >= 10
+    assert [link for link in links if not str(link).startswith("https://")] == []
+    assert "$ python -m pip install plainid-async\n" in text
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"][
+        "optional-dependencies"
+    ]
+    listed = {name for name in table_rows(ROOT / "README.md") if name in extras}
+    assert listed == set(extras), f"extras missing from the README: {set(extras) - listed}"
+
+
+def test_docs_index_shows_the_install_line_and_the_version() -> None:
+    index = (ROOT / "docs" / "index.md").read_text(encoding="utf-8")
+    assert "$ python -m pip install plainid-async\n" in index
+    conf = (ROOT / "docs" / "conf.py").read_text(encoding="utf-8")
+    assert 'html_title = f"plainid-async {release}"' in conf

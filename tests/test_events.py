@@ -9,10 +9,11 @@ from typing import TYPE_CHECKING
 
 import attrs
 import pytest
+from _clock import PolicyClock
 from test_provider import FAST_RETRY, provider_on, settle, token_with
 
 import plainid_async as pa
-from plainid_async import _events, _provider
+from plainid_async import _events, _policy
 from plainid_async._events import EventKind, FetchReason, TokenEvent
 from plainid_async.testing import FakePlainID, running_fetches
 
@@ -181,7 +182,7 @@ async def test_a_401_refetches_once_then_inside_the_guard_is_held_and_goes_back(
     [held] = seen.of(EventKind.UNAUTHORIZED_HELD)
     assert held.client_id == fake.client_id
     assert held.retry_in is not None
-    assert 0 < held.retry_in <= _provider.GUARD_BASE
+    assert 0 < held.retry_in <= _policy.GUARD_BASE
     assert provider.stats.unauthorized_held == 1
     # The first 401 (outside the guard) started a fetch for reason UNAUTHORIZED.
     reasons = [e.reason for e in seen.of(EventKind.FETCH_STARTED)]
@@ -495,6 +496,7 @@ async def test_the_log_reports_the_decisions_a_listener_sees(
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="plainid_async")
     cache, seen = pa.MemoryTokenCache(), Recorder()
+    clock = PolicyClock(cache.key_states)
     async with provider_on(fake, cache, on_event=seen, retry=FAST_RETRY) as provider:
         stale = token_with(remaining=40)
         await cache.store(provider.cache_key, stale)
@@ -502,9 +504,7 @@ async def test_the_log_reports_the_decisions_a_listener_sees(
         assert await provider.get_token() is stale  # its background refresh fails
         await settle()
         fake.end_outage()
-        state = cache.key_states.get(provider.cache_key)
-        assert state is not None
-        state.retry_at = 0.0  # let the backoff pass without sleeping
+        clock.skip(100)  # let the backoff pass without sleeping
         assert await provider.get_token() is stale  # its background refresh recovers
         await settle()
         fake.start_outage(503)

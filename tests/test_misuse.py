@@ -336,7 +336,7 @@ def test_a_session_from_another_loop_is_named_at_the_first_call_on_this_one() ->
         for _ in range(2):  # every call says the same, never a bare RuntimeError
             with pytest.raises(pa.ConfigurationError) as info:
                 asyncio.run(provider.get_token())
-            assert str(info.value).startswith("session was created on another event loop")
+            assert str(info.value).startswith("session= belongs to an event loop that is")
     finally:
         other.run_until_complete(session.close())
         other.close()

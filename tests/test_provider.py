@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import pytest
+from _clock import PolicyClock
 
 import plainid_async as pa
-from plainid_async import _provider
 from plainid_async.testing import FakePlainID, FakeResponse, free_port, running_fetches
 
 if TYPE_CHECKING:
@@ -468,6 +468,7 @@ async def test_outage_in_the_refresh_window_fails_no_call_and_warns_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="plainid_async")
+    clock = PolicyClock(cache.key_states)
     stale = token_with(remaining=40)
     await cache.store(provider.cache_key, stale)
     fake.start_outage(503)
@@ -475,10 +476,7 @@ async def test_outage_in_the_refresh_window_fails_no_call_and_warns_once(
         for _ in range(50):
             assert await provider.get_token() is stale
         await settle()
-        # let the backoff pass without sleeping
-        state = cache.key_states.get(provider.cache_key)
-        assert state is not None
-        state.retry_at = 0.0
+        clock.skip(100)  # let the backoff pass without sleeping
     assert provider.stats.background_refreshes == 3  # one per backoff period, not per call
     assert provider.stats.failures == 3
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
@@ -509,18 +507,19 @@ async def test_failed_background_refresh_waits_for_its_backoff(
 async def test_background_retry_comes_before_half_the_usable_time_is_gone(
     fake: FakePlainID, provider: pa.TokenProvider, cache: pa.MemoryTokenCache
 ) -> None:
+    clock = PolicyClock(cache.key_states)
     stale = token_with(remaining=40)  # usable for 30 s more
     await cache.store(provider.cache_key, stale)
-    fake.start_outage(503)
+    # Retry-After 60 s: a backoff of 30 s (the longest), past half the usable time left
+    fake.start_outage(503, retry_after="60")
     await provider.get_token()
     await settle()
     fake.end_outage()
     episode = cache.key_states.get(provider.cache_key)
     assert episode is not None
-    now = time.monotonic()
-    episode.retry_at = now + 1000  # a long exponential backoff after many failures
-    # it failed 40 s ago with 70 s of usable time left: the retry was due 35 s later
-    episode.failed_at = now - 40
+    assert episode.record.retry_at - clock() > 29
+    # it failed with 30 s of usable time left: the retry is due 15 s later, not 30 s
+    clock.skip(16)
     await provider.get_token()
     await settle()
     assert fake.token_requests[-1].status == 200
@@ -530,14 +529,13 @@ async def test_background_retry_comes_before_half_the_usable_time_is_gone(
 async def test_background_retry_respects_its_backoff_while_time_is_left(
     fake: FakePlainID, provider: pa.TokenProvider, cache: pa.MemoryTokenCache
 ) -> None:
+    clock = PolicyClock(cache.key_states)
     await cache.store(provider.cache_key, token_with(remaining=40))
-    fake.start_outage(503)
+    fake.start_outage(503, retry_after="60")  # a backoff of 30 s (the longest)
     await provider.get_token()
     await settle()
     fake.end_outage()
-    episode = cache.key_states.get(provider.cache_key)
-    assert episode is not None
-    episode.retry_at = time.monotonic() + 1000
+    clock.skip(14)  # before both the backoff and half the usable time left (15 s)
     requests = len(fake.token_requests)
     await provider.get_token()
     await settle()
@@ -567,26 +565,27 @@ async def test_after_callers_start_waiting_the_backoff_starts_over(
 ) -> None:
     # backoff_base 0.02 s doubling to 1000 s: a long-running refresh sleeps for ages
     retry = pa.RetryPolicy(attempts=6, backoff_base=0.02, backoff_max=1000, deadline=5000)
-    provider = provider_on(fake, cache, retry=retry)
+    seen: list[pa.TokenEvent] = []
+    provider = provider_on(fake, cache, retry=retry, on_event=seen.append)
     async with provider:
         await cache.store(provider.cache_key, token_with(remaining=40))
         fake.fail_next(*[503] * 3)
-        slept: list[float] = []
-
-        async def recording_sleep(delay: float) -> None:
-            slept.append(delay)
-
         await provider.get_token()  # background refresh; its attempts fail
         await requests_seen(fake, 2)
         await cache.store(provider.cache_key, token_with(remaining=5, value="nearly-gone"))
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(_provider, "_sleep", recording_sleep)
-            token = await asyncio.wait_for(provider.get_token(), timeout=30)
+        token = await asyncio.wait_for(provider.get_token(), timeout=30)
         assert fake.is_valid(token.access_token)
-        # after callers came waiting: one attempt at once, then first-step sleeps
-        # (<= 0.02 s), not the 0.04-0.08 s and longer steps the refresh had reached
-        assert len(slept) == 1
-        assert slept[0] <= 0.02
+        # The events report each delay decided between attempts: the refresh's own
+        # steps while nobody waited, then, after callers came waiting, one first-step
+        # sleep (<= 0.02 s), not the 0.04-0.08 s and longer steps the refresh had reached
+        delays = [e.retry_in for e in seen if e.kind is pa.EventKind.ATTEMPT_FAILED]
+        assert len(delays) == 3
+        assert delays[0] is not None
+        assert 0.01 <= delays[0] <= 0.02
+        assert delays[1] is not None
+        assert delays[1] == 0.0 or delays[1] >= 0.02  # 0.0: callers came before it slept
+        assert delays[2] is not None
+        assert delays[2] <= 0.02
         assert [r.status for r in fake.token_requests] == [503, 503, 503, 200]
 
 

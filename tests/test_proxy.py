@@ -134,7 +134,9 @@ async def test_netrc_never_lands_in_the_token_requests_authorization(
     monkeypatch.setenv("HTTP_PROXY", proxy.url)
     await token_of(provider_for(server.base_url, trust_env=True))
     await token_of(provider_for(server.base_url, trust_env=True, proxy=None))
-    assert server.headers
+    async with aiohttp.ClientSession(trust_env=True) as theirs:  # aiohttp's would read it
+        await token_of(provider_for(server.base_url, session=theirs))
+    assert server.via_proxy == [True, True, True]
     for headers in server.headers:
         assert "authorization" not in headers
         assert "proxy-authorization" not in headers

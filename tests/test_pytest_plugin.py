@@ -77,3 +77,53 @@ def test_plugin_in_auto_mode(pytester: pytest.Pytester) -> None:
     _setup(pytester, STRICT_INI + "asyncio_mode = auto\n")
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=4)
+
+
+ENTRY_POINT_ONLY = """
+import pytest
+
+from plainid_async.testing import FakePlainID
+
+
+@pytest.mark.asyncio
+async def test_uses_the_fixture(plainid_fake: FakePlainID) -> None:
+    assert plainid_fake.token_requests == []
+
+
+def test_needs_no_fixture() -> None:
+    pass
+"""
+
+
+def test_plugin_is_registered_by_the_installed_package(pytester: pytest.Pytester) -> None:
+    """No conftest line: the pytest11 entry point of the installed distribution loads it."""
+    pytester.makeini(STRICT_INI)
+    pytester.makepyfile(test_entry_point=ENTRY_POINT_ONLY)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
+    blocked = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "-p", "no:plainid_async.testing.pytest_plugin"
+    )
+    blocked.assert_outcomes(passed=1, errors=1)
+
+
+def test_plugin_without_pytest_asyncio_names_the_extra(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without pytest-asyncio the plugin still loads (pytest runs every other test) and a test
+    that asks for its fixtures fails saying which extra to install.
+    """
+    pytester.makeini(STRICT_INI)
+    pytester.makepyfile(
+        test_entry_point=ENTRY_POINT_ONLY.replace("@pytest.mark.asyncio\nasync def", "def")
+    )
+    # Shadows the installed pytest-asyncio with a module that reports itself missing.
+    pytester.mkpydir("not_installed").joinpath("pytest_asyncio.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'pytest_asyncio'\", name='pytest_asyncio')\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", str(pytester.path / "not_installed"))
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "-p", "no:asyncio", "-W", "ignore::pytest.PytestConfigWarning"
+    )
+    result.assert_outcomes(passed=1, errors=1)
+    assert "pip install 'plainid-async[testing]'" in result.stdout.str()

@@ -47,6 +47,7 @@ def redaction(caplog: pytest.LogCaptureFixture) -> Iterator[Redaction]:
     yield from watch_redaction(caplog, FIRST_SECRET)
 
 
+@pytest.mark.slow
 async def test_rotating_the_secret_under_load_fails_no_call(redaction: Redaction) -> None:  # noqa: C901, PLR0915 (one scenario, told in order)
     watch = LoopWatch.start()
     fake = InFlightFake(

@@ -124,3 +124,22 @@ def test_an_unreadable_secret_file_is_named_with_its_source(tmp_path: Path) -> N
 )
 def test_one_trailing_newline_is_dropped(text: str, kept: str) -> None:
     assert strip_one_newline(text) == kept
+
+
+def test_a_secret_read_from_its_file_variable_remembers_the_file(tmp_path: Path) -> None:
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("file-secret\n")
+    environ = {
+        "PLAINID_CLIENT_ID": "c",
+        "PLAINID_CLIENT_SECRET_FILE": str(secret_file),
+        "PLAINID_REGION": "us1",
+    }
+    settings = Settings.from_environ(environ)
+    assert settings.client_secret.reveal() == "file-secret"
+    assert settings.client_secret_file == str(secret_file)
+    # A secret given another way (the command line's) is not the file's.
+    flagged = Settings.from_environ(environ, client_secret=Secret("flag-secret"))
+    assert flagged.client_secret_file is None
+    plain = {**environ, "PLAINID_CLIENT_SECRET": "env-secret"}
+    del plain["PLAINID_CLIENT_SECRET_FILE"]
+    assert Settings.from_environ(plain).client_secret_file is None
