@@ -89,39 +89,28 @@ def check_seconds(name: str, value: object, *, allow_zero: bool) -> float:
     return float(value)  # type: ignore[arg-type]  # seconds_problem saw an int or float
 
 
-def count_problem(value: object, *, minimum: int = 1, maximum: int | None = None) -> str | None:
-    """What is wrong with ``value`` as a count (an ``int``, not a bool, in its range).
+def count_problem(value: object, *, minimum: int = 1) -> str | None:
+    """What is wrong with ``value`` as a count (an ``int``, not a bool, >= ``minimum``).
 
     Args:
         value: The value to check.
         minimum: The smallest count allowed.
-        maximum: The largest, if any: a count that size could only be a slip (ten
-            million attempts), and some work grows with it.
 
     Returns:
-        ``"must be an integer >= {minimum}"`` (or ``"from {minimum} to {maximum}"``), or
-        ``None``.
+        ``"must be an integer >= {minimum}"``, or ``None``.
     """
-    rule = (
-        f"must be an integer >= {minimum}"
-        if maximum is None
-        else f"must be an integer from {minimum} to {maximum}"
-    )
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        return rule
-    if maximum is not None and value > maximum:
-        return rule
+        return f"must be an integer >= {minimum}"
     return None
 
 
-def check_count(name: str, value: object, *, minimum: int = 1, maximum: int | None = None) -> int:
+def check_count(name: str, value: object, *, minimum: int = 1) -> int:
     """Check a count parameter (attempts, entries, records).
 
     Args:
         name: The parameter, for the message.
         value: Its value.
         minimum: The smallest count allowed.
-        maximum: The largest, if any.
 
     Returns:
         The count.
@@ -130,7 +119,7 @@ def check_count(name: str, value: object, *, minimum: int = 1, maximum: int | No
         ConfigurationError: ``value`` breaks the rule of :func:`count_problem`; the message
             names ``name``.
     """
-    problem = count_problem(value, minimum=minimum, maximum=maximum)
+    problem = count_problem(value, minimum=minimum)
     if problem is not None:
         raise ConfigurationError(f"{name}={value!r} {problem}")
     return value  # type: ignore[return-value]  # count_problem saw an int

@@ -113,11 +113,6 @@ def _validate_base_url(base_url: str | URL | None) -> URL:
     return url.with_path(url.raw_path.rstrip("/"), encoded=True)
 
 
-#: The most attempts a RetryPolicy allows: the deadline ends retries long before, and more
-#: would only make the provider's constructor add up that many backoffs.
-MAX_ATTEMPTS: Final = 1000
-
-
 @attrs.frozen
 class RetryPolicy:
     """How often and how long to retry a failing token request.
@@ -127,7 +122,7 @@ class RetryPolicy:
     past ``deadline`` seconds from the first attempt.
 
     Attributes:
-        attempts: Requests at most, the first included (1 to 1000).
+        attempts: Requests at most, the first included (at least 1).
         backoff_base: Wait before the first retry, before jitter (seconds).
         backoff_max: Longest wait between attempts from backoff alone (seconds).
         max_retry_after: Longest ``Retry-After`` honoured (seconds).
@@ -142,7 +137,7 @@ class RetryPolicy:
 
     @attempts.validator
     def _check_attempts(self, _: attrs.Attribute[int], value: int) -> None:
-        check_count("attempts", value, maximum=MAX_ATTEMPTS)
+        check_count("attempts", value)
 
     def __attrs_post_init__(self) -> None:
         """Check the durations."""

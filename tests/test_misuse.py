@@ -256,7 +256,7 @@ def cases() -> Iterator[ParameterSet]:
     yield from each(
         "RetryPolicy.attempts",
         "attempts",
-        [*NOT_COUNTS, 10**7],
+        NOT_COUNTS,
         lambda v: pa.RetryPolicy(attempts=v),
     )
     yield from each(
@@ -360,11 +360,3 @@ async def test_a_session_from_this_loop_is_used(fake: FakePlainID) -> None:
         async with provider:
             token = await provider.get_token()
     assert token.access_token == fake.issued_tokens[-1]
-
-
-def test_ten_million_attempts_are_refused_at_once() -> None:
-    with pytest.raises(
-        pa.ConfigurationError, match=r"^attempts=10000000 must be an integer from 1 to 1000$"
-    ):
-        pa.RetryPolicy(attempts=10**7)
-    assert pa.RetryPolicy(attempts=1000).attempts == 1000
