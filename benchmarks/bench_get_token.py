@@ -14,7 +14,11 @@ The variants:
 * ``otel.instrument()``: plainid_async.otel instrumented with the OpenTelemetry SDK (an
   in-memory reader), on for that block only;
 * ``N no-op listeners``: a provider with a no-op ``on_event=`` and, for N > 1, N - 1 no-op
-  process-wide subscribers (what otel uses), on for that block only.
+  process-wide subscribers (what otel uses), on for that block only, each asking for the
+  fetch events (``event_kinds=`` / ``kinds=``: every kind but the lookups), as a listener
+  that alerts on failed fetches would;
+* ``1 no-op listener of every kind``: a no-op ``on_event=`` that hears every kind, ``HIT``
+  included: one event per lookup (the price of asking for them).
 
 Run: .venv/bin/python benchmarks/bench_get_token.py [--rounds N] [--calls N] [--no-watched]
 """
@@ -31,7 +35,7 @@ from typing import TYPE_CHECKING
 import sidebyside
 
 import plainid_async as pa
-from plainid_async._events import subscribe
+from plainid_async._events import ALL_KINDS, LOOKUP_KINDS, subscribe
 from plainid_async.testing import FakePlainID
 
 if TYPE_CHECKING:
@@ -41,6 +45,11 @@ FLOOR = "bare dict+monotonic coroutine"
 PLAIN = "get_token(), unwatched"
 OTEL = "get_token(), otel.instrument()"
 LISTENERS = (1, 10, 100)
+
+
+EVERY_KIND = "get_token(), 1 no-op listener of every kind"
+#: What the no-op listeners ask for: the fetch events, not the lookups.
+FETCH_KINDS = ALL_KINDS - LOOKUP_KINDS
 
 
 def _listeners_label(count: int) -> str:
@@ -54,7 +63,7 @@ def _ignore(_event: pa.TokenEvent) -> None:
 @contextlib.contextmanager
 def _subscribed(count: int) -> Iterator[None]:
     """``count`` no-op process-wide subscribers, for the block."""
-    unsubscribes = [subscribe(_ignore) for _ in range(count)]
+    unsubscribes = [subscribe(_ignore, kinds=FETCH_KINDS) for _ in range(count)]
     try:
         yield
     finally:
@@ -96,24 +105,30 @@ async def _time(get: Callable[[], Awaitable[object]], calls: int) -> float:
 
 
 @contextlib.asynccontextmanager
-async def _providers(fake: FakePlainID) -> AsyncIterator[tuple[pa.TokenProvider, ...]]:
-    def make(on_event: Callable[[pa.TokenEvent], object] | None = None) -> pa.TokenProvider:
+async def _providers(
+    fake: FakePlainID,
+) -> AsyncIterator[tuple[pa.TokenProvider, pa.TokenProvider, pa.TokenProvider]]:
+    def make(
+        on_event: Callable[[pa.TokenEvent], object] | None = None,
+        kinds: frozenset[pa.EventKind] | None = None,
+    ) -> pa.TokenProvider:
         return pa.TokenProvider(
             fake.client_id,
             fake.client_secret,
             base_url=str(fake.base_url),
             cache=pa.MemoryTokenCache(),
             on_event=on_event,
+            event_kinds=kinds,
         )
 
-    async with make() as plain, make(_ignore) as heard:
-        yield plain, heard
+    async with make() as plain, make(_ignore, FETCH_KINDS) as heard, make(_ignore) as every:
+        yield plain, heard, every
 
 
 def _watched(
-    plain: pa.TokenProvider, heard: pa.TokenProvider, calls: int
+    plain: pa.TokenProvider, heard: pa.TokenProvider, every: pa.TokenProvider, calls: int
 ) -> dict[str, Callable[[], Awaitable[float]]]:
-    """The watched variants: otel on ``plain``, listeners on ``heard`` (its ``on_event``)."""
+    """The watched variants: otel on ``plain``, listeners on ``heard`` and ``every``."""
     variants: dict[str, Callable[[], Awaitable[float]]] = {}
     if otel_available():
 
@@ -129,14 +144,16 @@ def _watched(
                 return await _time(heard.get_token, calls)
 
         variants[_listeners_label(count)] = with_listeners
+    variants[EVERY_KIND] = lambda: _time(every.get_token, calls)
     return variants
 
 
 async def measure(rounds: int, calls: int, *, watched: bool = True) -> dict[str, sidebyside.Spread]:
     """Every variant in every round, rotated; the per-round ratios to the floor."""
-    async with FakePlainID() as fake, _providers(fake) as (plain, heard):
+    async with FakePlainID() as fake, _providers(fake) as (plain, heard, every):
         await plain.get_token()
         await heard.get_token()
+        await every.get_token()
         table = {"key": await plain.get_token()}
         deadline = time.monotonic() + 3600
 
@@ -151,12 +168,12 @@ async def measure(rounds: int, calls: int, *, watched: bool = True) -> dict[str,
             PLAIN: lambda: _time(plain.get_token, calls),
         }
         if watched:
-            variants.update(_watched(plain, heard, calls))
+            variants.update(_watched(plain, heard, every, calls))
         samples: dict[str, list[float]] = {name: [] for name in variants}
         for order in sidebyside.orders(list(variants), rounds):
             for name in order:
                 samples[name].append(await variants[name]())
-        if len(fake.token_requests) != 2:
+        if len(fake.token_requests) != 3:
             raise AssertionError(fake.token_requests)
     spreads = sidebyside.ratios(samples, FLOOR)
     floor_ns = sidebyside.spread(samples[FLOOR]).median * 1e9

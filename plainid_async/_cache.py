@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import hmac
 import itertools
+import os
 import threading
 import time
 import weakref
@@ -236,8 +237,8 @@ class KeyState:
         "_providers",
         "_record",
         "_rejected",
+        "_suspect",
         "_token_id",
-        "_unauthorized",
         "token",
     )
 
@@ -250,7 +251,7 @@ class KeyState:
         self._flight: Flight | None = None
         self._record: Failures = NO_FAILURES
         self._guard: Guard = _NO_GUARD
-        self._unauthorized = False
+        self._suspect: Token | None = None
         self._last_success: float | None = None
         self._providers = 0
         self._listeners: tuple[Listener, ...] = ()
@@ -343,13 +344,15 @@ class KeyState:
         """Hold ``token`` (with a shared cache's id of it) as the key's token."""
         object.__setattr__(self, "token", token)
         self._token_id = token_id
+        if self._suspect is not token:
+            self._suspect = None
 
     def drop(self, token: Token | None = None) -> bool:
         """Drop the token (only if it is ``token``, when given); whether one was dropped."""
         if self.token is None or (token is not None and self.token is not token):
             return False
         object.__setattr__(self, "token", None)
-        self._token_id = None
+        self._token_id = self._suspect = None
         return True
 
     def drop_id(self, token_id: str) -> bool:
@@ -357,7 +360,7 @@ class KeyState:
         if self.token is None or self._token_id != token_id:
             return False
         object.__setattr__(self, "token", None)
-        self._token_id = None
+        self._token_id = self._suspect = None
         return True
 
     def reject(self, token_id: str, until: float, now: float) -> bool:
@@ -381,6 +384,10 @@ class KeyState:
         """``flight`` is now the key's fetch in progress."""
         self._flight = flight
 
+    def forget_flight(self) -> None:
+        """Forget the fetch in progress without ending it (a forked child's inheritance)."""
+        self._flight = None
+
     def end(self, flight: Flight) -> bool:
         """``flight`` ended (or was found orphaned); whether it was the key's fetch."""
         if self._flight is not flight:
@@ -391,10 +398,18 @@ class KeyState:
     # -- the failure policy's records ------------------------------------------------------
 
     def failed(
-        self, now: float, error: BaseException, *, delay: float, usable_left: float | None
+        self,
+        now: float,
+        error: BaseException,
+        *,
+        delay: float,
+        usable_left: float | None,
+        transport: int | None = None,
     ) -> FailureDecision:
         """Record a failed fetch (see :func:`plainid_async._policy.after_failure`)."""
-        decision = after_failure(self._record, now, error, delay=delay, usable_left=usable_left)
+        decision = after_failure(
+            self._record, now, error, delay=delay, usable_left=usable_left, transport=transport
+        )
         self._record = decision.record
         return decision
 
@@ -417,14 +432,14 @@ class KeyState:
         self._guard, held = on_unauthorized(self._guard, now)
         return held
 
-    def mark_unauthorized(self) -> None:
-        """A 401 dropped the token: the next cold fetch is for reason UNAUTHORIZED."""
-        self._unauthorized = True
+    @property
+    def suspected(self) -> Token | None:
+        """The held token the API answered 401 to, while it is being replaced, or ``None``."""
+        return self._suspect
 
-    def take_unauthorized(self) -> bool:
-        """Whether a 401 dropped the token since the last fetch started; clears it."""
-        taken, self._unauthorized = self._unauthorized, False
-        return taken
+    def suspect(self, token: Token) -> None:
+        """The API answered 401 to ``token``: it is replaced, and served until then."""
+        self._suspect = token
 
     # -- bookkeeping -----------------------------------------------------------------------
 
@@ -489,7 +504,7 @@ class KeyStates:
             state = self._states.get(key)
             if state is None:
                 state = self._states[key] = KeyState()
-                self._evict()
+                self._evict(key)
             else:
                 self._states.move_to_end(key)
             return state
@@ -530,6 +545,11 @@ class KeyStates:
             if state is not None and state.idle(time.monotonic()):
                 del self._states[key]
 
+    def _after_fork(self) -> None:
+        self._lock = threading.RLock()
+        for state in self._states.values():
+            state.forget_flight()
+
     def flights(self) -> list[Flight]:
         """The fetches in progress, for tests and health checks."""
         with self._lock:
@@ -557,12 +577,17 @@ class KeyStates:
             if self._states[key].idle(now):
                 del self._states[key]
 
-    def _evict(self) -> None:
+    def _evict(self, new: CacheKey) -> None:
         skipped = 0
         while len(self._states) > self.max_entries and skipped < _EVICT_SKIP:
             key, state = next(iter(self._states.items()))
-            if state.flight is not None:
-                # Keep a key whose fetch runs (its callers would start a second one).
+            if key == new:  # every older key is kept: never the one just made
+                break
+            if state.flight is not None or (state.providers > 0 and state.failures > 0):
+                # Keep a key whose fetch runs (its callers would start a second one), and
+                # the failure memory of a key an open provider uses (its calls would each
+                # fetch again instead of honouring the cool-down). The bound is then
+                # exceeded for a while: those keys are few and small.
                 self._states.move_to_end(key)
                 skipped += 1
                 continue
@@ -584,6 +609,20 @@ class KeyStates:
 
 _SIDE_TABLES: weakref.WeakKeyDictionary[object, KeyStates] = weakref.WeakKeyDictionary()
 _SIDE_LOCK = threading.RLock()  # key_states_of makes a table (which registers) under it
+
+
+def _forget_after_fork() -> None:
+    """In a forked child: no inherited flight, no inherited lock.
+
+    A flight of the parent runs on a thread the child does not have, so it never ends:
+    every key forgets it and the child's first call fetches for itself. Locks another
+    thread of the parent held at the fork would never be released: they are made anew.
+    Tokens, failure records and 401 guards stay (they are facts about the credentials).
+    """
+    global _SIDE_LOCK  # noqa: PLW0603 (the child's own lock, as refresher_loop does)
+    _SIDE_LOCK = threading.RLock()
+    for table in list(_ALL_TABLES):
+        table._after_fork()  # noqa: SLF001 (this module's own class)
 
 
 def running_fetches() -> list[Flight]:
@@ -685,3 +724,6 @@ _DEFAULT_CACHE = MemoryTokenCache()
 def default_cache() -> MemoryTokenCache:
     """The process-wide memory cache that providers use unless given another."""
     return _DEFAULT_CACHE
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)

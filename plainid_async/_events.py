@@ -8,12 +8,14 @@ same decisions leave in the cache.
 Consumers: the ``plainid_async`` log (:func:`emit` writes each decision's record, the one
 place that says what each kind logs and at which level), the ``on_event=`` callable of one
 provider, and the process-wide subscribers (:func:`subscribe`, used by
-:mod:`plainid_async.otel`). No event object is built unless a listener hears it, and no log
-record unless the logger is enabled for its level; a provider's hot path looks at nothing
-of this: while anyone listens, lookups take the provider's slow path, which emits them (a
-subscriber that arrives empties every provider's hot slot through :data:`BUS`'s
-watchers). Lookups are never logged, so the log needs no such detour. An exception in a
-listener is logged once per listener and never reaches the call that emitted the event.
+:mod:`plainid_async.otel`). Each listener hears the kinds it asked for (every kind by
+default). No event object is built unless a listener hears its kind, and no log record
+unless the logger is enabled for its level; a provider's hot path looks at nothing of this:
+while anyone hears ``HIT``, lookups take the provider's slow path, which emits them (a
+subscriber that hears ``HIT`` empties every provider's hot slot through :data:`BUS`'s
+watchers when it arrives). Lookups are never logged, so the log needs no such detour. An
+exception in a listener is logged once per listener and never reaches the call that
+emitted the event.
 
 No event carries a secret or a token: only the client id, reasons, counts, HTTP statuses,
 durations, expiry times and redacted error text.
@@ -35,13 +37,15 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
 
 __all__ = [
+    "ALL_KINDS",
     "BUS",
+    "LOOKUP_KINDS",
     "EventKind",
     "FetchReason",
     "Listener",
     "TokenEvent",
     "emit",
-    "listening",
+    "heard",
     "log_level",
     "publish",
     "subscribe",
@@ -112,6 +116,14 @@ class EventKind(enum.Enum):
     EVICTED = "evicted"
 
 
+#: Every kind: what a listener hears unless it asked for fewer.
+ALL_KINDS: Final = frozenset(EventKind)
+#: The lookups, one per ``get_token()`` call.
+LOOKUP_KINDS: Final = frozenset(
+    (EventKind.HIT, EventKind.STALE, EventKind.WAIT, EventKind.COOLDOWN)
+)
+
+
 class FetchReason(enum.Enum):
     """Why a fetch started.
 
@@ -176,13 +188,20 @@ class TokenEvent:
 
 
 class Listener:
-    """A callable that receives events; an exception in it is logged once, then ignored."""
+    """A callable that receives events; an exception in it is logged once, then ignored.
 
-    __slots__ = ("_lock", "callback", "failed")
+    A listener hears the kinds it asked for (every kind by default): an event nobody asked
+    for is never built.
+    """
 
-    def __init__(self, callback: Callable[[TokenEvent], object]) -> None:
-        """Wrap ``callback``."""
+    __slots__ = ("_lock", "callback", "failed", "kinds")
+
+    def __init__(
+        self, callback: Callable[[TokenEvent], object], kinds: Iterable[EventKind] | None = None
+    ) -> None:
+        """Wrap ``callback``, for ``kinds`` (``None``: every kind)."""
         self.callback: Final = callback
+        self.kinds: Final = ALL_KINDS if kinds is None else frozenset(kinds)
         self.failed: bool = False
         self._lock = threading.Lock()
 
@@ -203,61 +222,74 @@ class Listener:
 
 
 class _Bus:
-    """The process-wide subscribers, and who must hear that one arrived."""
+    """The process-wide subscribers, the kinds they hear, and who must hear that one arrived."""
 
-    __slots__ = ("_lock", "listeners", "watchers")
+    __slots__ = ("_lock", "listeners", "wanted", "watchers")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         # Replaced, never mutated, under the lock: readers need no lock.
         self.listeners: tuple[Listener, ...] = ()
-        #: Called after a subscriber is added (the provider empties its hot slots, so
-        #: lookups that used to be answered there are emitted from now on).
+        #: The kinds at least one subscriber hears: an event of another kind is built for
+        #: no subscriber.
+        self.wanted: frozenset[EventKind] = frozenset()
+        #: Called after a subscriber that hears ``HIT`` is added (the provider empties its
+        #: hot slots, so lookups that used to be answered there are emitted from now on).
         self.watchers: list[Callable[[], object]] = []
 
     def add(self, listener: Listener) -> None:
         with self._lock:
             self.listeners = (*self.listeners, listener)
-        for watcher in self.watchers:
-            watcher()
+            self.wanted = self.wanted | listener.kinds
+        if EventKind.HIT in listener.kinds:
+            for watcher in self.watchers:
+                watcher()
 
     def remove(self, listener: Listener) -> None:
         with self._lock:
             self.listeners = tuple(s for s in self.listeners if s is not listener)
+            self.wanted = frozenset().union(*(s.kinds for s in self.listeners))
 
 
 #: The process-wide subscribers; empty when nobody listens.
 BUS: Final = _Bus()
 
 
-def subscribe(callback: Callable[[TokenEvent], object]) -> Callable[[], None]:
-    """Receive every event of every provider and cache in this process.
+def subscribe(
+    callback: Callable[[TokenEvent], object], *, kinds: Iterable[EventKind] | None = None
+) -> Callable[[], None]:
+    """Receive the events of every provider and cache in this process.
 
     The callback runs synchronously in the thread and event loop that made the decision:
     keep it short and never block. An exception in it is logged once and ignored.
 
     Args:
-        callback: Called with each :class:`TokenEvent`.
+        callback: Called with each :class:`TokenEvent` of ``kinds``.
+        kinds: The kinds to hear; ``None``: every kind. Leaving ``HIT`` out keeps every
+            provider's hot path as it is with nobody listening.
 
     Returns:
         A function that unsubscribes (idempotent).
     """
-    listener = Listener(callback)
+    listener = Listener(callback, kinds)
     BUS.add(listener)
     return lambda: BUS.remove(listener)
 
 
 def publish(event: TokenEvent, own: Iterable[Listener] = ()) -> None:
-    """Give ``event`` to ``own`` (``on_event`` listeners), then to the subscribers."""
+    """Give ``event`` to the ``own`` (``on_event``) listeners, then the subscribers, of its kind."""
+    kind = event.kind
     for listener in own:
-        listener(event)
+        if kind in listener.kinds:
+            listener(event)
     for listener in BUS.listeners:
-        listener(event)
+        if kind in listener.kinds:
+            listener(event)
 
 
-def listening(own: Listener | None) -> bool:
-    """Whether an event would reach anyone: ``own`` or a process-wide subscriber."""
-    return own is not None or bool(BUS.listeners)
+def heard(kind: EventKind, own: Listener | None) -> bool:
+    """Whether an event of ``kind`` would reach anyone: ``own`` or a process-wide subscriber."""
+    return kind in BUS.wanted or (own is not None and kind in own.kinds)
 
 
 def emit(
@@ -286,7 +318,7 @@ def emit(
     level = log_level(kind, fields.get("failures"))
     if level:
         _log(kind, client_id, level, fields, cached=cached)
-    if own or BUS.listeners:
+    if kind in BUS.wanted or any(kind in listener.kinds for listener in own):
         publish(TokenEvent(kind=kind, client_id=client_id, timestamp=time.time(), **fields), own)
 
 

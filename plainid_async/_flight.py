@@ -34,6 +34,7 @@ from ._policy import cooldown_delay, cooldown_left, probe_only, retry_delay, wai
 from ._refresher import is_refresher_loop, refresher_loop
 from .exceptions import (
     ConfigurationError,
+    InvalidCredentialsError,
     ProviderClosedError,
     TokenEndpointUnavailableError,
     TokenRequestError,
@@ -60,6 +61,14 @@ logger = logging.getLogger(LOGGER_NAME)
 ORPHAN_POLL: Final = 0.05
 
 _FETCH_IDS = itertools.count(1)
+#: Fetches that replace a token still served (replace, never drop).
+_REPLACING: Final = frozenset({FetchReason.FORCED, FetchReason.UNAUTHORIZED})
+
+
+def _retrieved(future: asyncio.Future[Token]) -> None:
+    """Mark a future's exception as retrieved (nobody waits for it any more)."""
+    if not future.cancelled():
+        future.exception()
 
 
 class _OrphanedError(Exception):
@@ -94,6 +103,11 @@ class Flight:
     started: float = attrs.field(factory=time.monotonic, repr=False)
     attempts: int = 0
     attempt_started: float = attrs.field(default=0.0, repr=False)
+    #: The token it replaces (a forced or 401 refresh), dropped if the endpoint says the
+    #: credentials are invalid.
+    replacing: Token | None = attrs.field(default=None, repr=False)
+    #: The transport of the provider that started it (see Fetcher.transport).
+    transport: int = attrs.field(default=0, repr=False)
 
     def attempt(self) -> None:
         """An HTTP attempt starts."""
@@ -176,6 +190,9 @@ class Fetcher:
     proxy: Proxy | None
     trust_env: bool
     budget: float = attrs.field(init=False)
+    #: Which transport token requests take (proxy, TLS, session): a failure of another
+    #: transport's fetch never fails this provider's calls.
+    transport: int = attrs.field(init=False)
     closed: bool = attrs.field(default=False, init=False)
     #: Waits between attempts; tests pass their own to see the steps.
     sleep: Callable[[float], Awaitable[object]] = asyncio.sleep
@@ -183,6 +200,10 @@ class Fetcher:
     def __attrs_post_init__(self) -> None:
         """Work out the waiter budget."""
         self.budget = wait_budget(self.retry, self.timeout)
+        proxy = None if self.proxy is None else (str(self.proxy.url), self.proxy.login)
+        ssl = self.ssl if self.ssl is None or isinstance(self.ssl, bool) else id(self.ssl)
+        session = None if self.session is None else id(self.session)
+        self.transport = hash((proxy, ssl, session, self.trust_env))
 
     def check_open(self) -> None:
         """Raise :class:`~plainid_async.ProviderClosedError` once the provider closed."""
@@ -191,15 +212,25 @@ class Fetcher:
 
     # -- starting ------------------------------------------------------------------------
 
-    def refresh_in_background(self, key: CacheKey, state: KeyState, token: Token) -> None:
-        """Start one background refresh of a STALE ``token``, unless one runs or must wait."""
+    def refresh_in_background(
+        self,
+        key: CacheKey,
+        state: KeyState,
+        token: Token,
+        reason: FetchReason = FetchReason.REFRESH,
+    ) -> None:
+        """Start one background refresh of ``token``, unless one runs or must wait.
+
+        ``reason`` is REFRESH for a STALE token, UNAUTHORIZED for one the API answered 401
+        to: either keeps being served until the new one is in hand.
+        """
         if state.flight is not None:
             return
         with self.states.lock:
             record = state.record
         if record.count and self.states.clock() < min(record.retry_at, record.retry_by):
             return
-        self.start(key, state, token, FetchReason.REFRESH)
+        self.start(key, state, token, reason)
 
     def loop_for_fetch(self) -> asyncio.AbstractEventLoop:
         """Where a fetch runs: the refresher, unless the session or the cache is loop-bound.
@@ -238,11 +269,17 @@ class Fetcher:
             if flight is not None and not flight.done():
                 return flight
             loop = self.loop_for_fetch()
-            if state.take_unauthorized() and reason is FetchReason.COLD:
-                reason = FetchReason.UNAUTHORIZED
             future: concurrent.futures.Future[Token] = concurrent.futures.Future()
             future.set_running_or_notify_cancel()
-            flight = Flight(key=key, reason=reason, future=future, loop=loop, owner=self.owner)
+            flight = Flight(
+                key=key,
+                reason=reason,
+                future=future,
+                loop=loop,
+                owner=self.owner,
+                replacing=replacing if reason in _REPLACING else None,
+                transport=self.transport,
+            )
             state.begin(flight)
             probe = probe_only(state.record, reason, full_budget=full_budget)
         self.reporter.emit(EventKind.FETCH_STARTED, key, flight=flight)
@@ -265,10 +302,12 @@ class Fetcher:
 
     # -- waiting -------------------------------------------------------------------------
 
-    async def wait(self, key: CacheKey, replacing: Token | None, reason: FetchReason) -> Token:
+    async def wait(  # noqa: C901 (one loop: join or start, wait, and each way it ends)
+        self, key: CacheKey, replacing: Token | None, reason: FetchReason
+    ) -> Token:
         """Wait for a token for ``key``: join the flight or start one, within the budget."""
         deadline = monotonic() + self.budget
-        second_chance = True
+        second_chance = foreign_chance = True
         skip_cooldown = reason is FetchReason.FORCED
         first = True  # one lookup event per call: WAIT, or COOLDOWN
         while True:
@@ -284,6 +323,12 @@ class Fetcher:
             try:
                 token = await self._await(flight, state, deadline)
             except TokenRequestError as error:
+                # A fetch over another transport (proxy, TLS, session) failed: its failure
+                # may be that transport's, so this caller tries once over its own.
+                if flight.transport != self.transport and foreign_chance:
+                    foreign_chance = False
+                    skip_cooldown = True
+                    continue
                 # A background refresh may have spent most of its attempts before anyone
                 # waited for it: when it fails, waiting callers get one fetch of their own
                 # with the full retry budget before they see an error.
@@ -301,13 +346,17 @@ class Fetcher:
                 pass
             else:
                 self.check_open()  # closed while it waited for another provider's fetch
-                return token
+                if monotonic() < self.schedule(token).usable_until:
+                    return token
+                # The fetch ended in time, but this waiter woke too late (its loop or its
+                # process was busy or frozen): never hand out a token it cannot use.
+                replacing, skip_cooldown = token, True
 
     def _check_cooldown(self, key: CacheKey, state: KeyState, *, emit: bool) -> None:
         """Inside a cool-down with no fetch running, fail at once with the last error."""
         with self.states.lock:
             record, running = state.record, state.flight is not None
-        left = cooldown_left(record, self.states.clock())
+        left = cooldown_left(record, self.states.clock(), self.transport)
         if running or left <= 0 or record.last_error is None:
             return
         if emit:
@@ -319,6 +368,17 @@ class Fetcher:
 
     async def _await(self, flight: Flight, state: KeyState, deadline: float) -> Token:
         waiting = asyncio.wrap_future(flight.future)
+        try:
+            return await self._await_on(waiting, flight, state, deadline)
+        finally:
+            if not waiting.done():
+                # This caller leaves first (its own timeout, a cancel): whatever the fetch
+                # ends with is nobody's to read here, so no "never retrieved" record.
+                waiting.add_done_callback(_retrieved)
+
+    async def _await_on(
+        self, waiting: asyncio.Future[Token], flight: Flight, state: KeyState, deadline: float
+    ) -> Token:
         # A flight on a loop-bound loop other than ours dies silently if that loop stops:
         # look at it every ORPHAN_POLL seconds.
         loop = flight.loop
@@ -365,6 +425,14 @@ class Fetcher:
                 return shared
             retry = attrs.evolve(self.retry, attempts=1) if probe else self.retry
             token = await self._request(flight, retry)
+            left = self.schedule(token).usable_until - monotonic()
+            if left <= 0:
+                # A slow answer or a process frozen mid-fetch: never hand it out or keep it.
+                raise TokenEndpointUnavailableError(
+                    f"the token for client {key.client_id} arrived expired by this "
+                    f"process's clock ({token.remaining():.2f} s left of its "
+                    f"{token.expires_in:g} s); not used"
+                )
             await self.cache.store(key, token)
             return token
 
@@ -477,6 +545,9 @@ class Fetcher:
                     retry_in=decision.retry_in,
                     failures=ended,
                 )
+            if isinstance(error, InvalidCredentialsError) and flight.replacing is not None:
+                # Replace, never drop, unless the endpoint says the credentials are invalid.
+                self.cache.discard(key, flight.replacing)
             flight.future.set_exception(error)
         self.states.forget_if_idle(key)
 
@@ -490,7 +561,13 @@ class Fetcher:
         if cached is not None:
             left = self.schedule(cached).usable_until - monotonic()
             usable_left = left if left > 0 else None
-        return state.failed(self.states.clock(), error, delay=delay, usable_left=usable_left)
+        return state.failed(
+            self.states.clock(),
+            error,
+            delay=delay,
+            usable_left=usable_left,
+            transport=self.transport,
+        )
 
     # -- closing -------------------------------------------------------------------------
 

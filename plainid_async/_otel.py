@@ -11,7 +11,8 @@ from opentelemetry import metrics, trace
 from opentelemetry.trace import Status, StatusCode
 
 from ._checks import check_has_method
-from ._events import EventKind, TokenEvent, subscribe
+from ._events import ALL_KINDS, EventKind, TokenEvent, subscribe
+from ._provider import fresh_hits
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -23,8 +24,10 @@ if TYPE_CHECKING:
 __all__ = ["instrument", "instrumented", "uninstrument"]
 
 _SCOPE: Final = "plainid_async"
+#: What the stream is asked for: every kind but ``HIT``, so a cached lookup stays on the
+#: provider's hot path; hits are read from the providers' in-memory counts at collection.
+_KINDS: Final = ALL_KINDS - {EventKind.HIT}
 _LOOKUP_RESULTS: Final = {
-    EventKind.HIT: "hit",
     EventKind.STALE: "stale",
     EventKind.WAIT: "wait",
     EventKind.COOLDOWN: "cooldown",
@@ -56,10 +59,14 @@ class _Instrumentation:
         self.meters = metrics.get_meter_provider() if meter_provider is None else meter_provider
         meter = self.meters.get_meter(_SCOPE, version)
         self.tracer = trace.get_tracer(_SCOPE, version, tracer_provider=tracer_provider)
-        # Lookups happen on every call: counted here and observed at collection time, as a
-        # synchronous counter's add() would cost the hot path tens of microseconds. The
-        # totals outlive uninstrument(), so a re-instrumented meter provider sees them rise.
+        # Lookups happen on every call: counted in memory and observed at collection time,
+        # as a synchronous counter's add() would cost the hot path tens of microseconds.
+        # Hits are the providers' own counts (fresh_hits), from when this instrumentation
+        # began; the other results come from their events. The totals outlive
+        # uninstrument(), so a re-instrumented meter provider sees them rise.
         self.lookup_totals = _lookup_totals(self.meters)
+        self.hits_from = fresh_hits()
+        self.hits = 0  # hits since hits_from, never lower than last seen
         self.requests = meter.create_counter(
             "plainid.token.requests",
             unit="{request}",
@@ -161,11 +168,27 @@ class _Instrumentation:
             span.set_status(Status(StatusCode.ERROR, event.error))
         span.end()
 
+    def count_hits(self) -> int:
+        """Hits since this instrumentation began (never lower than the last count)."""
+        hits = fresh_hits() - self.hits_from
+        with self._lock:
+            # A provider dropped without close() takes its count along: keep the last one.
+            self.hits = max(self.hits, hits)
+            return self.hits
+
+    def fold_hits(self) -> None:
+        """Add this instrumentation's hits to the meter provider's totals (on uninstrument)."""
+        hits = self.count_hits()
+        with self._lock:
+            self.lookup_totals["hit"] = self.lookup_totals.get("hit", 0) + hits
+
     def observe_lookups(self) -> list[Observation]:
         """Lookups so far, per result."""
+        hits = self.count_hits()
         with self._lock:
             totals = dict(self.lookup_totals)
-        return [metrics.Observation(n, {"result": result}) for result, n in totals.items()]
+        totals["hit"] = totals.get("hit", 0) + hits
+        return [metrics.Observation(n, {"result": result}) for result, n in totals.items() if n]
 
     def observe_remaining(self) -> list[Observation]:
         """Seconds left on the latest token seen, per client."""
@@ -246,7 +269,7 @@ def instrument(
         if _current is not None:
             return
         state = _Instrumentation(meter_provider, tracer_provider)
-        state.unsubscribe = subscribe(state.on_event)
+        state.unsubscribe = subscribe(state.on_event, kinds=_KINDS)
         _current = state
 
 
@@ -257,6 +280,7 @@ def uninstrument() -> None:
         state, _current = _current, None
     if state is not None:
         state.unsubscribe()
+        state.fold_hits()
 
 
 def instrumented() -> bool:

@@ -77,6 +77,8 @@ class Failures:
         retry_by: Monotonic time from which one may start whatever the backoff (the cap).
         cooldown_until: Monotonic time before which, with no usable token, calls fail at once
             with ``last_error`` and no token request.
+        transport: Which transport (proxy, TLS, session) the last failed fetch used: its
+            cool-down holds for providers with that transport only.
     """
 
     count: int = 0
@@ -84,6 +86,7 @@ class Failures:
     retry_at: float = 0.0
     retry_by: float = 0.0
     cooldown_until: float = 0.0
+    transport: int | None = None
 
 
 #: No failure: the record of a key after a success.
@@ -136,6 +139,7 @@ def after_failure(
     *,
     delay: float,
     usable_left: float | None,
+    transport: int | None = None,
 ) -> FailureDecision:
     """Decide what a failed fetch leads to.
 
@@ -150,16 +154,17 @@ def after_failure(
         error: The fetch's error.
         delay: The backoff from :func:`cooldown_delay`.
         usable_left: Seconds the cached token stays usable, or ``None`` without one.
+        transport: Which transport the fetch used (its cool-down is that transport's).
     """
     count = record.count + 1
     if usable_left is not None:
         cap = max(usable_left / 2, BACKGROUND_RETRY_FLOOR)
-        new = Failures(count, error, now + delay, now + cap, record.cooldown_until)
+        new = Failures(count, error, now + delay, now + cap, record.cooldown_until, transport)
         return FailureDecision(new, min(delay, cap), cached=True, cooling=False)
     if isinstance(error, TokenRequestError):
-        new = Failures(count, error, now + delay, now + delay, now + delay)
+        new = Failures(count, error, now + delay, now + delay, now + delay, transport)
         return FailureDecision(new, delay, cached=False, cooling=True)
-    new = Failures(count, error, now + delay, now + delay, record.cooldown_until)
+    new = Failures(count, error, now + delay, now + delay, record.cooldown_until, transport)
     return FailureDecision(new, None, cached=False, cooling=False)
 
 
@@ -168,9 +173,15 @@ def background_due(record: Failures, now: float) -> bool:
     return record.count == 0 or now >= min(record.retry_at, record.retry_by)
 
 
-def cooldown_left(record: Failures, now: float) -> float:
-    """Seconds left of a cool-down (0 when calls may fetch)."""
+def cooldown_left(record: Failures, now: float, transport: int | None = None) -> float:
+    """Seconds left of a cool-down (0 when calls may fetch) for a provider's ``transport``.
+
+    A cool-down started by a fetch over another transport (another proxy, TLS setting or
+    session) does not hold: that transport's failure says nothing of this one.
+    """
     if record.last_error is None or now >= record.cooldown_until:
+        return 0.0
+    if transport is not None and record.transport not in (None, transport):
         return 0.0
     return record.cooldown_until - now
 

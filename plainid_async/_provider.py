@@ -17,7 +17,10 @@ from __future__ import annotations
 import logging
 import math
 import random
+import threading
 import weakref
+from collections.abc import Iterable
+from contextvars import ContextVar
 from time import monotonic
 from typing import TYPE_CHECKING, Any, Final, Self
 
@@ -49,11 +52,11 @@ from ._secret import Secret
 from ._settings import ENV_BASE_URL, ENV_CLIENT_ID, ENV_REGION, Settings
 from ._stats import HealthReport, ProviderStats, Reporter, health_report
 from ._token import RefreshSchedule, Token, TokenState, schedule_for
-from .exceptions import ConfigurationError, InvalidCredentialsError
+from .exceptions import ConfigurationError, InvalidCredentialsError, TokenRequestError
 
 if TYPE_CHECKING:
     import ssl
-    from collections.abc import Callable, Iterable, Mapping
+    from collections.abc import Callable, Mapping
     from types import TracebackType
 
     from yarl import URL
@@ -63,6 +66,12 @@ if TYPE_CHECKING:
 __all__ = ["HealthReport", "ProviderStats", "TokenProvider"]
 
 logger = logging.getLogger(LOGGER_NAME)
+
+#: After report_unauthorized(token) in this task: (key, token) whose replacement the
+#: task's next get_token() waits for (the retry of the request that got the 401).
+_AFTER_401: ContextVar[tuple[CacheKey, Token] | None] = ContextVar(
+    "plainid_async_after_401", default=None
+)
 
 _COLD_STATE: Final = KeyState()
 _NO_TOKEN: Final = Token("-", "Bearer", 1.0, 0.0, 0.0)  # never served: its refresh_at is -inf
@@ -83,6 +92,44 @@ def _cool_all() -> None:
 
 
 BUS.watchers.append(_cool_all)
+
+_closed_lock = threading.Lock()
+_closed_fresh_hits = 0  # fresh_hits() of the providers that were closed
+
+
+def _fresh_hits_of(provider: TokenProvider) -> int:
+    stats = provider.stats
+    return stats.cache_hits - stats.stale_hits
+
+
+def fresh_hits() -> int:
+    """Lookups answered with a FRESH token by this process's providers so far.
+
+    Read from each open provider's stats (the hot path counts in memory), plus those of the
+    providers closed so far: what :mod:`plainid_async.otel` reports as ``hit`` lookups
+    without hearing a ``HIT`` event per call.
+    """
+    with _closed_lock:  # a provider that closes meanwhile is counted once, open or closed
+        return _closed_fresh_hits + sum(_fresh_hits_of(p) for p in list(_PROVIDERS))
+
+
+def _event_kinds(value: object, on_event: object) -> frozenset[EventKind] | None:
+    """``event_kinds=`` checked: ``None`` (every kind) or some :class:`EventKind` members."""
+    if value is None:
+        return None
+    if on_event is None:
+        raise ConfigurationError("event_kinds is for on_event: pass on_event too")
+    if isinstance(value, (str, bytes, EventKind)) or not isinstance(value, Iterable):
+        raise ConfigurationError(
+            f"event_kinds must be an iterable of EventKind members, not {type(value).__name__}"
+        )
+    kinds = frozenset(value)
+    strangers = sorted(repr(kind) for kind in kinds if not isinstance(kind, EventKind))
+    if strangers:
+        raise ConfigurationError(
+            f"event_kinds must hold EventKind members only, not {strangers[0]}"
+        )
+    return kinds
 
 
 def _wrap_secret(client_secret: object) -> Secret:
@@ -126,8 +173,11 @@ class TokenProvider:
         on_event: Called with each :class:`~plainid_async.TokenEvent` of this provider
             (lookups it answered, fetches it started, 401s it was told of, evictions of its
             key), synchronously, in the thread and event loop that made the decision: keep
-            it short. An exception in it is logged once and never fails a call. While it is
-            set, lookups skip the hot path (they build an event each).
+            it short. An exception in it is logged once and never fails a call. While it
+            hears ``HIT``, lookups skip the hot path (they build an event each).
+        event_kinds: The :class:`~plainid_async.EventKind` members ``on_event`` hears;
+            default: every kind. Without ``HIT``, a cached lookup stays on the hot path and
+            builds no event.
 
     Raises:
         ConfigurationError: A parameter is missing or invalid; the message names it.
@@ -136,6 +186,7 @@ class TokenProvider:
     __slots__ = (
         "__weakref__",
         "_api_url",
+        "_attached",
         "_cache",
         "_client_id",
         "_client_secret",
@@ -168,6 +219,7 @@ class TokenProvider:
         proxy: str | URL | None = None,
         trust_env: bool = False,
         on_event: Callable[[TokenEvent], object] | None = None,
+        event_kinds: Iterable[EventKind] | None = None,
     ) -> None:
         """Validate the configuration; do no I/O."""
         self._client_secret = _wrap_secret(client_secret)
@@ -202,7 +254,8 @@ class TokenProvider:
             raise ConfigurationError("retry must be a plainid_async.RetryPolicy")
         if on_event is not None and not callable(on_event):
             raise ConfigurationError(f"on_event must be a callable, not {type(on_event).__name__}")
-        self._listener = None if on_event is None else Listener(on_event)
+        kinds = _event_kinds(event_kinds, on_event)
+        self._listener = None if on_event is None else Listener(on_event, kinds)
         self._reporter = Reporter(self._listener)
         self._key = CacheKey.for_credentials(str(self._token_url), client_id, self._client_secret)
         # Flights, failure streaks, cool-downs and the 401 guard: owned by the cache.
@@ -223,7 +276,7 @@ class TokenProvider:
             proxy=proxy_url,
             trust_env=trust_env,
         )
-        self._states.attach(self._key, self._listener)
+        self._attached = self._states.attach(self._key, self._listener)
         # (token, refresh_at, key state) of the FRESH token this provider last handed out;
         # _COLD when there is none (a tuple that never matches: no None check on the hot path).
         self._hot: tuple[Token, float, KeyState] = _COLD
@@ -247,6 +300,7 @@ class TokenProvider:
         proxy: str | URL | None = None,
         trust_env: bool = False,
         on_event: Callable[[TokenEvent], object] | None = None,
+        event_kinds: Iterable[EventKind] | None = None,
     ) -> TokenProvider:
         """Build a provider from ``PLAINID_CLIENT_ID``, ``PLAINID_CLIENT_SECRET`` and one of
         ``PLAINID_REGION`` / ``PLAINID_BASE_URL``.
@@ -266,6 +320,7 @@ class TokenProvider:
             proxy: As for the constructor.
             trust_env: As for the constructor.
             on_event: As for the constructor.
+            event_kinds: As for the constructor.
 
         Raises:
             ConfigurationError: A variable is missing, blank or invalid; the message names
@@ -289,6 +344,7 @@ class TokenProvider:
                 proxy=proxy,
                 trust_env=trust_env,
                 on_event=on_event,
+                event_kinds=event_kinds,
             )
         except ConfigurationError as exc:
             source = ENV_REGION if settings.region is not None else ENV_BASE_URL
@@ -354,9 +410,11 @@ class TokenProvider:
         Inside a cool-down after failed fetches, fails at once with the last error.
 
         Args:
-            force_refresh: Drop the cached token (if it is still the one cached when this
-                call starts) and wait for a new one, ignoring any cool-down. Concurrent
-                forced calls share one fetch.
+            force_refresh: Start a replacement of the cached token and wait for the new
+                one, ignoring any cool-down. Concurrent forced calls share one fetch.
+                Replace, never drop: other calls keep getting the cached token until the
+                new one is in hand, and keep it if the fetch fails (unless the endpoint
+                says the credentials are invalid).
 
         Returns:
             The token.
@@ -427,10 +485,14 @@ class TokenProvider:
         The integrations (:class:`~plainid_async.BearerAuthMiddleware`, the httpx
         ``BearerAuth``) call this; so can your own code that sends the token some other way.
 
-        The 401 guard: the first 401 for the cached token drops it (also from a shared
-        cache) and opens a guard interval of 5 s; a 401 for the same key inside it drops
-        nothing and asks for no token. A 401 soon after an interval ends doubles the next
-        one, up to 60 s. A 401 for a token that is no longer the cached one changes
+        Replace, never drop: the first 401 for the cached token starts its replacement and
+        opens a 401 guard interval of 5 s; the token keeps being served to other calls until
+        the new one is in hand, and the next :meth:`get_token` of the task that reported it
+        waits for the new one (or, if the token endpoint fails, gets the old token back, so
+        the caller gets the API's response, never the endpoint's outage). Further 401s for
+        that token while it is replaced do the same. A 401 for a newer token inside the
+        guard drops nothing and asks for no token; a 401 soon after an interval ends doubles
+        the next one, up to 60 s. A 401 for a token that is no longer the cached one changes
         nothing (a retry gets the current token).
 
         Args:
@@ -449,12 +511,16 @@ class TokenProvider:
             if self._cache.get(key) is not token:
                 return True
             state = self._states.state(key)
-            held = state.guarded(self._states.clock())
+            held = 0.0 if state.suspected is token else state.guarded(self._states.clock())
+            if held <= 0:
+                state.suspect(token)
         if held > 0:
             self._reporter.emit(EventKind.UNAUTHORIZED_HELD, key, retry_in=held)
             return False
-        if self._discard(key, token):
-            state.mark_unauthorized()  # the next fetch for this key is one because of this 401
+        # This provider's hot slot may hold it: the next call of this task goes the slow
+        # way, which waits for the replacement (see _get_token_slow).
+        self._hot = _COLD
+        _AFTER_401.set((key, token))
         return True
 
     def rotate_secret(self, client_secret: str | Secret) -> None:
@@ -475,7 +541,8 @@ class TokenProvider:
         )
         self._hot = _COLD
         if not self._closed and self._key != old:
-            self._states.attach(self._key, self._listener).start_afresh()
+            self._attached = self._states.attach(self._key, self._listener)
+            self._attached.start_afresh()
             self._states.release(old, self._listener)
         logger.info("client secret of client %s replaced", self._client_id)
 
@@ -483,43 +550,88 @@ class TokenProvider:
         self._fetcher.check_open()
         check_bool("force_refresh", force_refresh)
         key = self._key
-        reason = FetchReason.FORCED if force_refresh else FetchReason.COLD
-        replacing: Token | None = None
+        rejected = _AFTER_401.get()
+        if rejected is not None:
+            _AFTER_401.set(None)
+            if rejected[0] == key and self._cache.get(key) is rejected[1]:
+                return await self._replace(key, rejected[1], FetchReason.UNAUTHORIZED)
         if force_refresh:
-            replacing = self._cache.get(key)
-            if replacing is not None:
-                self._discard(key, replacing)
-            self._states.state(key).start_afresh()
+            self._states.state(key).start_afresh()  # a forced fetch ignores any cool-down
+            current = self._cache.get(key)
+            if current is not None and monotonic() >= self._schedule(current).usable_until:
+                self._discard(key, current)  # nothing to keep serving: not usable any more
+                current = None
+            return await self._replace(key, current, FetchReason.FORCED)
         while True:
             self._fetcher.check_open()
-            state = self._states.state(key)
+            state = self._attached_state(key)
             token = self._cache.get(key)
-            if token is not None and not force_refresh:
+            replacing = None
+            if token is not None:
                 schedule = self._schedule(token)
                 now = monotonic()
                 if now < schedule.usable_until:
                     return self._serve(key, state, token, schedule, now)
-                replacing, reason = token, FetchReason.COLD
+                replacing = token
             try:
-                return await self._fetcher.wait(key, replacing, reason)
+                return await self._fetcher.wait(key, replacing, FetchReason.COLD)
             except InvalidCredentialsError:
                 if self._key == key:
                     raise
                 # The secret was rotated while this fetch ran: try with the new one.
-                key, force_refresh = self._key, False
+                key = self._key
+
+    async def _replace(self, key: CacheKey, old: Token | None, reason: FetchReason) -> Token:
+        """Wait for a token replacing ``old``, which other calls keep getting meanwhile.
+
+        After a 401, a failed replacement gives ``old`` back while it is usable, so the
+        caller's retry gets the API's answer rather than the endpoint's outage. A forced
+        refresh raises the failure. Either way ``old`` stays cached, unless the endpoint
+        said the credentials are invalid (the fetch then dropped it).
+        """
+        try:
+            return await self._fetcher.wait(key, old, reason)
+        except InvalidCredentialsError:
+            if self._key == key:
+                raise
+            return await self._get_token_slow(force_refresh=False)  # rotated meanwhile
+        except TokenRequestError:
+            if (
+                reason is FetchReason.UNAUTHORIZED
+                and old is not None
+                and self._cache.get(key) is old
+                and monotonic() < self._schedule(old).usable_until
+            ):
+                return old
+            raise
+
+    def _attached_state(self, key: CacheKey) -> KeyState:
+        """The key's record, counting this provider in it again if LRU eviction dropped it.
+
+        So a record an open provider uses keeps its failure memory (see KeyStates._evict).
+        """
+        state = self._states.state(key)
+        if state is not self._attached and key == self._key and not self._closed:
+            self._attached = self._states.attach(key, self._listener)
+            return self._attached
+        return state
 
     def _serve(
         self, key: CacheKey, state: KeyState, token: Token, schedule: RefreshSchedule, now: float
     ) -> Token:
         """Hand out a usable token: refresh a STALE one, keep a FRESH one in the hot slot."""
-        if now >= schedule.refresh_at:
+        if state.suspected is token:
+            # The API answered 401 to it: serve it until its replacement is in hand.
+            self._fetcher.refresh_in_background(key, state, token, FetchReason.UNAUTHORIZED)
+            self._reporter.emit(EventKind.STALE, key, token=token)
+        elif now >= schedule.refresh_at:
             self._fetcher.refresh_in_background(key, state, token)
             self._reporter.emit(EventKind.STALE, key, token=token)
         elif self._reporter.quiet():
             self._hot = (token, schedule.refresh_at, state)
             # close() ran in another thread meanwhile, or a subscriber came (it emptied
             # the hot slots before this one was filled).
-            if self._closed or BUS.listeners:
+            if self._closed or not self._reporter.quiet():
                 self._hot = _COLD
             self._reporter.stats.cache_hits += 1
         else:
@@ -590,7 +702,10 @@ class TokenProvider:
         self._hot = _COLD
         mine = self._fetcher.cancel()
         self._states.release(self._key, self._listener)
-        _PROVIDERS.discard(self)
+        global _closed_fresh_hits  # noqa: PLW0603 (the closed providers' hits, behind the lock)
+        with _closed_lock:
+            _PROVIDERS.discard(self)
+            _closed_fresh_hits += _fresh_hits_of(self)
         await self._fetcher.settle(mine)
 
     async def __aenter__(self) -> Self:

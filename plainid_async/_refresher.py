@@ -64,3 +64,13 @@ def run_in_refresher(coro: Coroutine[object, object, _T]) -> concurrent.futures.
 def is_refresher_loop(loop: asyncio.AbstractEventLoop) -> bool:
     """Whether ``loop`` is the refresher's."""
     return loop is _loop
+
+
+def _forget_after_fork() -> None:
+    """In a forked child: the parent's refresher thread is gone, and its lock may be held."""
+    global _lock, _loop, _pid  # noqa: PLW0603 (the child's own refresher, as refresher_loop)
+    _lock = threading.Lock()
+    _loop = _pid = None
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)

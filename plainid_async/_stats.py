@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 
-from ._events import BUS, EventKind, FetchReason, Listener, emit, log_level
+from ._events import EventKind, FetchReason, Listener, emit, heard, log_level
 from ._token import TokenState
 from ._wire import shown_text
 from .exceptions import TokenRequestError
@@ -119,8 +119,8 @@ class Reporter:
         self.stats = ProviderStats()
 
     def quiet(self) -> bool:
-        """Whether nobody hears a lookup (no ``on_event``, no subscriber)."""
-        return self.listener is None and not BUS.listeners
+        """Whether nobody hears a ``HIT`` (neither ``on_event`` nor a subscriber asked for it)."""
+        return not heard(EventKind.HIT, self.listener)
 
     def emit(
         self,
@@ -141,9 +141,9 @@ class Reporter:
         """
         count(self.stats, kind, flight)
         listener = self.listener
-        own = () if listener is None else (listener,)
-        if not own and not BUS.listeners and not log_level(kind, failures):
+        if not heard(kind, listener) and not log_level(kind, failures):
             return
+        own = () if listener is None else (listener,)
         fields: dict[str, Any] = {"retry_in": retry_in, "failures": failures}
         if token is not None:
             fields["expires_in"], fields["expires_at"] = token.expires_in, token.expires_at

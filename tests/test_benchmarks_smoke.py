@@ -226,6 +226,7 @@ async def test_get_token_bench_measures_the_watched_rows() -> None:
     spreads = await bench_get_token.measure(rounds=3, calls=20)
     expected = {bench_get_token.FLOOR, bench_get_token.PLAIN, bench_get_token.OTEL}
     expected |= {bench_get_token._listeners_label(n) for n in bench_get_token.LISTENERS}
+    expected.add(bench_get_token.EVERY_KIND)
     assert set(spreads) == expected
     assert all(spread.rounds == 3 for spread in spreads.values())
 

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
+import logging
 import math
+import os
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -21,7 +24,7 @@ from _reliability import record
 from aiohttp import web
 
 import plainid_async as pa
-from plainid_async.testing import FakePlainID, running_fetches
+from plainid_async.testing import FakePlainID, free_port, running_fetches
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -566,7 +569,11 @@ def test_the_guard_interval_doubles_on_repeats_and_resets_after_a_quiet_spell() 
         token = pa.Token.issued(f"t{len(lengths)}", expires_in=3600)
         asyncio.run(cache.store(provider.cache_key, token))
         assert provider.report_unauthorized(token)
-        assert not provider.report_unauthorized(token) or cache.get(provider.cache_key) is None
+        guard = state.guard
+        # Another 401 for the token being replaced: its retry waits for the replacement,
+        # and the guard is left as it is.
+        assert provider.report_unauthorized(token)
+        assert state.guard == guard
         lengths.append(round(state.guard.until - clock()))
         clock.skip(state.guard.until - clock())  # the interval has just ended
     assert lengths == [5, 10, 20, 40, 60, 60]
@@ -675,3 +682,189 @@ async def test_a_cool_down_lasts_at_least_the_servers_retry_after() -> None:
             state = cache.key_states.get(provider.cache_key)
             assert state is not None
             assert state.cooldown_until - time.monotonic() > 19
+
+
+# -- 9. guarantees that hold together (issue 20) ----------------------------------------
+
+
+async def test_a_token_that_arrives_expired_is_a_failed_fetch_never_handed_out() -> None:
+    """A 2 s token after 2.5 s of latency (a process frozen mid-fetch): nobody gets it."""
+    async with FakePlainID(expires_in=2, latency=2.5) as fake:
+        cache = pa.MemoryTokenCache()
+        provider = provider_on(fake, cache, retry=pa.RetryPolicy(attempts=1))
+        async with provider:
+            callers = [asyncio.create_task(provider.get_token()) for _ in range(3)]
+            results = await asyncio.wait_for(asyncio.gather(*callers, return_exceptions=True), 30)
+            for result in results:
+                assert isinstance(result, pa.TokenEndpointUnavailableError), result
+                assert "expired" in str(result)
+            assert len(fake.token_requests) == 1
+            assert cache.get(provider.cache_key) is None  # not stored either
+            health = provider.health()
+            assert health.failures == 1
+            assert provider.stats.failures == 1
+
+
+async def test_lru_eviction_keeps_the_cool_down_of_keys_open_providers_use(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Three open providers, a cache of two keys, an outage: one fetch and one WARNING
+    per key, then cool-downs, not a fetch per call."""
+    async with FakePlainID() as fake:
+        cache = pa.MemoryTokenCache(max_entries=2)
+        providers = [
+            pa.TokenProvider(
+                f"client-{i}",
+                "secret",
+                base_url=str(fake.base_url),
+                cache=cache,
+                retry=pa.RetryPolicy(attempts=1),
+            )
+            for i in range(3)
+        ]
+        fake.start_outage(503)
+        caplog.set_level(logging.WARNING, logger="plainid_async")
+        for call in range(48):
+            with pytest.raises(pa.TokenEndpointUnavailableError):
+                await providers[call % 3].get_token()
+        requests = len(fake.token_requests)
+        warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+        for provider in providers:
+            await provider.close()
+    assert requests == 3, requests  # one per key; 48 without the cool-downs
+    assert len(warnings) == 3
+
+
+async def test_force_refresh_during_an_outage_keeps_the_valid_token_served() -> None:
+    async with FakePlainID() as fake:
+        provider = provider_on(fake, pa.MemoryTokenCache(), retry=FAST)
+        async with provider:
+            token = await provider.get_token()
+            fake.start_outage(503)
+            with pytest.raises(pa.TokenEndpointUnavailableError):
+                await provider.get_token(force_refresh=True)
+            # Replace, never drop: the token, still valid, is served to every other call.
+            served = [await provider.get_token() for _ in range(100)]
+            assert all(t is token for t in served)
+            fake.end_outage()
+            fresh = await provider.get_token(force_refresh=True)
+            assert fresh != token
+            assert await provider.get_token() is fresh
+
+
+async def test_a_401_during_an_outage_gets_its_response_and_the_valid_token_stays() -> None:
+    async with FakePlainID() as fake:
+        provider = provider_on(fake, pa.MemoryTokenCache(), retry=FAST)
+        async with provider, provider.session() as session:
+            token = await provider.get_token()
+            fake.start_outage(503)
+            fake.revoke(token.access_token)
+            # The 401 call gets a response (its 401), not the endpoint's outage.
+            async with session.get("api/1.0/x") as response:
+                assert response.status == 401
+            assert await provider.get_token() is token  # not dropped before a replacement
+            fake.end_outage()
+
+
+async def test_a_401_call_waits_for_the_replacement_while_other_calls_keep_the_token() -> None:
+    async with FakePlainID(latency=0.2) as fake:
+        provider = provider_on(fake, pa.MemoryTokenCache())
+        other = provider_on(fake, provider.cache)  # same key, its own hot slot
+        async with provider, other, provider.session() as session:
+            token = await provider.get_token()
+            assert await other.get_token() is token
+            fake.revoke(token.access_token)
+            call = asyncio.create_task(session.get("api/1.0/x"))
+            await requests_seen(fake, 2)  # the replacement is being fetched
+            assert await other.get_token() is token  # served at once meanwhile
+            async with await asyncio.wait_for(call, 10) as response:
+                assert response.status == 200  # its retry had the fresh token
+            assert await other.get_token() is not token
+            assert len(fake.token_requests) == 2
+
+
+async def test_a_replacement_refused_for_invalid_credentials_drops_the_token() -> None:
+    async with FakePlainID() as fake:
+        provider = provider_on(fake, pa.MemoryTokenCache(), retry=FAST)
+        async with provider:
+            token = await provider.get_token()
+            fake.start_outage(401)
+            with pytest.raises(pa.InvalidCredentialsError):
+                await provider.get_token(force_refresh=True)
+            assert provider.cache.get(provider.cache_key) is None
+            assert token is not None
+
+
+def test_a_child_forked_mid_fetch_fetches_for_itself() -> None:
+    """The parent's fetch hangs when the child is forked: the child must not wait for it."""
+    with fake_in_thread() as fake:
+        cache = pa.MemoryTokenCache()
+        provider = provider_on(fake, cache, timeout=5.0, retry=pa.RetryPolicy(attempts=1))
+        fake.hang = True
+
+        def parent_call() -> None:
+            with contextlib.suppress(pa.PlainIDError, asyncio.CancelledError):
+                asyncio.run(provider.get_token())
+
+        hung = threading.Thread(target=parent_call, daemon=True)
+        hung.start()
+        deadline = time.monotonic() + 10
+        while not running_fetches() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert running_fetches()
+        pid = os.fork()
+        if pid == 0:  # the child: one call, its own fetch, then out (no test teardown)
+            code = 1
+            try:
+                token = asyncio.run(asyncio.wait_for(provider.get_token(), 3))
+                code = 0 if token.access_token and not running_fetches() else 2
+            finally:
+                os._exit(code)
+        fake.hang = False  # the child's own request is answered
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        for flight in running_fetches():
+            flight.cancel()
+        hung.join(10)
+
+
+async def test_one_providers_broken_proxy_never_fails_a_direct_provider_of_the_same_key() -> None:
+    async with FakePlainID() as fake:
+        cache = pa.MemoryTokenCache()
+        proxied = provider_on(
+            fake, cache, proxy=f"http://127.0.0.1:{free_port()}", retry=pa.RetryPolicy(attempts=1)
+        )
+        direct = provider_on(fake, cache, retry=pa.RetryPolicy(attempts=1))
+        async with proxied, direct:
+            with pytest.raises(pa.TokenEndpointUnavailableError, match=r"proxy|127\.0\.0\.1"):
+                await proxied.get_token()
+            # Same credentials, same key: the proxy's cool-down is not the direct one's.
+            token = await direct.get_token()
+            assert fake.is_valid(token.access_token)
+            assert len(fake.token_requests) == 1
+
+
+async def test_callers_that_give_up_leave_no_never_retrieved_exception_behind(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """100 callers with their own 0.2 s timeouts, then the shared fetch fails."""
+    caplog.set_level(logging.ERROR, logger="asyncio")
+    async with FakePlainID(latency=0.5) as fake:
+        provider = provider_on(fake, pa.MemoryTokenCache(), retry=pa.RetryPolicy(attempts=1))
+        async with provider:
+            fake.start_outage(503)
+
+            async def impatient() -> BaseException | None:
+                try:
+                    await asyncio.wait_for(provider.get_token(), 0.2)
+                except (TimeoutError, pa.TokenRequestError) as error:
+                    return error
+                return None
+
+            results = await asyncio.gather(*(impatient() for _ in range(100)))
+            assert all(isinstance(r, TimeoutError) for r in results)
+            await settle()
+            gc.collect()
+            await asyncio.sleep(0)
+    gc.collect()
+    assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []

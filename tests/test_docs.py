@@ -438,3 +438,22 @@ def test_docs_index_shows_the_install_line_and_the_version() -> None:
     assert "$ python -m pip install plainid-async\n" in index
     conf = (ROOT / "docs" / "conf.py").read_text(encoding="utf-8")
     assert 'html_title = f"plainid-async {release}"' in conf
+
+
+def test_supported_pythons_are_the_same_everywhere() -> None:
+    """The classifiers, the README, the docs index and CI's matrix name the same CPythons."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    classified = sorted(
+        classifier.rsplit(" :: ", 1)[1]
+        for classifier in project["classifiers"]
+        if re.fullmatch(r"Programming Language :: Python :: 3\.\d+", classifier)
+    )
+    assert classified == ["3.11", "3.12", "3.13"]
+    assert project["requires-python"] == ">=3.11"
+    assert "CPython 3.11, 3.12 or 3.13;" in (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "CPython 3.11 to 3.13." in (ROOT / "docs" / "index.md").read_text(encoding="utf-8")
+    ci = ROOT / ".ci" / "run"
+    if ci.exists():  # a checkout (the sdist has no CI): the matrix runs the two others
+        text = ci.read_text(encoding="utf-8")
+        assert "$(interpreter 3.12)" in text
+        assert "$(interpreter 3.13)" in text

@@ -286,6 +286,8 @@ async def test_no_event_carries_a_secret_or_a_token(fake: FakePlainID) -> None:
         async with session.get("api/1.0/x") as response:
             assert response.status == 401  # the guard holds
         fake.start_outage(503)
+        # Nothing usable is cached (a forced fetch would keep serving a usable token)
+        await provider.cache.store(provider.cache_key, token_with(remaining=5))
         with pytest.raises(pa.TokenEndpointUnavailableError):
             await provider.get_token(force_refresh=True)
         with pytest.raises(pa.TokenEndpointUnavailableError):
@@ -390,6 +392,68 @@ async def test_a_cache_hit_builds_no_event_when_nobody_listens(
         for _ in range(10):
             await listening.get_token()
     assert built.count(EventKind.HIT) == 9
+
+
+FETCH_ENDS = frozenset((EventKind.FETCH_SUCCEEDED, EventKind.FETCH_FAILED))
+
+
+async def test_no_event_is_built_for_a_kind_nobody_asked_for(
+    fake: FakePlainID, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Listeners that asked for fetch ends leave lookups on the hot path, building nothing."""
+    built: list[EventKind] = []
+    real = TokenEvent
+
+    def counting(**fields: object) -> TokenEvent:
+        event = real(**fields)  # type: ignore[arg-type]
+        built.append(event.kind)
+        return event
+
+    monkeypatch.setattr(_events, "TokenEvent", counting)
+    seen, heard = Recorder(), Recorder()
+    provider = provider_on(fake, pa.MemoryTokenCache(), on_event=seen, event_kinds=FETCH_ENDS)
+    unsubscribe = _events.subscribe(heard, kinds=FETCH_ENDS)
+    try:
+        async with provider:
+            for _ in range(10):
+                token = await provider.get_token()
+            assert provider._hot[0] is token  # the lookups stayed on the hot path
+    finally:
+        unsubscribe()
+    assert built == [EventKind.FETCH_SUCCEEDED]  # one event, shared by both listeners
+    assert seen.kinds() == heard.kinds() == [EventKind.FETCH_SUCCEEDED]
+    assert provider.stats.cache_hits == 9
+
+
+async def test_a_subscriber_without_hits_leaves_the_hot_slots_filled(fake: FakePlainID) -> None:
+    provider = provider_on(fake, pa.MemoryTokenCache())
+    async with provider:
+        await provider.get_token()
+        await provider.get_token()
+        hot = provider._hot
+        unsubscribe = _events.subscribe(Recorder(), kinds=FETCH_ENDS)
+        try:
+            assert provider._hot is hot
+            assert EventKind.HIT not in _events.BUS.wanted
+        finally:
+            unsubscribe()
+        assert _events.BUS.wanted == frozenset()
+
+
+@pytest.mark.parametrize(
+    ("kinds", "on_event", "match"),
+    [
+        ("hit", print, "iterable of EventKind"),
+        (EventKind.HIT, print, "iterable of EventKind"),
+        (["hit"], print, "EventKind members only"),
+        ([EventKind.HIT], None, "pass on_event too"),
+    ],
+)
+def test_event_kinds_are_event_kind_members_for_on_event(
+    kinds: object, on_event: object, match: str
+) -> None:
+    with pytest.raises(pa.ConfigurationError, match=match):
+        pa.TokenProvider("id", "secret", region="us1", on_event=on_event, event_kinds=kinds)  # type: ignore[arg-type]
 
 
 def test_on_event_must_be_callable() -> None:
@@ -508,6 +572,7 @@ async def test_the_log_reports_the_decisions_a_listener_sees(
         assert await provider.get_token() is stale  # its background refresh recovers
         await settle()
         fake.start_outage(503)
+        await cache.store(provider.cache_key, token_with(remaining=5))  # no longer usable
         with pytest.raises(pa.TokenEndpointUnavailableError):
             await provider.get_token(force_refresh=True)  # nothing usable is left
     records = logged(caplog)

@@ -291,3 +291,30 @@ async def test_no_secret_or_token_in_any_attribute_span_or_event(
     for text in said:
         for secret in secrets:
             assert secret not in text
+
+
+async def test_instrumented_hits_stay_on_the_hot_path_and_are_counted(
+    fake: FakePlainID, telemetry: Telemetry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """otel hears no HIT event: a cached lookup builds nothing; hits come from the counts."""
+    built: list[pa.EventKind] = []
+    real = pa.TokenEvent
+
+    def counting(**fields: Any) -> pa.TokenEvent:
+        event = real(**fields)
+        built.append(event.kind)
+        return event
+
+    monkeypatch.setattr(_events, "TokenEvent", counting)
+    async with provider_for(fake) as provider:
+        for _ in range(6):
+            token = await provider.get_token()
+        assert provider._hot[0] is token
+    async with provider_for(fake) as other:  # a closed provider's hits stay counted
+        await other.get_token()
+        await other.get_token()
+    assert pa.EventKind.HIT not in built
+    assert telemetry.counts("plainid.token.lookups") == {
+        key(result="wait"): 2,
+        key(result="hit"): 6,
+    }
