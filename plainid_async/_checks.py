@@ -26,7 +26,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DOCUMENTED_REGIONS",
-    "check_async_redis",
     "check_bool",
     "check_count",
     "check_has_method",
@@ -219,34 +218,6 @@ def check_instance(
     if not isinstance(value, kind):
         raise TypeError(f"{name} must be {what}, not {type(value).__name__}")
     return value
-
-
-def check_async_redis(name: str, value: object) -> None:
-    """Check a Redis client for an asyncio cache: not the sync one, not a URL, not ``None``.
-
-    A ``redis.asyncio`` client (or ``RedisCluster``) passes, and so does a wrapper of one
-    that offers the commands the cache sends (``eval``, ``set``). The sync
-    ``redis.Redis`` would block the event loop on every command and half-write a token.
-
-    Raises:
-        TypeError: It is a sync client, or has no such commands; the message names ``name``.
-    """
-    what = "a redis.asyncio.Redis or RedisCluster client"
-    try:
-        import redis  # noqa: PLC0415 (the redis extra; only this check needs it here)
-    except ImportError:  # pragma: no cover - the caller is the redis extra's module
-        sync: tuple[type, ...] = ()
-    else:
-        sync = (redis.Redis, redis.RedisCluster)
-    if isinstance(value, sync):
-        raise TypeError(
-            f"{name} must be {what}, not the sync {type(value).__name__}: it would block the "
-            "event loop (use redis.asyncio.Redis)"
-        )
-    if isinstance(value, (str, bytes)) or not all(
-        callable(getattr(value, command, None)) for command in ("eval", "set")
-    ):
-        raise TypeError(f"{name} must be {what}, not {type(value).__name__}")
 
 
 def check_ssl(name: str, value: object) -> ssl.SSLContext | bool | None:

@@ -3,8 +3,13 @@
 Install the extra (``pip install 'plainid-async[redis]'``) and pass the cache to every
 provider of every process::
 
-    client = redis.asyncio.Redis(host="redis.internal")
-    provider = TokenProvider(..., cache=RedisTokenCache(client))
+    cache = RedisTokenCache.from_url("redis://redis.internal:6379/0")
+    provider = TokenProvider(..., cache=cache)
+
+``from_url`` makes the cache's own client: it works from any event loop and thread
+(``asyncio.run`` per request, ``async_to_sync``, Celery) and after ``fork`` (gunicorn
+``--preload``, multiprocessing). A client you pass in (``RedisTokenCache(client)``) is used
+from its own event loop only, as redis-py requires.
 
 What goes to Redis, per cache key (token URL, client id, secret):
 
@@ -15,8 +20,13 @@ What goes to Redis, per cache key (token URL, client id, secret):
   by the secret, so any process with the secret can compare-and-delete a token it was told
   is bad, while the value reveals nothing to anyone else.
 * ``NAMESPACE:lock:{DIGEST}``: a random owner id while one process fetches a token for
-  the fleet, with a TTL (``lock_timeout``) so a process that dies holding it blocks nobody
-  for longer than that.
+  the fleet. Its TTL is a short lease (three Redis timeouts) that the owner renews while
+  its fetch runs, for at most ``lock_timeout``: a process that dies, freezes or loses the
+  answer to its lock command blocks the others for one lease at most.
+
+A key of another type than a string where the cache expects its own (a HASH at a token
+key, say) is treated as absent, and a lock key without a TTL as stale: either affects that
+one key, never the rest of the cache.
 
 ``DIGEST`` is :meth:`~plainid_async.CacheKey.digest`: a hash over the token URL, the
 client id and an HMAC keyed by the secret, so nothing in Redis names the client, and only
@@ -34,9 +44,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import concurrent.futures
 import contextlib
 import enum
 import hmac
+import inspect
 import json
 import logging
 import math
@@ -45,15 +57,16 @@ import random
 import re
 import secrets
 import time
-from typing import TYPE_CHECKING, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeAlias, TypeVar
 
 import attrs
 
 from ._cache import DEFAULT_MAX_ENTRIES, KeyStates
-from ._checks import check_async_redis, check_seconds
+from ._checks import check_seconds
 from ._endpoint import RetryPolicy
 from ._events import EventKind, emit
 from ._log import LOGGER_NAME
+from ._refresher import refresher_loop
 from ._token import Token, is_valid_lifetime
 from .exceptions import ConfigurationError
 
@@ -76,6 +89,8 @@ if TYPE_CHECKING:
     from ._cache import CacheKey
     from ._secret import Secret
 
+    _Client: TypeAlias = "redis.asyncio.Redis | redis.asyncio.RedisCluster"
+
 __all__ = ["RedisTokenCache"]
 
 logger: logging.Logger = logging.getLogger(LOGGER_NAME)
@@ -97,35 +112,120 @@ _CONTROL_CHARS: Final = re.compile(r"[\x00-\x1f\x7f]+")
 #: Where the Redis permissions the cache needs are documented.
 ACL_DOCS: Final = "docs/many-processes.md, 'Redis permissions'"
 
-# Value and remaining TTL in one round trip; nil when the key does not exist.
+# Every script first checks a key's type: a key of another type (planted, or left by
+# another program) must read as absent, not fail the script, or one bad key would make
+# the whole cache fall back to memory.
+
+# Value and remaining TTL in one round trip; nil when the key does not exist (or is no string).
 _LOAD_SCRIPT: Final = """
+if redis.call('TYPE', KEYS[1]).ok ~= 'string' then return false end
 local value = redis.call('GET', KEYS[1])
-if not value then return false end
 return {value, redis.call('PTTL', KEYS[1])}
 """
 # Delete the token only if it is still the one with this token id (the value's prefix).
 _DISCARD_SCRIPT: Final = """
+if redis.call('TYPE', KEYS[1]).ok ~= 'string' then return 0 end
 local value = redis.call('GET', KEYS[1])
-if value and string.sub(value, 1, string.len(ARGV[1])) == ARGV[1] then
+if string.sub(value, 1, string.len(ARGV[1])) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
 return 0
 """
-# Take the fleet lock (1), or say which token Redis holds now (its token id, "" if none),
-# so a waiter sees when the lock owner has stored a new token.
+# Take the fleet lock for a lease (1), or say which token Redis holds now (its token id,
+# "" if none), so a waiter sees when the lock owner has stored a new token. A lock key
+# without a TTL is stale (every lock this cache takes has one): it is taken over.
 _LOCK_SCRIPT: Final = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+if redis.call('PTTL', KEYS[1]) == -1 then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+if redis.call('TYPE', KEYS[2]).ok ~= 'string' then return '' end
 local value = redis.call('GET', KEYS[2])
 if not value then return '' end
 return string.match(value, '^[^.]*%.([^.]*)%.') or ''
 """
+# Renew the lease of the fleet lock (1) only if this process still owns it.
+_RENEW_SCRIPT: Final = """
+if redis.call('TYPE', KEYS[1]).ok == 'string' and redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
 # Release the fleet lock only if this process still owns it.
 _UNLOCK_SCRIPT: Final = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+if redis.call('TYPE', KEYS[1]).ok == 'string' and redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
 return 0
 """
+#: The lock's lease, in Redis timeouts: long enough for a renewal to be slow once.
+_LEASE_TIMEOUTS: Final = 3
+#: What redis-py says when one of its clients is used from another event loop than its own.
+_FOREIGN_LOOP: Final = re.compile(r"event loop is closed|different (event )?loop", re.IGNORECASE)
+#: The fix a misused client's error names.
+_FROM_URL_FIX: Final = (
+    "use RedisTokenCache.from_url(url, ...), which keeps a client that works from any event "
+    "loop, thread and forked process"
+)
+
+
+def _foreign_use(where: str) -> ConfigurationError:
+    return ConfigurationError(
+        f"RedisTokenCache(client) was used from {where} than the one its client belongs to: "
+        f"a redis.asyncio client works on one event loop of one process only; {_FROM_URL_FIX}"
+    )
+
+
+def _check_client(client: object) -> None:
+    """Refuse what is no asyncio Redis client, at construction, naming ``client``."""
+    what = "redis.asyncio.Redis, redis.asyncio.RedisCluster or a client with their API"
+    if client is None:
+        raise ConfigurationError(f"client must be a {what}, not None; or {_FROM_URL_FIX}")
+    execute = getattr(client, "execute_command", None)
+    if (
+        not callable(getattr(client, "eval", None))
+        or not callable(getattr(client, "set", None))
+        or (execute is not None and not inspect.iscoroutinefunction(execute))
+    ):
+        # A synchronous redis.Redis would block the event loop on every command.
+        raise ConfigurationError(
+            f"client must be a {what}, not {type(client).__module__}.{type(client).__name__} "
+            f"(a synchronous client blocks the event loop); or {_FROM_URL_FIX}"
+        )
+
+
+class _ProcessClient:
+    """The client ``from_url`` made, one per process, used on the refresher's loop only.
+
+    One loop per process talks to Redis for every caller: a loop per request
+    (``asyncio.run``) would otherwise open and leave behind a connection per request.
+    After ``fork`` the child makes its own client on its first call. The parent's client
+    stays here, never used (its sockets belong to the parent) and never closed (that would
+    run asyncio code for a loop the child does not run).
+    """
+
+    def __init__(self, factory: Callable[[], _Client], first: _Client) -> None:
+        self._factory = factory
+        # No lock (a lock held by another thread at a fork would stay held in the child):
+        # two threads of a child may each make a client; setdefault keeps one, and the
+        # other, never connected, needs no closing.
+        self._clients: dict[int, _Client] = {os.getpid(): first}
+
+    def get(self) -> _Client:
+        """This process's client."""
+        pid = os.getpid()
+        client = self._clients.get(pid)
+        if client is None:
+            client = self._clients.setdefault(pid, self._factory())
+        return client
+
+    async def aclose(self) -> None:
+        """Close this process's client; the next :meth:`get` makes a new one."""
+        client = self._clients.pop(os.getpid(), None)
+        if client is not None:
+            with contextlib.suppress(Exception):  # closing must not fail: it may be gone
+                await client.aclose()
 
 
 class _Unavailable(enum.Enum):
@@ -285,6 +385,11 @@ class RedisTokenCache:
     of credentials the fleet then makes one token request per refresh instead of one per
     process. A memory layer in front of Redis answers the hot path without I/O.
 
+    Prefer :meth:`from_url`: its client works from any event loop, thread and forked
+    process. A client passed here belongs to the event loop (and process) it is first used
+    from; using the cache from another raises :class:`~plainid_async.ConfigurationError`
+    naming ``from_url``.
+
     Redis only speeds things up: when it fails or is slow every call still succeeds, from
     this process's memory and by fetching tokens directly, with one WARNING per episode on
     the ``plainid_async`` logger.
@@ -296,9 +401,11 @@ class RedisTokenCache:
             Either ``decode_responses`` setting works. The cache never closes it.
         namespace: Prefix of every key the cache writes.
         timeout: Time limit of each Redis call, seconds; past it Redis counts as down.
-        lock_timeout: Lifetime of the fleet fetch lock, seconds: the longest a process waits
-            for another one's fetch, and how long a dead lock owner blocks the others.
-            Keep it above the time a token request usually takes.
+            The fleet lock's lease is three of these.
+        lock_timeout: The longest a process waits for another one's fetch, and the longest
+            one process keeps the fleet lock, seconds. Keep it above the time a token
+            request usually takes. A process that dies or freezes holding the lock blocks
+            the others for one lease only (three ``timeout``, at most this).
         lock_poll_interval: How often a process waiting for the lock first checks it,
             seconds; later checks back off (the provider's backoff rule, up to 4 times this).
         retry_interval: After a Redis failure, how long to use memory only before trying
@@ -307,17 +414,13 @@ class RedisTokenCache:
             used first out); as for :class:`~plainid_async.MemoryTokenCache`.
 
     Raises:
-        ConfigurationError: A parameter is invalid.
-        TypeError: ``client`` is not a ``redis.asyncio`` client.
+        ConfigurationError: A parameter is invalid: ``client`` is ``None``, a synchronous
+            client or no Redis client at all, or an option is out of range.
     """
-
-    #: True, as the redis-py client belongs to the event loop its connections were made
-    #: on. Fetches for this cache run on the caller's loop, not on the refresher's.
-    loop_bound: Final = True
 
     def __init__(
         self,
-        client: redis.asyncio.Redis | redis.asyncio.RedisCluster,
+        client: _Client,
         *,
         namespace: str = "plainid",
         timeout: float = 0.5,
@@ -327,13 +430,110 @@ class RedisTokenCache:
         max_entries: int = DEFAULT_MAX_ENTRIES,
     ) -> None:
         """Keep the settings; do no I/O."""
+        _check_client(client)
+        self._setup(
+            namespace=namespace,
+            timeout=timeout,
+            lock_timeout=lock_timeout,
+            lock_poll_interval=lock_poll_interval,
+            retry_interval=retry_interval,
+            max_entries=max_entries,
+        )
+        self._client: _Client | None = client
+        self._own: _ProcessClient | None = None
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        namespace: str = "plainid",
+        timeout: float = 0.5,
+        lock_timeout: float = 10.0,
+        lock_poll_interval: float = 0.05,
+        retry_interval: float = 1.0,
+        max_entries: int = DEFAULT_MAX_ENTRIES,
+        cluster: bool = False,
+        **redis_options: Any,  # noqa: ANN401 (redis-py's own keyword arguments)
+    ) -> RedisTokenCache:
+        """A cache with its own client, for any number of event loops, threads and processes.
+
+        The right choice for ``asyncio.run`` per request, ``async_to_sync``, Celery and
+        gunicorn ``--preload``. The cache makes one client per process and runs every Redis
+        command on the loop where token fetches run (the refresher's), whatever loop the
+        caller is on; a child process made by ``fork`` makes its own client on its first
+        call and never touches the parent's connections. Call :meth:`aclose` when done
+        (the client is closed when the cache is collected otherwise).
+
+        Args:
+            url: ``redis://``, ``rediss://`` or ``unix://`` URL, as redis-py takes it.
+            namespace: Prefix of every key the cache writes.
+            timeout: As for :class:`RedisTokenCache`.
+            lock_timeout: As for :class:`RedisTokenCache`.
+            lock_poll_interval: As for :class:`RedisTokenCache`.
+            retry_interval: As for :class:`RedisTokenCache`.
+            max_entries: As for :class:`RedisTokenCache`.
+            cluster: Connect to a Redis Cluster (``redis.asyncio.RedisCluster.from_url``).
+            **redis_options: Passed to redis-py's ``from_url`` (``password``,
+                ``ssl_ca_certs``, ``socket_connect_timeout``, ...).
+
+        Returns:
+            The cache.
+
+        Raises:
+            ConfigurationError: ``url``, ``cluster`` or an option is invalid (checked now,
+                without connecting).
+        """
+        import redis.asyncio  # noqa: PLC0415 (the extra is needed only here)
+        from redis.asyncio.cluster import RedisCluster  # noqa: PLC0415
+
+        if not isinstance(url, str) or not url.strip():
+            raise ConfigurationError(f"url must be a redis:// URL string, not {url!r}")
+        if not isinstance(cluster, bool):
+            raise ConfigurationError(f"cluster must be a bool, not {type(cluster).__name__}")
+        kind = RedisCluster if cluster else redis.asyncio.Redis
+
+        def make() -> _Client:
+            return kind.from_url(url, **redis_options)
+
+        try:
+            first = make()
+            if isinstance(first, redis.asyncio.Redis):
+                # redis-py takes unknown options now and fails on the first connect: make
+                # one connection object (no I/O) so a typo fails here instead.
+                first.connection_pool.make_connection()  # type: ignore[no-untyped-call]
+        except (ValueError, TypeError) as error:
+            # redis-py's text names the URL's scheme or the option; never the password.
+            problem = _CONTROL_CHARS.sub(" ", str(error))[:200]
+            raise ConfigurationError(f"url or redis_options not accepted: {problem}") from None
+        self = cls.__new__(cls)
+        self._setup(
+            namespace=namespace,
+            timeout=timeout,
+            lock_timeout=lock_timeout,
+            lock_poll_interval=lock_poll_interval,
+            retry_interval=retry_interval,
+            max_entries=max_entries,
+        )
+        self._client = None
+        self._own = _ProcessClient(make, first)
+        return self
+
+    def _setup(
+        self,
+        *,
+        namespace: str,
+        timeout: float,
+        lock_timeout: float,
+        lock_poll_interval: float,
+        retry_interval: float,
+        max_entries: int,
+    ) -> None:
         if not isinstance(namespace, str) or not namespace or not namespace.isprintable():
             raise ConfigurationError("namespace must be a non-empty printable string")
         if any(c.isspace() or c in "{}" for c in namespace):
             # Braces would change the Redis Cluster hash tag of the key names.
             raise ConfigurationError("namespace must not contain whitespace or braces")
-        check_async_redis("client", client)
-        self._client = client
         self._namespace = namespace
         self._timeout = check_seconds("timeout", timeout, allow_zero=False)
         self._lock_timeout = check_seconds("lock_timeout", lock_timeout, allow_zero=False)
@@ -341,18 +541,44 @@ class RedisTokenCache:
             "lock_poll_interval", lock_poll_interval, allow_zero=False
         )
         self._retry_interval = check_seconds("retry_interval", retry_interval, allow_zero=False)
+        # The lock's lease: renewed while its owner fetches, so a dead, frozen or confused
+        # owner blocks the fleet this long at most.
+        self._lease = min(self._lock_timeout, _LEASE_TIMEOUTS * self._timeout)
         # The lock poll backs off with the same rule as token retries and cool-downs.
         self._poll = RetryPolicy(
             backoff_base=self._lock_poll_interval, backoff_max=4 * self._lock_poll_interval
         )
         #: The memory layer (token and token id per key), flights, failure streaks,
         #: cool-downs and 401 guards, per key.
-        self.key_states: Final = KeyStates(max_entries)
+        self.key_states: KeyStates = KeyStates(max_entries)
         self._mutex = self.key_states.lock
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Future[None] | concurrent.futures.Future[None]] = set()
         self._down = False
         self._skip_until = 0.0
         self._refusals: set[str] = set()
+        # A passed-in client's event loop and process, from its first use.
+        self._home: tuple[asyncio.AbstractEventLoop, int] | None = None
+        self._pid = os.getpid()
+
+    @property
+    def loop_bound(self) -> bool:
+        """Whether fetches for this cache must run on the loop of a client passed in.
+
+        ``False`` for :meth:`from_url` (its client works from every loop), ``True`` for a
+        client passed in.
+        """
+        return self._own is None
+
+    async def aclose(self) -> None:
+        """Close the client :meth:`from_url` made (in this process); a passed-in one is kept.
+
+        A cache that lives as long as its process needs no closing; one made per test or
+        per app does, or its connections are reported unclosed when it is collected.
+        """
+        if self._own is not None:
+            own = self._own
+            await self.flush()  # background deletes first: they would make a new client
+            await self._on_home(own.aclose())
 
     @property
     def namespace(self) -> str:
@@ -404,7 +630,7 @@ class RedisTokenCache:
         """
         name = self.token_key(key)
         reply = await self._call(
-            lambda: self._client.eval(_LOAD_SCRIPT, 1, name), f"EVAL (GET, PTTL) on {name}"
+            lambda client: client.eval(_LOAD_SCRIPT, 1, name), f"EVAL (GET, PTTL) on {name}"
         )
         shared = None if isinstance(reply, _Unavailable) else self._decode(key, reply)
         with self._mutex:
@@ -433,7 +659,7 @@ class RedisTokenCache:
             return
         value = _seal(key, token, token_id)
         name = self.token_key(key)
-        await self._call(lambda: self._client.set(name, value, px=ttl_ms), f"SET on {name}")
+        await self._call(lambda client: client.set(name, value, px=ttl_ms), f"SET on {name}")
 
     def discard(self, key: CacheKey, token: Token) -> bool:
         """Drop ``token`` if it is still the current one, here at once and in Redis soon.
@@ -446,6 +672,8 @@ class RedisTokenCache:
         Returns:
             Whether it was the current token here and was dropped.
         """
+        if not isinstance(token, Token):
+            raise ConfigurationError(f"token must be a Token, not {type(token).__name__}")
         token_id = _token_id(key, token.access_token)
         now = time.monotonic()
         with self._mutex:
@@ -462,19 +690,39 @@ class RedisTokenCache:
         Entering waits while another process holds the lock, polling every
         ``lock_poll_interval``, until it is released or ``lock_timeout`` has passed; then it
         takes the lock (or goes on without it: after the timeout, or when Redis is
-        unavailable). The lock has a TTL of ``lock_timeout`` and only its owner releases it.
+        unavailable). The lock is a lease of three Redis timeouts, renewed while the block
+        runs (for ``lock_timeout`` at most); only its owner renews or releases it. When the
+        answer to the lock command is lost (a timeout), the lock is released at once in the
+        background, and lapses with its lease if that fails too.
         """
         return self._fleet_lock(key)
 
     async def flush(self) -> None:
-        """Wait for this loop's background Redis writes (the deletes :meth:`discard` starts)."""
+        """Wait for the background Redis writes (the deletes :meth:`discard` starts)."""
+        self._check_pid()
         loop = asyncio.get_running_loop()
         with self._mutex:
-            pending = [task for task in self._tasks if task.get_loop() is loop]
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
+            pending = list(self._tasks)
+        waits: list[asyncio.Future[None]] = []
+        for work in pending:
+            if isinstance(work, concurrent.futures.Future):
+                waits.append(asyncio.wrap_future(work))
+            elif work.get_loop() is loop:
+                waits.append(work)
+        if waits:
+            await asyncio.gather(*waits, return_exceptions=True)
 
     # -- internals -----------------------------------------------------------------------
+
+    def _check_pid(self) -> None:
+        pid = os.getpid()
+        if self._pid != pid:
+            # Forked: the parent's background work and its view of Redis stay with the
+            # parent; the child's first call reads Redis for itself.
+            self._pid = pid
+            self._tasks = set()
+            self._skip_until = 0.0
+            self._down = False
 
     @contextlib.asynccontextmanager
     async def _fleet_lock(self, key: CacheKey) -> AsyncIterator[None]:
@@ -483,35 +731,68 @@ class RedisTokenCache:
             owned = await self._acquire(key, owner)
         except asyncio.CancelledError:
             # Redis may have taken the lock for us before the reply was lost: free it now
-            # rather than make the fleet wait for its TTL.
+            # rather than make the fleet wait for its lease.
             self._in_background(self._unlock(key, owner))
             raise
+        renewal = None
+        if owned:
+            renewal = asyncio.get_running_loop().create_task(
+                self._renew(key, owner), name="plainid-async redis lock lease"
+            )
         try:
             yield
         finally:
+            if renewal is not None:
+                renewal.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await renewal
             if owned:
                 await self._unlock(key, owner)
+
+    async def _renew(self, key: CacheKey, owner: str) -> None:
+        """Renew the lock's lease while its owner fetches, for ``lock_timeout`` at most."""
+        name = self.lock_key(key)
+        lease_ms = max(1, math.ceil(self._lease * 1000))
+        until = time.monotonic() + self._lock_timeout
+        while True:
+            await asyncio.sleep(self._lease / _LEASE_TIMEOUTS)
+            left = until - time.monotonic()
+            if left <= 0:
+                return  # held long enough: let it lapse, the fleet fetches for itself
+            ttl_ms = min(lease_ms, math.ceil(left * 1000))
+            reply = await self._call(
+                # Awaited here, before the loop moves on: the lambda sees this ttl_ms.
+                lambda client: client.eval(_RENEW_SCRIPT, 1, name, owner, ttl_ms),  # noqa: B023
+                f"EVAL (GET, PEXPIRE) on {name}",
+            )
+            if reply != 1:
+                return  # lost (expired and taken, or Redis down): nothing left to renew
 
     async def _unlock(self, key: CacheKey, owner: str) -> None:
         name = self.lock_key(key)
         await self._call(
-            lambda: self._client.eval(_UNLOCK_SCRIPT, 1, name, owner),
+            lambda client: client.eval(_UNLOCK_SCRIPT, 1, name, owner),
             f"EVAL (GET, DEL) on {name}",
+            always=True,
         )
 
     async def _acquire(self, key: CacheKey, owner: str) -> bool:
         """Take the lock for ``owner``; ``False`` means go on without it."""
         names = (self.lock_key(key), self.token_key(key))
-        ttl_ms = max(1, math.ceil(self._lock_timeout * 1000))
+        lease_ms = max(1, math.ceil(self._lease * 1000))
         deadline = time.monotonic() + self._lock_timeout
         first_seen: str | None = None
         polls = 0
         while True:
             reply = await self._call(
-                lambda: self._client.eval(_LOCK_SCRIPT, 2, *names, owner, ttl_ms),
+                lambda client: client.eval(_LOCK_SCRIPT, 2, *names, owner, lease_ms),
                 f"EVAL (SET, GET) on {names[0]} and {names[1]}",
             )
             if isinstance(reply, _Unavailable):
+                # The command may have run although its answer never came (a timeout):
+                # then the lock is ours and nobody knows. Release it now; if Redis cannot
+                # take that either, the lease ends it.
+                self._in_background(self._unlock(key, owner))
                 return False
             if reply == 1:
                 return True
@@ -539,7 +820,7 @@ class RedisTokenCache:
         prefix = f"{_FORMAT}.{token_id}."
         name = self.token_key(key)
         await self._call(
-            lambda: self._client.eval(_DISCARD_SCRIPT, 1, name, prefix),
+            lambda client: client.eval(_DISCARD_SCRIPT, 1, name, prefix),
             f"EVAL (GET, DEL) on {name}",
         )
 
@@ -558,40 +839,106 @@ class RedisTokenCache:
         return entry
 
     def _in_background(self, work: Coroutine[object, object, None]) -> None:
+        """Run ``work`` where this cache's client lives, without waiting for it."""
+        self._check_pid()
         try:
-            loop = asyncio.get_running_loop()
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
-            # No loop (called from sync code): the token is dropped here; Redis keeps it
-            # until it expires or another process discards it.
+            running = None
+        home = self._home_loop()
+        task: asyncio.Future[None] | concurrent.futures.Future[None]
+        if home is None:
+            home = running  # a passed-in client not used yet: this loop becomes its home
+        if home is None or home.is_closed() or (home is not running and not home.is_running()):
+            # Nowhere to run it: the token is dropped here; Redis keeps it until it
+            # expires or another process discards it.
             work.close()
             return
-        task = loop.create_task(work, name="plainid-async redis cleanup")
+        if home is running:
+            task = home.create_task(work, name="plainid-async redis cleanup")
+        else:
+            task = asyncio.run_coroutine_threadsafe(work, home)
         with self._mutex:
             self._tasks.add(task)
         task.add_done_callback(self._background_done)
 
-    def _background_done(self, task: asyncio.Task[None]) -> None:
+    def _background_done(
+        self, task: asyncio.Future[None] | concurrent.futures.Future[None]
+    ) -> None:
         with self._mutex:
             self._tasks.discard(task)
         error = None if task.cancelled() else task.exception()  # marks it retrieved
         if error is not None:
             logger.debug("background Redis delete failed: %s", type(error).__name__)
 
-    async def _call(self, command: Callable[[], Awaitable[_T]], what: str) -> _T | _Unavailable:
+    def _home_loop(self) -> asyncio.AbstractEventLoop | None:
+        """The loop the client lives on: the refresher's for ``from_url``, else its first."""
+        if self._own is not None:
+            return refresher_loop()
+        home = self._home
+        return None if home is None or home[1] != os.getpid() else home[0]
+
+    def _client_here(self) -> _Client:
+        """The client, checking a passed-in one is used from its own loop and process."""
+        if self._own is not None:
+            return self._own.get()
+        loop, pid = asyncio.get_running_loop(), os.getpid()
+        with self._mutex:
+            if self._home is None:
+                self._home = (loop, pid)
+            home_loop, home_pid = self._home
+        if home_pid != pid:
+            raise _foreign_use("a child process (after fork) other")
+        if home_loop is not loop:
+            raise _foreign_use("another event loop")
+        assert self._client is not None  # noqa: S101 (set whenever _own is None)
+        return self._client
+
+    async def _on_home(self, work: Coroutine[object, object, _T]) -> _T:
+        """Run ``work`` on the refresher's loop (``from_url``), waiting from any loop."""
+        home = refresher_loop()
+        if home is asyncio.get_running_loop():
+            return await work
+        # A cancel of this caller cancels the work there too.
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(work, home))
+
+    async def _call(
+        self,
+        command: Callable[[_Client], Awaitable[_T]],
+        what: str,
+        *,
+        always: bool = False,
+    ) -> _T | _Unavailable:
         """Run one Redis command within ``timeout``; on any failure, mark Redis down.
 
         ``what`` names the command and keys, for the error a refused permission logs.
+        ``always`` runs it even while Redis counts as down (a lock release must be tried).
+
+        Raises:
+            ConfigurationError: A passed-in client is used from another loop or process.
         """
-        if time.monotonic() < self._skip_until:
+        self._check_pid()
+        if not always and time.monotonic() < self._skip_until:
             return _UNAVAILABLE
+        if self._own is not None:
+            return await self._on_home(self._command(self._own.get(), command, what))
+        return await self._command(self._client_here(), command, what)
+
+    async def _command(
+        self, client: _Client, command: Callable[[_Client], Awaitable[_T]], what: str
+    ) -> _T | _Unavailable:
         task = asyncio.current_task()
         cancels = 0 if task is None else task.cancelling()
         try:
             async with asyncio.timeout(self._timeout):
-                result = await command()
+                result = await command(client)
         except Exception as error:  # whatever Redis does, the call must not fail
             if task is not None and task.cancelling() > cancels:
                 raise asyncio.CancelledError from error  # a cancel the client swallowed
+            if isinstance(error, RuntimeError) and _FOREIGN_LOOP.search(str(error)):
+                # redis-py's own words for a client used from a loop it does not belong
+                # to: not an outage, and not fixed by waiting.
+                raise _foreign_use("another event loop") from None
             self._skip_until = time.monotonic() + self._retry_interval
             refusal = _permission_refusal(error)
             if refusal is not None:

@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
 import logging
 import os
 import re
 import signal
 import sys
+import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import attrs
 import pytest
 import redis.asyncio
-from _redis_server import RedisServer, redis_binary
+from _redis_server import RedisServer, ThreadedFake, connected_clients, redis_binary
 from aiohttp import web
 
 from plainid_async import (
@@ -33,7 +35,7 @@ from plainid_async.redis import RedisTokenCache, _open, _seal, _token_id
 from plainid_async.testing import FakePlainID
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator
+    from collections.abc import AsyncIterator, Callable, Iterator
 
 
 # One "process" of the fleet: waits for "go" on stdin, gets a token, prints its hash and how
@@ -69,6 +71,23 @@ from plainid_async.redis import RedisTokenCache
 
 async def main(token_url, redis_url):
     cache = RedisTokenCache(redis.asyncio.Redis.from_url(redis_url), lock_timeout=1.0)
+    key = CacheKey.for_credentials(token_url, "test-client", "test-secret")
+    async with cache.fetch_lock(key):
+        print("locked", flush=True)
+        await asyncio.sleep(3600)
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+
+# Takes the fleet lock with a 30 s lock_timeout, says so, and waits (to be frozen).
+FROZEN_HOLDER = """
+import asyncio, sys
+from plainid_async import CacheKey
+from plainid_async.redis import RedisTokenCache
+
+async def main(token_url, redis_url):
+    cache = RedisTokenCache.from_url(redis_url, timeout=0.3, lock_timeout=30.0)
     key = CacheKey.for_credentials(token_url, "test-client", "test-secret")
     async with cache.fetch_lock(key):
         print("locked", flush=True)
@@ -830,3 +849,337 @@ async def test_the_401_guard_keeps_the_fleets_shared_token(
         await runner.cleanup()
     assert statuses == [401] * 50
     assert len(fake.token_requests) == 2  # the first token, and one replacement
+
+
+# -- from_url: any loop, any thread, any process (issue 20 part 1 and 2) -----------------
+
+
+def from_url_cache(server: RedisServer, **options: Any) -> RedisTokenCache:
+    return RedisTokenCache.from_url(
+        server.url, timeout=2.0, lock_timeout=10.0, lock_poll_interval=0.02, **options
+    )
+
+
+def run_per_call(calls: int, make_provider: Callable[[], TokenProvider]) -> list[Token]:
+    """``asyncio.run`` per call, each with a provider of its own, as a WSGI handler does."""
+
+    async def one() -> Token:
+        async with make_provider() as provider:
+            return await provider.get_token()
+
+    return [asyncio.run(one()) for _ in range(calls)]
+
+
+def test_from_url_serves_a_loop_per_call_with_one_request_one_connection_no_warning(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = from_url_cache(redis_server)
+    with ThreadedFake() as fake:
+        tokens = run_per_call(30, lambda: provider_for(fake, cache))
+        assert len(fake.token_requests) == 1
+    assert {token.access_token for token in tokens} == {fake.issued_tokens[0]}
+    assert redis_warnings(caplog) == []
+    # One client for the process, however many loops asked through it.
+    assert connected_clients(redis_server.port) == 1
+    asyncio.run(cache.aclose())
+    assert connected_clients(redis_server.port) == 0
+
+
+def test_from_url_serves_eight_threads_each_running_loops(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = from_url_cache(redis_server)
+    with ThreadedFake(latency=0.15) as fake:
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            runs = [
+                pool.submit(run_per_call, 5, lambda: provider_for(fake, cache)) for _ in range(8)
+            ]
+            tokens = [token for run in runs for token in run.result(60)]
+        assert len(fake.token_requests) == 1
+    assert len(tokens) == 40
+    assert redis_warnings(caplog) == []
+    asyncio.run(cache.aclose())
+
+
+def test_a_passed_in_client_used_from_another_loop_names_from_url_not_an_outage(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = redis.asyncio.Redis.from_url(redis_server.url)
+    cache = fast(client)
+    key = CacheKey.for_credentials("http://127.0.0.1:1/t", "c", "s")
+    home = asyncio.new_event_loop()
+    try:
+        home.run_until_complete(cache.store(key, made("first-loop")))  # the client's loop
+        with pytest.raises(ConfigurationError, match=r"from_url"):
+            asyncio.run(cache.load(key))
+        assert home.run_until_complete(cache.load(key)) == cache.get(key) is not None
+        home.run_until_complete(client.aclose())
+    finally:
+        home.close()
+    assert redis_warnings(caplog) == []
+    assert cache.source == "redis"
+
+
+def test_redis_pys_own_loop_error_is_named_not_blamed_on_redis(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = redis.asyncio.Redis.from_url(redis_server.url)
+    cache = fast(client)
+    key = CacheKey.for_credentials("http://127.0.0.1:1/t", "c", "s")
+    home = asyncio.new_event_loop()
+    try:
+        home.run_until_complete(client.ping())  # the user's own use: its loop is this one
+        with pytest.raises(ConfigurationError, match=r"from_url"):
+            asyncio.run(cache.load(key))  # the cache's first use, from another loop
+        home.run_until_complete(client.aclose())
+    finally:
+        home.close()
+    assert redis_warnings(caplog) == []
+
+
+@pytest.mark.parametrize(
+    "client",
+    [None, "redis://127.0.0.1:6379", object()],
+    ids=["none", "a-url", "an-object"],
+)
+def test_what_is_no_asyncio_client_is_refused_naming_client(client: object) -> None:
+    with pytest.raises(ConfigurationError, match=r"^client must be"):
+        RedisTokenCache(client)  # type: ignore[arg-type]
+
+
+def test_a_synchronous_client_is_refused_naming_client() -> None:
+    import redis as sync_redis  # noqa: PLC0415 (only this test needs the sync client)
+
+    sync_client = sync_redis.Redis(port=1)
+    try:
+        with pytest.raises(ConfigurationError, match=r"^client must be.*synchronous"):
+            RedisTokenCache(sync_client)  # type: ignore[arg-type]
+    finally:
+        sync_client.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "options", "names"),
+    [
+        ("http://127.0.0.1:6379", {}, "url"),
+        ("", {}, "url"),
+        (6379, {}, "url"),
+        ("redis://127.0.0.1:6379", {"no_such_option": 1}, "no_such_option"),
+        ("redis://127.0.0.1:6379", {"cluster": "yes"}, "cluster"),
+        ("redis://127.0.0.1:6379", {"timeout": 0}, "timeout"),
+    ],
+)
+def test_from_url_refuses_bad_arguments_naming_them(
+    url: object, options: dict[str, object], names: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=names):
+        RedisTokenCache.from_url(url, **options)  # type: ignore[arg-type]
+
+
+async def test_discard_of_what_is_no_token_is_refused_naming_token(
+    cache_client: redis.asyncio.Redis,
+) -> None:
+    cache = fast(cache_client)
+    key = CacheKey.for_credentials("http://127.0.0.1:1/t", "c", "s")
+    kept = made("kept")
+    await cache.store(key, kept)
+    with pytest.raises(ConfigurationError, match=r"^token must be a Token"):
+        cache.discard(key, None)  # type: ignore[arg-type]
+    assert cache.get(key) is kept
+
+
+def fork_and_report(work: Callable[[], str]) -> str:
+    """Run ``work`` in a forked child; return what it returned (or its error's text)."""
+    read_end, write_end = os.pipe()
+    with warnings.catch_warnings():
+        # Python 3.12+ warns about forking a process with threads (the refresher's):
+        # exactly the situation under test.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # the child: never return into pytest
+        try:
+            result = work()
+        except BaseException as error:  # noqa: BLE001 (reported to the parent)
+            result = f"{type(error).__name__}: {error}"
+        os.write(write_end, result.encode())
+        os._exit(0)
+    os.close(write_end)
+    chunks = []
+    while chunk := os.read(read_end, 65536):
+        chunks.append(chunk)
+    os.close(read_end)
+    os.waitpid(pid, 0)
+    return b"".join(chunks).decode()
+
+
+def test_a_forked_child_talks_to_redis_on_its_own_connection(redis_server: RedisServer) -> None:
+    cache = from_url_cache(redis_server)
+    key = CacheKey.for_credentials("http://127.0.0.1:1/t", "c", "s")
+    asyncio.run(cache.store(key, made("from-the-parent", expires_in=600)))
+    assert connected_clients(redis_server.port) == 1
+
+    def child() -> str:
+        token = asyncio.run(cache.load(key))
+        # Still alive here: count the connections while the child holds its own.
+        return f"{token and token.access_token} {connected_clients(redis_server.port)}"
+
+    assert fork_and_report(child) == "from-the-parent 2"
+    # The parent's connection was never used by the child: its next reply is its own.
+    loaded = asyncio.run(cache.load(key))
+    assert loaded is not None
+    assert loaded.access_token == "from-the-parent"
+    asyncio.run(cache.aclose())
+
+
+def test_a_passed_in_client_in_a_forked_child_names_from_url(redis_server: RedisServer) -> None:
+    key = CacheKey.for_credentials("http://127.0.0.1:1/t", "c", "s")
+
+    async def parent() -> tuple[RedisTokenCache, redis.asyncio.Redis]:
+        client = redis.asyncio.Redis.from_url(redis_server.url)
+        cache = fast(client)
+        await cache.store(key, made("from-the-parent"))
+        return cache, client
+
+    loop = asyncio.new_event_loop()
+    try:
+        cache, client = loop.run_until_complete(parent())
+        # The child goes on in the very loop the client belongs to, as a fork inside a
+        # running program does: only the process differs.
+        result = fork_and_report(lambda: repr(loop.run_until_complete(cache.load(key))))
+        assert result.startswith("ConfigurationError")
+        assert "from_url" in result
+        loop.run_until_complete(client.aclose())
+    finally:
+        loop.close()
+
+
+# -- a fleet lock that cannot be orphaned (issue 20 part 6) ------------------------------
+
+
+class LosesLockAnswers:
+    """A real client whose lock command runs on Redis but whose answer comes too late."""
+
+    def __init__(self, client: redis.asyncio.Redis, delay: float) -> None:
+        self.client = client
+        self.delay = delay
+
+    async def eval(self, script: str, *args: object) -> object:
+        reply = await self.client.eval(script, *args)  # type: ignore[arg-type]
+        if "'NX'" in script:  # the lock script: it ran; the answer is late
+            await asyncio.sleep(self.delay)
+        return reply
+
+    async def set(self, *args: object, **kwargs: object) -> object:
+        return await self.client.set(*args, **kwargs)  # type: ignore[arg-type]
+
+
+async def test_a_lock_whose_answer_was_lost_is_released_not_orphaned(
+    client: redis.asyncio.Redis, cache_client: redis.asyncio.Redis
+) -> None:
+    late = RedisTokenCache(
+        LosesLockAnswers(cache_client, delay=1.0),  # type: ignore[arg-type]
+        timeout=0.2,
+        lock_timeout=30.0,
+        retry_interval=30.0,  # Redis counts as down for the rest of the test: no matter
+    )
+    key = CacheKey.for_credentials("http://127.0.0.1:1/t", "c", "s")
+    async with late.fetch_lock(key):
+        pass  # went on without the lock: its answer never came
+    await late.flush()
+    assert await client.exists(late.lock_key(key)) == 0
+    # Another process takes the lock at once, instead of waiting 30 s for it.
+    other = RedisTokenCache(cache_client, timeout=2.0, lock_timeout=30.0)
+    async with asyncio.timeout(10):
+        async with other.fetch_lock(key):
+            assert await client.get(other.lock_key(key)) not in (None, b"")
+
+
+async def test_a_lock_key_without_a_ttl_is_stale(
+    client: redis.asyncio.Redis, cache_client: redis.asyncio.Redis, fake: FakePlainID
+) -> None:
+    cache = RedisTokenCache(cache_client, timeout=2.0, lock_timeout=30.0, lock_poll_interval=0.02)
+    async with provider_for(fake, cache) as provider:
+        await client.set(cache.lock_key(provider.cache_key), "planted-forever")
+        async with asyncio.timeout(10):  # far below the 30 s lock timeout
+            token = await provider.get_token()
+    assert token.access_token == fake.issued_tokens[0]
+    assert len(fake.token_requests) == 1
+    assert await client.exists(cache.lock_key(provider.cache_key)) == 0
+
+
+async def test_a_hash_at_a_token_key_affects_that_key_only(
+    client: redis.asyncio.Redis,
+    cache_client: redis.asyncio.Redis,
+    fake: FakePlainID,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fake.add_client("other-client", "other-secret")
+    cache = fast(cache_client)
+    broken = provider_for(fake, cache)
+    healthy = TokenProvider(
+        "other-client", "other-secret", base_url=str(fake.base_url), cache=cache
+    )
+    async with broken, healthy:
+        await client.hset(cache.token_key(broken.cache_key), "field", "value")
+        await broken.get_token()
+        await healthy.get_token()
+        # Another process finds both tokens in Redis: the HASH was replaced by a token.
+        second = fast(cache_client)
+        assert await second.load(broken.cache_key) == await cache.load(broken.cache_key)
+        assert await second.load(healthy.cache_key) is not None
+    assert cache.source == "redis"
+    assert redis_warnings(caplog) == []
+    assert len(fake.token_requests) == 2
+
+
+async def test_a_frozen_lock_owner_blocks_the_fleet_for_one_lease_only(
+    client: redis.asyncio.Redis,
+    cache_client: redis.asyncio.Redis,
+    redis_server: RedisServer,
+    fake: FakePlainID,
+) -> None:
+    holder = await run_python(FROZEN_HOLDER, str(fake.token_url), redis_server.url)
+    assert holder.stdout is not None
+    assert (await holder.stdout.readline()).strip() == b"locked"
+    os.kill(holder.pid, signal.SIGSTOP)  # frozen mid-fetch, as a paused VM or Lambda is
+    try:
+        cache = RedisTokenCache(
+            cache_client, timeout=0.3, lock_timeout=30.0, lock_poll_interval=0.02
+        )
+        async with provider_for(fake, cache) as provider:
+            async with asyncio.timeout(10):  # far below its 30 s lock_timeout
+                token = await provider.get_token()
+        assert token.access_token == fake.issued_tokens[0]
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        await holder.wait()
+
+
+async def test_the_lock_is_kept_while_its_owner_fetches_longer_than_a_lease(
+    client: redis.asyncio.Redis, cache_client: redis.asyncio.Redis
+) -> None:
+    cache = RedisTokenCache(cache_client, timeout=0.1, lock_timeout=30.0)  # lease 0.3 s
+    key = CacheKey.for_credentials("http://127.0.0.1:1/t", "c", "s")
+    name = cache.lock_key(key)
+    async with cache.fetch_lock(key):
+        owner = await client.get(name)
+        for _ in range(4):  # four leases
+            await asyncio.sleep(0.3)
+            assert await client.get(name) == owner
+    assert await client.exists(name) == 0
+
+
+def test_a_loop_per_job_costs_no_more_token_requests_with_redis_than_with_memory(
+    redis_server: RedisServer,
+) -> None:
+    """benchmarks/bench_loops.py, shortened: 8 threads, asyncio.run per job, one refresh."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import bench_loops  # noqa: PLC0415 (a script of benchmarks/, imported for its scenario)
+
+    knobs: dict[str, Any] = {"lifetime": 4.0, "latency": 0.15, "interval": 0.02}
+    memory = bench_loops.run("memory", redis_url=redis_server.url, duration=4.5, **knobs)
+    shared = bench_loops.run("redis", redis_url=redis_server.url, duration=4.5, **knobs)
+    assert memory.failed_jobs == shared.failed_jobs == 0
+    assert shared.false_warnings == 0
+    assert shared.jobs > 100  # the scenario really ran many loops
+    assert shared.token_requests <= memory.token_requests + 2

@@ -131,20 +131,13 @@ def django_wsgi(port: int) -> list[str]:
     ]  # fmt: skip
 
 
-ISSUE_20_LOOPS = pytest.mark.xfail(
-    strict=True,
-    reason="issue 20 part 1: a module-level RedisTokenCache with a new event loop per request "
-    "(async_to_sync) costs several token requests per refresh and false warnings",
-)
-
-
 @pytest.mark.parametrize(
     ("server", "cache"),
     [
         ("asgi-async-view", "memory"),
         ("asgi-async-view", "redis"),
         ("wsgi-gthread-async-to-sync", "memory"),
-        pytest.param("wsgi-gthread-async-to-sync", "redis", marks=ISSUE_20_LOOPS),
+        ("wsgi-gthread-async-to-sync", "redis"),
     ],
 )
 def test_django_views_fetch_once_per_refresh(
