@@ -48,13 +48,14 @@ from ._events import BUS, EventKind, FetchReason, Listener, TokenEvent
 from ._flight import Fetcher
 from ._log import LOGGER_NAME
 from ._proxy import resolve_proxy
-from ._secret import Secret
+from ._secret import Secret, SecretFile
 from ._settings import ENV_BASE_URL, ENV_CLIENT_ID, ENV_REGION, Settings
 from ._stats import HealthReport, ProviderStats, Reporter, health_report
 from ._token import RefreshSchedule, Token, TokenState, schedule_for
 from .exceptions import ConfigurationError, InvalidCredentialsError, TokenRequestError
 
 if TYPE_CHECKING:
+    import os
     import ssl
     from collections.abc import Callable, Mapping
     from types import TracebackType
@@ -150,6 +151,11 @@ class TokenProvider:
     Args:
         client_id: The PlainID API client id.
         client_secret: The PlainID API client secret. Never logged or shown.
+        client_secret_file: Instead of ``client_secret``, a file holding it (a mounted
+            Kubernetes or Docker secret; one trailing newline is dropped), read now. It is
+            re-read when the token endpoint rejects the secret and when the file changes
+            (checked at most every 5 s, when a token is due, never on the hot path), and the
+            new secret is used without a restart.
         region: The PlainID region, e.g. ``"us1"``; the API is then
             ``https://api.{region}.plainid.io``.
         base_url: Instead of ``region``, the base URL of a customer-hosted deployment
@@ -199,6 +205,7 @@ class TokenProvider:
         "_refresh_margin",
         "_reporter",
         "_sched",
+        "_secret_file",
         "_states",
         "_token_url",
     )
@@ -206,8 +213,9 @@ class TokenProvider:
     def __init__(
         self,
         client_id: str,
-        client_secret: str | Secret,
+        client_secret: str | Secret | None = None,
         *,
+        client_secret_file: str | os.PathLike[str] | None = None,
         region: str | None = None,
         base_url: str | URL | None = None,
         refresh_margin: float | None = None,
@@ -221,8 +229,17 @@ class TokenProvider:
         on_event: Callable[[TokenEvent], object] | None = None,
         event_kinds: Iterable[EventKind] | None = None,
     ) -> None:
-        """Validate the configuration; do no I/O."""
-        self._client_secret = _wrap_secret(client_secret)
+        """Validate the configuration; do no network I/O (``client_secret_file`` is read)."""
+        if (client_secret is None) == (client_secret_file is None):
+            raise ConfigurationError("give exactly one of client_secret and client_secret_file")
+        self._secret_file = (
+            None
+            if client_secret_file is None
+            else SecretFile(client_secret_file, source="client_secret_file")
+        )
+        self._client_secret = (
+            _wrap_secret(client_secret) if self._secret_file is None else self._secret_file.secret
+        )
         # From here on no frame holds the secret in a plain local (tracebacks with locals).
         del client_secret
         self._client_id = check_text("client_id", client_id)
@@ -307,7 +324,7 @@ class TokenProvider:
 
         Instead of ``PLAINID_CLIENT_SECRET``, ``PLAINID_CLIENT_SECRET_FILE`` may name a file
         that holds the secret (a mounted Kubernetes or Docker secret; one trailing newline is
-        dropped).
+        dropped): the provider re-reads it as it does a ``client_secret_file``.
 
         Args:
             environ: Where to read the variables; defaults to :data:`os.environ`.
@@ -332,7 +349,8 @@ class TokenProvider:
         try:
             return cls(
                 settings.client_id,
-                settings.client_secret,
+                None if settings.client_secret_file else settings.client_secret,
+                client_secret_file=settings.client_secret_file,
                 region=settings.region,
                 base_url=settings.base_url,
                 refresh_margin=refresh_margin,
@@ -549,6 +567,7 @@ class TokenProvider:
     async def _get_token_slow(self, *, force_refresh: bool) -> Token:
         self._fetcher.check_open()
         check_bool("force_refresh", force_refresh)
+        self._reread_secret(rejected=False)
         key = self._key
         rejected = _AFTER_401.get()
         if rejected is not None:
@@ -576,7 +595,7 @@ class TokenProvider:
             try:
                 return await self._fetcher.wait(key, replacing, FetchReason.COLD)
             except InvalidCredentialsError:
-                if self._key == key:
+                if self._key == key and not self._reread_secret(rejected=True):
                     raise
                 # The secret was rotated while this fetch ran: try with the new one.
                 key = self._key
@@ -592,7 +611,7 @@ class TokenProvider:
         try:
             return await self._fetcher.wait(key, old, reason)
         except InvalidCredentialsError:
-            if self._key == key:
+            if self._key == key and not self._reread_secret(rejected=True):
                 raise
             return await self._get_token_slow(force_refresh=False)  # rotated meanwhile
         except TokenRequestError:
@@ -616,6 +635,21 @@ class TokenProvider:
             return self._attached
         return state
 
+    def _reread_secret(self, *, rejected: bool) -> bool:
+        """Take a new secret from ``client_secret_file`` if it holds one; whether it did.
+
+        The file is re-read at once when the endpoint ``rejected`` the secret, else only when
+        ``stat`` shows a change, at most every few seconds (never on the hot path).
+        """
+        source = self._secret_file
+        if source is None:
+            return False
+        new = source.reload() if rejected else source.poll()
+        if new is None:
+            return False
+        self.rotate_secret(new)
+        return True
+
     def _serve(
         self, key: CacheKey, state: KeyState, token: Token, schedule: RefreshSchedule, now: float
     ) -> Token:
@@ -625,6 +659,8 @@ class TokenProvider:
             self._fetcher.refresh_in_background(key, state, token, FetchReason.UNAUTHORIZED)
             self._reporter.emit(EventKind.STALE, key, token=token)
         elif now >= schedule.refresh_at:
+            if self._reread_secret(rejected=False):
+                return token  # a new secret, a new key: the next call fetches with it
             self._fetcher.refresh_in_background(key, state, token)
             self._reporter.emit(EventKind.STALE, key, token=token)
         elif self._reporter.quiet():
