@@ -35,7 +35,14 @@ from ._cache import (
     key_states_of,
     serves_shared,
 )
-from ._checks import check_bool, check_seconds, check_text
+from ._checks import (
+    check_bool,
+    check_instance,
+    check_mapping,
+    check_seconds,
+    check_ssl,
+    check_text,
+)
 from ._endpoint import RetryPolicy, request_token, resolve_endpoint
 from ._events import BUS, EventKind, FetchReason, Listener, TokenEvent
 from ._flight import Fetcher
@@ -71,6 +78,9 @@ _COLD_STATE: Final = KeyState()
 _NO_TOKEN: Final = Token("-", "Bearer", 1.0, 0.0, 0.0)  # never served: its refresh_at is -inf
 _COLD: Final[tuple[Token, float, KeyState]] = (_NO_TOKEN, -math.inf, _COLD_STATE)
 
+
+#: How a misused ``token`` argument is told what it must be.
+_A_TOKEN: Final = "a plainid_async.Token, as get_token() returned it"  # noqa: S105 (words)
 
 #: Open providers, so a subscriber that arrives can empty their hot slots (see _cool_all).
 _PROVIDERS: weakref.WeakSet[TokenProvider] = weakref.WeakSet()
@@ -279,7 +289,7 @@ class TokenProvider:
             retry=RetryPolicy() if retry is None else retry,
             timeout=timeout,
             token_url=self._token_url,
-            ssl=ssl,
+            ssl=check_ssl("ssl", ssl),
             proxy=proxy_url,
             trust_env=trust_env,
         )
@@ -333,7 +343,9 @@ class TokenProvider:
             ConfigurationError: A variable is missing, blank or invalid; the message names
                 it, and names every missing variable at once.
         """  # noqa: D205 (the summary names four variables and needs two lines)
-        settings = Settings.from_environ(environ)
+        settings = Settings.from_environ(
+            None if environ is None else check_mapping("environ", environ)
+        )
         try:
             return cls(
                 settings.client_id,
@@ -428,11 +440,14 @@ class TokenProvider:
         Raises:
             TokenRequestError: No token could be obtained (a subclass says why).
             ProviderClosedError: The provider is closed.
+            ConfigurationError: ``force_refresh`` is not a bool, or a ``session=`` passed
+                in belongs to an event loop that is closed or not running.
         """
         token, refresh_at, state = self._hot
         # The state holds the very token only while the cache does: a discarded, evicted or
         # replaced token fails this check, and close() empties the slot.
-        if monotonic() < refresh_at and state.token is token and not force_refresh:
+        # `is False`, not `not`: a truthy or falsy stand-in goes the slow way, which refuses it.
+        if monotonic() < refresh_at and state.token is token and force_refresh is False:
             self._hits += 1
             return token
         return await self._get_token_slow(force_refresh=force_refresh)
@@ -476,8 +491,11 @@ class TokenProvider:
 
         Returns:
             Whether it was dropped.
+
+        Raises:
+            TypeError: ``token`` is not a :class:`~plainid_async.Token`.
         """
-        return self._discard(self._key, token)
+        return self._discard(self._key, check_instance("token", token, Token, _A_TOKEN))
 
     def report_unauthorized(self, token: Token) -> bool:
         """Report that PlainID's API answered 401 to a request that carried ``token``.
@@ -501,7 +519,11 @@ class TokenProvider:
         Returns:
             Whether a retry with a token from :meth:`get_token` is worth it: ``False``
             while the guard holds (return the 401 to the caller).
+
+        Raises:
+            TypeError: ``token`` is not a :class:`~plainid_async.Token`.
         """
+        check_instance("token", token, Token, _A_TOKEN)
         key = self._key
         with self._states.lock:
             if self._cache.get(key) is not token:
@@ -544,6 +566,7 @@ class TokenProvider:
 
     async def _get_token_slow(self, *, force_refresh: bool) -> Token:
         self._fetcher.check_open()
+        check_bool("force_refresh", force_refresh)
         self._reread_secret(rejected=False)
         key = self._key
         rejected = _AFTER_401.get()

@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any, Final, cast
 
+from ._checks import check_token_origin
 from ._origins import allows, host_port
 from ._source import TokenScope, TokenSource
 from .exceptions import ConfigurationError
@@ -176,7 +177,8 @@ def client(provider: TokenSource, **kwargs: Any) -> httpx.AsyncClient:  # noqa: 
 
     Raises:
         ConfigurationError: ``auth`` was given: build ``httpx.AsyncClient(auth=BearerAuth(
-            provider, ...))`` yourself for other auth options.
+            provider, ...))`` yourself for other auth options. Or ``base_url`` is on an
+            origin that gets no token (as for ``provider.session()``).
     """
     if "auth" in kwargs:
         raise ConfigurationError(
@@ -184,5 +186,13 @@ def client(provider: TokenSource, **kwargs: Any) -> httpx.AsyncClient:  # noqa: 
             "auth=BearerAuth(provider, ...) to httpx.AsyncClient yourself"
         )
     auth = BearerAuth(provider)
+    if "base_url" in kwargs:  # as provider.session(): its requests must get the token
+        base_url = kwargs["base_url"]
+        check_token_origin(
+            "base_url",
+            str(base_url) if isinstance(base_url, _URLS) else base_url,
+            allows=lambda url: auth.allows(str(url)),
+            origins=auth.origins,
+        )
     kwargs.setdefault("base_url", str(auth.provider.api_url))
     return cast("httpx.AsyncClient", _PREFERRED.AsyncClient(auth=auth, **kwargs))

@@ -441,17 +441,18 @@ async def test_client_defaults(provider: _TokenProvider) -> None:
 
 async def test_client_passes_options_through(provider: _TokenProvider) -> None:
     transport: Any = picked.AsyncHTTPTransport(retries=1)
+    other_path = f"{provider.api_url.origin()}/other/"  # another origin is refused
     async with client(
         provider,
         headers={"X-Trace": "1"},
         timeout=5,
         transport=transport,
-        base_url="http://127.0.0.1:1/other/",
+        base_url=other_path,
     ) as api:
         assert api.headers["X-Trace"] == "1"
         assert api.timeout == picked.Timeout(5)
         assert api._transport is transport
-        assert api.base_url == picked.URL("http://127.0.0.1:1/other/")
+        assert api.base_url == picked.URL(other_path)
 
 
 def test_client_refuses_auth(provider: _TokenProvider) -> None:
