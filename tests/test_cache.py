@@ -11,6 +11,7 @@ import pytest
 import plainid_async as pa
 from plainid_async._cache import CacheKey, MemoryTokenCache, TokenCache, default_cache
 from plainid_async._token import Token
+from plainid_async.testing import FakePlainID
 
 URL_US = "https://api.us1.plainid.io/api/1.0/api-key/token"
 URL_EU = "https://api.eu1.plainid.io/api/1.0/api-key/token"
@@ -214,3 +215,36 @@ async def test_memory_cache_repr_shows_no_token() -> None:
     for shown in (repr(cache), repr(cache.key_states), repr(cache.key_states.get(key()))):
         assert "visible-token-value" not in shown
         assert SECRET not in shown
+
+
+# -- many tenants (moved from test_core.py) ------------------------------------------
+
+
+@pytest.mark.usefixtures("no_leftover_fetches")
+async def test_least_recently_used_keys_are_evicted_and_fetch_again() -> None:
+    async with FakePlainID() as fake:
+        for i in range(3):
+            fake.add_client(f"tenant-{i}", f"secret-{i}")
+        cache = pa.MemoryTokenCache(max_entries=2)
+        providers = [
+            pa.TokenProvider(f"tenant-{i}", f"secret-{i}", base_url=str(fake.base_url), cache=cache)
+            for i in range(3)
+        ]
+        first = await providers[0].get_token()
+        await providers[1].get_token()
+        await providers[2].get_token()  # tenant-0 is the least recently used: evicted
+        assert len(cache.key_states) == 2
+        assert cache.get(providers[0].cache_key) is None
+        again = await providers[0].get_token()  # its hot slot must not serve the evicted token
+        assert again is not first
+        assert len(fake.token_requests) == 4
+        for provider in providers:
+            await provider.close()
+
+
+@pytest.mark.usefixtures("no_leftover_fetches")
+def test_max_entries_must_be_a_positive_integer() -> None:
+    for bad in (0, -1, 1.5, True, "10"):
+        with pytest.raises(pa.ConfigurationError, match="max_entries"):
+            pa.MemoryTokenCache(max_entries=bad)  # type: ignore[arg-type]
+    assert pa.MemoryTokenCache().max_entries == 10_000
