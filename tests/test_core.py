@@ -561,3 +561,33 @@ def token_with_remaining(remaining: float, lifetime: float = 100.0) -> pa.Token:
         expires_at=time.time() + remaining,
         expires_at_monotonic=time.monotonic() + remaining,
     )
+
+
+async def test_a_revocation_after_steady_unrelated_401s_recovers_on_the_second_call(
+    always_401: str,
+) -> None:
+    """One API path answers 401 all the time (a permission problem); then the token is
+    really revoked: healthy calls recover within 2 calls, not after the guard's interval."""
+    async with FakePlainID() as fake:
+        provider = provider_on(fake, pa.MemoryTokenCache())
+        middleware = pa.BearerAuthMiddleware(provider, origins=[always_401])
+        async with provider, aiohttp.ClientSession(middlewares=(middleware,)) as session:
+
+            async def healthy() -> int:
+                async with session.get(f"{fake.base_url}/api/1.0/x") as response:
+                    return response.status
+
+            async def refused() -> int:
+                async with session.get(f"{always_401}/api/1.0/x") as response:
+                    return response.status
+
+            for _ in range(10):  # steady: the refused path 401s, the healthy one works
+                assert await refused() == 401
+                assert await healthy() == 200
+                assert await healthy() == 200
+            steady_requests = len(fake.token_requests)
+            fake.revoke((await provider.get_token()).access_token)
+            statuses = [await healthy(), await healthy(), await healthy()]
+    assert statuses[1:] == [200, 200], statuses  # recovered by the second call
+    assert len(fake.token_requests) == steady_requests + 1
+    assert steady_requests <= 3  # the unrelated 401s cost no token storm
