@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import pytest
 from _clock import PolicyClock
+from _providers import FAST
 from _reliability import record
 from _servers import fake_in_thread, requests_seen, settle
 from aiohttp import web
@@ -28,8 +29,6 @@ from plainid_async.testing import FakePlainID, free_port, running_fetches
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
-
-FAST = pa.RetryPolicy(attempts=2, backoff_base=0.01, backoff_max=0.02, deadline=2.0)
 
 
 def provider_on(fake: FakePlainID, cache: pa.TokenCache, **options: Any) -> pa.TokenProvider:
@@ -41,59 +40,6 @@ def provider_on(fake: FakePlainID, cache: pa.TokenCache, **options: Any) -> pa.T
 
 #: Every test here fails if it leaves a token fetch running.
 pytestmark = pytest.mark.usefixtures("no_leftover_fetches")
-
-
-# -- 1. flights belong to the cache --------------------------------------------------------
-
-
-async def test_failure_streak_lives_in_the_cache_that_holds_the_key() -> None:
-    async with FakePlainID() as fake:
-        first, second = pa.MemoryTokenCache(), pa.MemoryTokenCache()
-        failing = provider_on(fake, first, retry=FAST)
-        other = provider_on(fake, second, retry=FAST)
-        async with failing, other:
-            fake.start_outage(503)
-            with pytest.raises(pa.TokenEndpointUnavailableError):
-                await failing.get_token()
-            state = first.key_states.get(failing.cache_key)
-            assert state is not None
-            assert state.failures == 1
-            assert state.cooldown_until > time.monotonic()
-            # Another cache knows nothing of it: its provider fetches at once.
-            fake.end_outage()
-            assert fake.is_valid((await other.get_token()).access_token)
-
-
-async def test_closed_failing_providers_leave_nothing_behind() -> None:
-    """Many failing client ids, every provider closed: no per-key state stays (no secret)."""
-    async with FakePlainID() as fake:
-        cache = pa.MemoryTokenCache()
-        for i in range(300):
-            provider = pa.TokenProvider(
-                f"unknown-{i}", f"secret-{i}", base_url=str(fake.base_url), cache=cache, retry=FAST
-            )
-            async with provider:
-                with pytest.raises(pa.InvalidCredentialsError):
-                    await provider.get_token()
-            assert len(cache.key_states) == 0
-        assert len(fake.token_requests) == 300
-
-
-async def test_expired_tokens_of_closed_providers_are_swept_by_later_stores() -> None:
-    async with FakePlainID(expires_in=1) as fake:
-        cache = pa.MemoryTokenCache()
-        soon_gone = pa.Token.issued("old", expires_in=1, sent_at_monotonic=time.monotonic() - 0.95)
-        for i in range(20):
-            await cache.store(pa.CacheKey.for_credentials("u", f"c{i}", "s"), soon_gone)
-        assert len(cache.key_states) == 20
-        while soon_gone.remaining() > 0:  # noqa: ASYNC110 (waiting on the clock itself)
-            await asyncio.sleep(0.01)
-        provider = provider_on(fake, cache)
-        async with provider:
-            for _ in range(10):
-                await provider.get_token(force_refresh=True)
-        # each store looks at a couple of the least recently used keys and drops dead ones
-        assert len(cache.key_states) == 1
 
 
 # -- 4. a memory of failures -----------------------------------------------------------

@@ -15,14 +15,12 @@ from typing import Any
 
 import aiohttp
 import pytest
-from _providers import make_provider
+from _providers import FAST, make_provider
 from _reliability import record
 from _servers import fake_in_thread, requests_seen
 
 import plainid_async as pa
 from plainid_async.testing import FakePlainID, running_fetches
-
-FAST = pa.RetryPolicy(attempts=2, backoff_base=0.01, backoff_max=0.02, deadline=2.0)
 
 #: Every test here fails if it leaves a token fetch running.
 pytestmark = pytest.mark.usefixtures("no_leftover_fetches")
