@@ -15,12 +15,13 @@ from test_provider import FAST_RETRY, provider_on, settle, token_with
 
 import plainid_async as pa
 from plainid_async import _events, otel
-from plainid_async.testing import FakePlainID
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator
+    from collections.abc import Iterator
 
     from opentelemetry.sdk.trace import ReadableSpan
+
+    from plainid_async.testing import FakePlainID
 
 
 class Telemetry:
@@ -65,12 +66,6 @@ def telemetry() -> Iterator[Telemetry]:
     finally:
         otel.uninstrument()
         sdk.shutdown()
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakePlainID]:
-    async with FakePlainID() as server:
-        yield server
 
 
 @pytest.fixture(autouse=True)
