@@ -18,14 +18,8 @@ from plainid_async._events import EventKind, FetchReason, TokenEvent
 from plainid_async.testing import FakePlainID, running_fetches
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator
+    from collections.abc import Iterator
     from pathlib import Path
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakePlainID]:
-    async with FakePlainID() as server:
-        yield server
 
 
 #: One attempt, and a cool-down of 10-20 s after a failed fetch: calls right after it are
