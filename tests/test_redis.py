@@ -153,12 +153,6 @@ async def cache_client(
         await restricted.aclose()
 
 
-@pytest.fixture
-async def fake() -> AsyncIterator[FakePlainID]:
-    async with FakePlainID() as server:
-        yield server
-
-
 def provider_for(fake: FakePlainID, cache: RedisTokenCache) -> TokenProvider:
     return TokenProvider(
         fake.client_id, fake.client_secret, base_url=str(fake.base_url), cache=cache
