@@ -68,6 +68,8 @@ nitpick_ignore = [
     ("py:class", "plainid_async._source.TokenSource"),
     # Their private base, which holds what both have: provider, origins, the checks.
     ("py:class", "plainid_async._source.TokenScope"),
+    # The httpx BearerAuth's private base: httpx.Auth and httpx2.Auth, whichever are installed.
+    ("py:class", "plainid_async.httpx._Auth"),
 ]
 
 # -- intersphinx, offline -------------------------------------------------------------------

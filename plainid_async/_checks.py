@@ -17,8 +17,10 @@ from .exceptions import ConfigurationError
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import ssl
-    from collections.abc import Mapping
+    from collections.abc import Callable, Iterable, Mapping
     from typing import Final, TypeVar
+
+    from yarl import URL
 
     _T = TypeVar("_T")
 
@@ -31,7 +33,6 @@ __all__ = [
     "check_mapping",
     "check_port",
     "check_seconds",
-    "check_session_loop",
     "check_ssl",
     "check_text",
     "check_token_origin",
@@ -87,39 +88,28 @@ def check_seconds(name: str, value: object, *, allow_zero: bool) -> float:
     return float(value)  # type: ignore[arg-type]  # seconds_problem saw an int or float
 
 
-def count_problem(value: object, *, minimum: int = 1, maximum: int | None = None) -> str | None:
-    """What is wrong with ``value`` as a count (an ``int``, not a bool, in its range).
+def count_problem(value: object, *, minimum: int = 1) -> str | None:
+    """What is wrong with ``value`` as a count (an ``int``, not a bool, >= ``minimum``).
 
     Args:
         value: The value to check.
         minimum: The smallest count allowed.
-        maximum: The largest, if any: a count that size could only be a slip (ten
-            million attempts), and some work grows with it.
 
     Returns:
-        ``"must be an integer >= {minimum}"`` (or ``"from {minimum} to {maximum}"``), or
-        ``None``.
+        ``"must be an integer >= {minimum}"``, or ``None``.
     """
-    rule = (
-        f"must be an integer >= {minimum}"
-        if maximum is None
-        else f"must be an integer from {minimum} to {maximum}"
-    )
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        return rule
-    if maximum is not None and value > maximum:
-        return rule
+        return f"must be an integer >= {minimum}"
     return None
 
 
-def check_count(name: str, value: object, *, minimum: int = 1, maximum: int | None = None) -> int:
+def check_count(name: str, value: object, *, minimum: int = 1) -> int:
     """Check a count parameter (attempts, entries, records).
 
     Args:
         name: The parameter, for the message.
         value: Its value.
         minimum: The smallest count allowed.
-        maximum: The largest, if any.
 
     Returns:
         The count.
@@ -128,7 +118,7 @@ def check_count(name: str, value: object, *, minimum: int = 1, maximum: int | No
         ConfigurationError: ``value`` breaks the rule of :func:`count_problem`; the message
             names ``name``.
     """
-    problem = count_problem(value, minimum=minimum, maximum=maximum)
+    problem = count_problem(value, minimum=minimum)
     if problem is not None:
         raise ConfigurationError(f"{name}={value!r} {problem}")
     return value  # type: ignore[return-value]  # count_problem saw an int
@@ -208,13 +198,15 @@ def region_hint(value: object) -> str | None:
     return close[0] if close else None
 
 
-def check_instance(name: str, value: object, kind: type[_T], what: str) -> _T:
+def check_instance(
+    name: str, value: object, kind: type[_T] | tuple[type[_T], ...], what: str
+) -> _T:
     """Check an argument is of the type it must be.
 
     Args:
         name: The parameter, for the message.
         value: Its value (never shown: it may hold a secret).
-        kind: The type it must be an instance of.
+        kind: The type it must be an instance of (or a tuple of types).
         what: The type as the message names it, such as ``"a plainid_async.Token"``.
 
     Returns:
@@ -293,45 +285,47 @@ def check_has_method(name: str, value: object, method: str, what: str) -> None:
         raise TypeError(f"{name} must be {what} (with {method}()), not {type(value).__name__}")
 
 
-def check_session_loop(name: str, session: object) -> None:
-    """Check an aiohttp session passed in belongs to the running event loop.
+def check_token_origin(
+    name: str, value: object, *, allows: Callable[[URL], bool], origins: Iterable[object]
+) -> None:
+    """Check the ``base_url`` of a client that sends the token is on an origin that gets it.
 
-    A session is bound to the loop it was created on; used from another (a second
-    ``asyncio.run``, another thread) every request fails with a bare ``RuntimeError``.
-
-    Args:
-        name: The parameter, for the message.
-        session: The ``aiohttp.ClientSession``.
-
-    Raises:
-        ConfigurationError: It was created on another event loop.
-    """
-    import asyncio  # noqa: PLC0415 (the caller runs in a loop: already loaded)
-
-    loop = getattr(session, "_loop", None)  # aiohttp keeps no public handle on it
-    if loop is not None and loop is not asyncio.get_running_loop():
-        raise ConfigurationError(
-            f"{name} was created on another event loop (a previous asyncio.run, or another "
-            "thread): create the aiohttp.ClientSession inside the loop that calls the "
-            f"provider, or pass no {name} (the provider then makes its own per loop)"
-        )
-
-
-def check_token_origin(name: str, value: object, *, allowed: bool, origins: str) -> None:
-    """Check a ``base_url`` of a client that sends the token is on an origin that gets it.
+    ``provider.session()`` and ``plainid_async.httpx.client()`` both refuse one that is not:
+    its requests would silently go without a token.
 
     Args:
         name: The parameter, for the message.
-        value: The URL as shown (without credentials).
-        allowed: Whether its origin gets the token.
-        origins: The origins that do, for the message.
+        value: The URL, as ``str`` or ``yarl.URL``.
+        allows: Whether a request to an absolute URL gets the token.
+        origins: The origins that get it, for the message.
 
     Raises:
-        ConfigurationError: It is not: its requests would silently go without a token.
+        ConfigurationError: ``value`` is no absolute URL, or its origin gets no token.
     """
+    from yarl import URL  # noqa: PLC0415 (the command line imports this module: no yarl)
+
+    try:
+        url = URL(value) if isinstance(value, str) else value
+        allowed = isinstance(url, URL) and url.absolute and allows(url)
+    except (TypeError, ValueError):
+        allowed = False
     if not allowed:
+        shown = ", ".join(str(origin) for origin in origins)
         raise ConfigurationError(
-            f"{name}={value!r} is not on an origin that gets the token ({origins}): add its "
-            "origin to origins=, or use a client without the provider for requests that "
-            "need no token"
+            f"{name}={_shown_url(value)!r} is not on an origin that gets the token ({shown}): "
+            "add its origin to origins=, or use a client without the provider for requests "
+            "that need no token"
         )
+
+
+def _shown_url(value: object) -> str:
+    """A URL as an error may show it: without user info, which may hold a password."""
+    from yarl import URL  # noqa: PLC0415
+
+    if isinstance(value, (str, URL)):
+        try:
+            url = URL(value) if isinstance(value, str) else value
+            return str(url.with_user(None)) if url.host else "(not a URL)"
+        except (TypeError, ValueError):
+            return "(not a URL)"
+    return f"({type(value).__name__})"

@@ -431,5 +431,6 @@ async def _request_with_retries(
             error.retry_after = outcome.retry_after  # the provider's cool-down honours it
             raise error from outcome.cause
         if on_retry is not None:
+            error.retry_after = outcome.retry_after  # the provider's waiters honour it
             on_retry(error, delay)
         await sleep(delay)

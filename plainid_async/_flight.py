@@ -30,7 +30,14 @@ import attrs
 
 from ._events import EventKind, FetchReason
 from ._log import LOGGER_NAME
-from ._policy import cooldown_delay, cooldown_left, probe_only, retry_delay, wait_budget
+from ._policy import (
+    cooldown_delay,
+    cooldown_left,
+    probe_only,
+    retry_delay,
+    wait_budget,
+    window_left,
+)
 from ._refresher import is_refresher_loop, refresher_loop
 from .exceptions import (
     ConfigurationError,
@@ -108,6 +115,10 @@ class Flight:
     replacing: Token | None = attrs.field(default=None, repr=False)
     #: The transport of the provider that started it (see Fetcher.transport).
     transport: int = attrs.field(default=0, repr=False)
+    #: When its next attempt goes (monotonic) while it waits out a server's Retry-After,
+    #: and the error that set that window.
+    not_before: float = attrs.field(default=0.0, repr=False)
+    window_error: TokenRequestError | None = attrs.field(default=None, repr=False)
 
     def attempt(self) -> None:
         """An HTTP attempt starts."""
@@ -315,11 +326,17 @@ class Fetcher:
             state = self.states.state(key)
             if not skip_cooldown:
                 self._check_cooldown(key, state, emit=first)
+                await self._wait_out_window(state, deadline)
             if first:
                 first = False
                 self.reporter.emit(EventKind.WAIT, key)
             flight = self.start(key, state, replacing, reason, full_budget=skip_cooldown)
             flight.hurry()
+            window_error = flight.window_error
+            if window_error is not None and flight.not_before > deadline:
+                # The fetch waits out a Retry-After past this caller's budget: fail now,
+                # with the error that set the window, rather than at the budget's end.
+                raise window_error.with_traceback(None)
             try:
                 token = await self._await(flight, state, deadline)
             except TokenRequestError as error:
@@ -365,6 +382,19 @@ class Fetcher:
         # shared future), so the number of distinct errors callers see is the number of
         # failed fetches.
         raise record.last_error.with_traceback(None)
+
+    async def _wait_out_window(self, state: KeyState, deadline: float) -> None:
+        """Inside a server's Retry-After window with no fetch running: wait it out within
+        the budget, or fail now with the error that set it.
+        """  # noqa: D205 (two cases)
+        with self.states.lock:
+            record, running = state.record, state.flight is not None
+        left = window_left(record, self.states.clock(), self.transport)
+        if running or left <= 0 or record.last_error is None:
+            return
+        if monotonic() + left > deadline:
+            raise record.last_error.with_traceback(None)
+        await asyncio.sleep(left)
 
     async def _await(self, flight: Flight, state: KeyState, deadline: float) -> Token:
         waiting = asyncio.wrap_future(flight.future)
@@ -436,7 +466,9 @@ class Fetcher:
             await self.cache.store(key, token)
             return token
 
-    async def _request(self, flight: Flight, retry: RetryPolicy) -> Token:
+    async def _request(  # noqa: C901 (the attempt hooks live beside the request)
+        self, flight: Flight, retry: RetryPolicy
+    ) -> Token:
         key, wake = flight.key, flight.wake
         assert wake is not None  # noqa: S101 (set by _fetch before it calls here)
         failed: list[TokenRequestError] = []  # the attempt the next sleep follows
@@ -457,11 +489,20 @@ class Fetcher:
             if hurried is None and wake.is_set():
                 hurried = 0
             jitter = random.random()  # noqa: S311 (jitter, not crypto)
-            delay = retry_delay(planned, hurried, self.retry, jitter)
             error = failed[0] if failed else None
+            retry_after = None if error is None else error.retry_after
+            delay = retry_delay(planned, hurried, self.retry, jitter, retry_after=retry_after)
             self.reporter.emit(
                 EventKind.ATTEMPT_FAILED, key, flight=flight, error=error, retry_in=delay
             )
+            if retry_after is not None:
+                # The server's window: nobody who comes waiting shortens it.
+                flight.window_error, flight.not_before = error, monotonic() + delay
+                try:
+                    await self.sleep(delay)
+                finally:
+                    flight.window_error = None
+                return
             if hurried is not None:
                 hurried += 1
                 if delay > 0:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Final
 from opentelemetry import metrics, trace
 from opentelemetry.trace import Status, StatusCode
 
+from ._checks import check_has_method
 from ._events import ALL_KINDS, EventKind, TokenEvent, subscribe
 from ._provider import fresh_hits
 
@@ -253,7 +254,16 @@ def instrument(
     Args:
         meter_provider: Where the metrics go; default: the global meter provider.
         tracer_provider: Where the spans go; default: the global tracer provider.
+
+    Raises:
+        TypeError: A provider given has no ``get_meter()`` / ``get_tracer()``.
     """
+    check_has_method(
+        "meter_provider", meter_provider, "get_meter", "an OpenTelemetry MeterProvider"
+    )
+    check_has_method(
+        "tracer_provider", tracer_provider, "get_tracer", "an OpenTelemetry TracerProvider"
+    )
     global _current  # noqa: PLW0603 (one instrumentation per process, behind the lock)
     with _lock:
         if _current is not None:

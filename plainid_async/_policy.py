@@ -48,6 +48,7 @@ __all__ = [
     "probe_only",
     "retry_delay",
     "wait_budget",
+    "window_left",
 ]
 
 #: The longest cool-down after failed fetches with no usable token, and the longest wait
@@ -79,6 +80,8 @@ class Failures:
             with ``last_error`` and no token request.
         transport: Which transport (proxy, TLS, session) the last failed fetch used: its
             cool-down holds for providers with that transport only.
+        window_until: Monotonic end of the server's ``Retry-After`` window: no token
+            request before it unless forced.
     """
 
     count: int = 0
@@ -87,6 +90,7 @@ class Failures:
     retry_by: float = 0.0
     cooldown_until: float = 0.0
     transport: int | None = None
+    window_until: float = 0.0
 
 
 #: No failure: the record of a key after a success.
@@ -157,15 +161,27 @@ def after_failure(
         transport: Which transport the fetch used (its cool-down is that transport's).
     """
     count = record.count + 1
+    retry_after = error.retry_after if isinstance(error, TokenRequestError) else None
+    window = 0.0 if retry_after is None else now + min(retry_after, COOLDOWN_MAX)
     if usable_left is not None:
-        cap = max(usable_left / 2, BACKGROUND_RETRY_FLOOR)
-        new = Failures(count, error, now + delay, now + cap, record.cooldown_until, transport)
+        # Never inside the server's Retry-After window, whatever the usable time left.
+        cap = max(usable_left / 2, BACKGROUND_RETRY_FLOOR, window - now)
+        new = Failures(
+            count, error, now + delay, now + cap, record.cooldown_until, transport, window
+        )
         return FailureDecision(new, min(delay, cap), cached=True, cooling=False)
     if isinstance(error, TokenRequestError):
-        new = Failures(count, error, now + delay, now + delay, now + delay, transport)
+        new = Failures(count, error, now + delay, now + delay, now + delay, transport, window)
         return FailureDecision(new, delay, cached=False, cooling=True)
-    new = Failures(count, error, now + delay, now + delay, record.cooldown_until, transport)
+    new = Failures(count, error, now + delay, now + delay, record.cooldown_until, transport, window)
     return FailureDecision(new, None, cached=False, cooling=False)
+
+
+def window_left(record: Failures, now: float, transport: int | None = None) -> float:
+    """Seconds left of the server's ``Retry-After`` window (0: token requests may go)."""
+    if transport is not None and record.transport not in (None, transport):
+        return 0.0
+    return max(0.0, record.window_until - now)
 
 
 def background_due(record: Failures, now: float) -> bool:
@@ -195,7 +211,14 @@ def probe_only(record: Failures, reason: FetchReason, *, full_budget: bool) -> b
     return not full_budget and reason is FetchReason.COLD and record.cooldown_until > 0
 
 
-def retry_delay(planned: float, hurried: int | None, retry: RetryPolicy, jitter: float) -> float:
+def retry_delay(
+    planned: float,
+    hurried: int | None,
+    retry: RetryPolicy,
+    jitter: float,
+    *,
+    retry_after: float | None = None,
+) -> float:
     """Seconds to wait before the next attempt of a fetch: the one decision of it.
 
     Args:
@@ -205,8 +228,10 @@ def retry_delay(planned: float, hurried: int | None, retry: RetryPolicy, jitter:
             waited: the next attempt goes at once, then the backoff starts over.
         retry: The provider's retry policy.
         jitter: A number in [0, 1).
+        retry_after: The server's ``Retry-After`` for the failed attempt, if it gave one:
+            its window is kept whoever waits (no token request inside it).
     """
-    if hurried is None:
+    if hurried is None or retry_after is not None:
         return planned
     if hurried == 0:
         return 0.0

@@ -35,19 +35,27 @@ from ._cache import (
     key_states_of,
     serves_shared,
 )
-from ._checks import check_bool, check_seconds, check_text
+from ._checks import (
+    check_bool,
+    check_instance,
+    check_mapping,
+    check_seconds,
+    check_ssl,
+    check_text,
+)
 from ._endpoint import RetryPolicy, request_token, resolve_endpoint
 from ._events import BUS, EventKind, FetchReason, Listener, TokenEvent
 from ._flight import Fetcher
 from ._log import LOGGER_NAME
 from ._proxy import resolve_proxy
-from ._secret import Secret
+from ._secret import Secret, SecretFile
 from ._settings import ENV_BASE_URL, ENV_CLIENT_ID, ENV_REGION, Settings
 from ._stats import HealthReport, ProviderStats, Reporter, health_report
 from ._token import RefreshSchedule, Token, TokenState, schedule_for
 from .exceptions import ConfigurationError, InvalidCredentialsError, TokenRequestError
 
 if TYPE_CHECKING:
+    import os
     import ssl
     from collections.abc import Callable, Mapping
     from types import TracebackType
@@ -70,6 +78,9 @@ _COLD_STATE: Final = KeyState()
 _NO_TOKEN: Final = Token("-", "Bearer", 1.0, 0.0, 0.0)  # never served: its refresh_at is -inf
 _COLD: Final[tuple[Token, float, KeyState]] = (_NO_TOKEN, -math.inf, _COLD_STATE)
 
+
+#: How a misused ``token`` argument is told what it must be.
+_A_TOKEN: Final = "a plainid_async.Token, as get_token() returned it"  # noqa: S105 (words)
 
 #: Open providers, so a subscriber that arrives can empty their hot slots (see _cool_all).
 _PROVIDERS: weakref.WeakSet[TokenProvider] = weakref.WeakSet()
@@ -140,6 +151,11 @@ class TokenProvider:
     Args:
         client_id: The PlainID API client id.
         client_secret: The PlainID API client secret. Never logged or shown.
+        client_secret_file: Instead of ``client_secret``, a file holding it (a mounted
+            Kubernetes or Docker secret; one trailing newline is dropped), read now. It is
+            re-read when the token endpoint rejects the secret and when the file changes
+            (checked at most every 5 s, when a token is due, never on the hot path), and the
+            new secret is used without a restart.
         region: The PlainID region, e.g. ``"us1"``; the API is then
             ``https://api.{region}.plainid.io``.
         base_url: Instead of ``region``, the base URL of a customer-hosted deployment
@@ -189,6 +205,7 @@ class TokenProvider:
         "_refresh_margin",
         "_reporter",
         "_sched",
+        "_secret_file",
         "_states",
         "_token_url",
     )
@@ -196,8 +213,9 @@ class TokenProvider:
     def __init__(
         self,
         client_id: str,
-        client_secret: str | Secret,
+        client_secret: str | Secret | None = None,
         *,
+        client_secret_file: str | os.PathLike[str] | None = None,
         region: str | None = None,
         base_url: str | URL | None = None,
         refresh_margin: float | None = None,
@@ -211,8 +229,17 @@ class TokenProvider:
         on_event: Callable[[TokenEvent], object] | None = None,
         event_kinds: Iterable[EventKind] | None = None,
     ) -> None:
-        """Validate the configuration; do no I/O."""
-        self._client_secret = _wrap_secret(client_secret)
+        """Validate the configuration; do no network I/O (``client_secret_file`` is read)."""
+        if (client_secret is None) == (client_secret_file is None):
+            raise ConfigurationError("give exactly one of client_secret and client_secret_file")
+        self._secret_file = (
+            None
+            if client_secret_file is None
+            else SecretFile(client_secret_file, source="client_secret_file")
+        )
+        self._client_secret = (
+            _wrap_secret(client_secret) if self._secret_file is None else self._secret_file.secret
+        )
         # From here on no frame holds the secret in a plain local (tracebacks with locals).
         del client_secret
         self._client_id = check_text("client_id", client_id)
@@ -262,7 +289,7 @@ class TokenProvider:
             retry=RetryPolicy() if retry is None else retry,
             timeout=timeout,
             token_url=self._token_url,
-            ssl=ssl,
+            ssl=check_ssl("ssl", ssl),
             proxy=proxy_url,
             trust_env=trust_env,
         )
@@ -297,7 +324,7 @@ class TokenProvider:
 
         Instead of ``PLAINID_CLIENT_SECRET``, ``PLAINID_CLIENT_SECRET_FILE`` may name a file
         that holds the secret (a mounted Kubernetes or Docker secret; one trailing newline is
-        dropped).
+        dropped): the provider re-reads it as it does a ``client_secret_file``.
 
         Args:
             environ: Where to read the variables; defaults to :data:`os.environ`.
@@ -316,11 +343,14 @@ class TokenProvider:
             ConfigurationError: A variable is missing, blank or invalid; the message names
                 it, and names every missing variable at once.
         """  # noqa: D205 (the summary names four variables and needs two lines)
-        settings = Settings.from_environ(environ)
+        settings = Settings.from_environ(
+            None if environ is None else check_mapping("environ", environ)
+        )
         try:
             return cls(
                 settings.client_id,
-                settings.client_secret,
+                None if settings.client_secret_file else settings.client_secret,
+                client_secret_file=settings.client_secret_file,
                 region=settings.region,
                 base_url=settings.base_url,
                 refresh_margin=refresh_margin,
@@ -410,11 +440,14 @@ class TokenProvider:
         Raises:
             TokenRequestError: No token could be obtained (a subclass says why).
             ProviderClosedError: The provider is closed.
+            ConfigurationError: ``force_refresh`` is not a bool, or a ``session=`` passed
+                in belongs to an event loop that is closed or not running.
         """
         token, refresh_at, state = self._hot
         # The state holds the very token only while the cache does: a discarded, evicted or
         # replaced token fails this check, and close() empties the slot.
-        if monotonic() < refresh_at and state.token is token and not force_refresh:
+        # `is False`, not `not`: a truthy or falsy stand-in goes the slow way, which refuses it.
+        if monotonic() < refresh_at and state.token is token and force_refresh is False:
             self._hits += 1
             return token
         return await self._get_token_slow(force_refresh=force_refresh)
@@ -458,8 +491,11 @@ class TokenProvider:
 
         Returns:
             Whether it was dropped.
+
+        Raises:
+            TypeError: ``token`` is not a :class:`~plainid_async.Token`.
         """
-        return self._discard(self._key, token)
+        return self._discard(self._key, check_instance("token", token, Token, _A_TOKEN))
 
     def report_unauthorized(self, token: Token) -> bool:
         """Report that PlainID's API answered 401 to a request that carried ``token``.
@@ -483,7 +519,11 @@ class TokenProvider:
         Returns:
             Whether a retry with a token from :meth:`get_token` is worth it: ``False``
             while the guard holds (return the 401 to the caller).
+
+        Raises:
+            TypeError: ``token`` is not a :class:`~plainid_async.Token`.
         """
+        check_instance("token", token, Token, _A_TOKEN)
         key = self._key
         with self._states.lock:
             if self._cache.get(key) is not token:
@@ -526,6 +566,8 @@ class TokenProvider:
 
     async def _get_token_slow(self, *, force_refresh: bool) -> Token:
         self._fetcher.check_open()
+        check_bool("force_refresh", force_refresh)
+        self._reread_secret(rejected=False)
         key = self._key
         rejected = _AFTER_401.get()
         if rejected is not None:
@@ -553,7 +595,7 @@ class TokenProvider:
             try:
                 return await self._fetcher.wait(key, replacing, FetchReason.COLD)
             except InvalidCredentialsError:
-                if self._key == key:
+                if self._key == key and not self._reread_secret(rejected=True):
                     raise
                 # The secret was rotated while this fetch ran: try with the new one.
                 key = self._key
@@ -569,7 +611,7 @@ class TokenProvider:
         try:
             return await self._fetcher.wait(key, old, reason)
         except InvalidCredentialsError:
-            if self._key == key:
+            if self._key == key and not self._reread_secret(rejected=True):
                 raise
             return await self._get_token_slow(force_refresh=False)  # rotated meanwhile
         except TokenRequestError:
@@ -593,6 +635,21 @@ class TokenProvider:
             return self._attached
         return state
 
+    def _reread_secret(self, *, rejected: bool) -> bool:
+        """Take a new secret from ``client_secret_file`` if it holds one; whether it did.
+
+        The file is re-read at once when the endpoint ``rejected`` the secret, else only when
+        ``stat`` shows a change, at most every few seconds (never on the hot path).
+        """
+        source = self._secret_file
+        if source is None:
+            return False
+        new = source.reload() if rejected else source.poll()
+        if new is None:
+            return False
+        self.rotate_secret(new)
+        return True
+
     def _serve(
         self, key: CacheKey, state: KeyState, token: Token, schedule: RefreshSchedule, now: float
     ) -> Token:
@@ -602,6 +659,8 @@ class TokenProvider:
             self._fetcher.refresh_in_background(key, state, token, FetchReason.UNAUTHORIZED)
             self._reporter.emit(EventKind.STALE, key, token=token)
         elif now >= schedule.refresh_at:
+            if self._reread_secret(rejected=False):
+                return token  # a new secret, a new key: the next call fetches with it
             self._fetcher.refresh_in_background(key, state, token)
             self._reporter.emit(EventKind.STALE, key, token=token)
         elif self._reporter.quiet():

@@ -1,8 +1,13 @@
-"""PlainID tokens on ``httpx.AsyncClient`` requests, for PlainID's origin only (extra ``httpx``).
+"""PlainID tokens on httpx or httpx2 requests, for PlainID's origin only (extra ``httpx(2)``).
 
 The twin of :class:`~plainid_async.BearerAuthMiddleware` for httpx: the same provider, the
 same tokens and cache, the same origin rules (``plainid_async._origins``). Tokens are still
 fetched with aiohttp, the provider's transport; httpx only carries them.
+
+Either library works: httpx, or httpx2 (Pydantic's maintained fork, imported as ``httpx2``,
+with the same API). :class:`BearerAuth` is an auth of every one of them that is installed,
+so an ``httpx.AsyncClient`` and an ``httpx2.AsyncClient`` both take it; :func:`client` opens
+an httpx2 client when httpx2 is installed, else an httpx one.
 
 httpx runs an auth flow once per ``send()`` and follows redirects inside it
 (``_send_handling_auth`` → ``_send_handling_redirects``): it drops ``Authorization`` when a
@@ -14,21 +19,50 @@ no token, and a request that reaches the API through a redirect from elsewhere c
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import importlib
+from typing import TYPE_CHECKING, Any, Final, cast
 
-try:
-    import httpx
-except ImportError as _missing:  # pragma: no cover (the extra is installed in the test group)
-    raise ImportError(
-        "plainid_async.httpx needs httpx: install the extra, pip install 'plainid-async[httpx]'"
-    ) from _missing
-
+from ._checks import check_token_origin
 from ._origins import allows, host_port
 from ._source import TokenScope, TokenSource
 from .exceptions import ConfigurationError
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Generator
+    from types import ModuleType
+
+    import httpx
+
+
+def _installed() -> tuple[ModuleType, ...]:
+    """httpx2 and httpx, whichever are installed, httpx2 first."""
+    found = []
+    for name in ("httpx2", "httpx"):
+        try:
+            found.append(importlib.import_module(name))
+        except ImportError:
+            continue
+    return tuple(found)
+
+
+_LIBRARIES: Final = _installed()
+if not _LIBRARIES:  # pragma: no cover (the test group installs both; a subprocess checks it)
+    raise ImportError(
+        "plainid_async.httpx needs httpx or httpx2: install an extra, "
+        "pip install 'plainid-async[httpx]' or pip install 'plainid-async[httpx2]'"
+    )
+#: The library :func:`client` opens its client with: httpx2 when installed, else httpx.
+_PREFERRED: Final = _LIBRARIES[0]
+_BYTE_STREAMS: Final[tuple[type, ...]] = tuple(library.ByteStream for library in _LIBRARIES)
+_URLS: Final[tuple[type, ...]] = tuple(library.URL for library in _LIBRARIES)
+
+if TYPE_CHECKING:
+    # Type checkers see an httpx.Auth: the two libraries' Request types differ, so no class
+    # can be typed as both (docs/httpx.md says how httpx2 code passes it under mypy).
+    _Auth = httpx.Auth
+else:
+    # Each library's client checks isinstance(auth, its own Auth): be both.
+    _Auth = type("_Auth", tuple(library.Auth for library in _LIBRARIES), {})
 
 __all__ = ["BearerAuth", "client"]
 
@@ -40,11 +74,11 @@ def _can_replay(request: httpx.Request) -> bool:
     when the request was built. Anything else (async iterators, files, multipart uploads) is a
     stream that the first send consumed, or may be a pipe.
     """
-    return isinstance(request.stream, httpx.ByteStream)
+    return isinstance(request.stream, _BYTE_STREAMS)
 
 
-class BearerAuth(TokenScope, httpx.Auth):
-    """An ``httpx.Auth`` that sends PlainID access tokens to PlainID only.
+class BearerAuth(TokenScope, _Auth):
+    """An ``httpx.Auth`` (and ``httpx2.Auth``) that sends PlainID access tokens to PlainID only.
 
     Each request whose origin (scheme, host, port) is the provider's API origin, or one of
     ``origins``, gets ``Authorization: Bearer <token>``. An ``Authorization`` header the
@@ -74,7 +108,9 @@ class BearerAuth(TokenScope, httpx.Auth):
 
     def allows(self, url: httpx.URL | str) -> bool:
         """Whether a request to ``url`` would get the token."""
-        return self._allows(httpx.URL(url))
+        # An httpx or an httpx2 URL as it is; anything else parsed (both parse alike).
+        parsed = url if isinstance(url, _URLS) else _PREFERRED.URL(url)
+        return self._allows(cast("httpx.URL", parsed))
 
     def _allows(self, url: httpx.URL) -> bool:
         key = host_port(url.raw_host.decode("ascii"), url.port)
@@ -119,7 +155,11 @@ class BearerAuth(TokenScope, httpx.Auth):
 
 
 def client(provider: TokenSource, **kwargs: Any) -> httpx.AsyncClient:  # noqa: ANN401 (httpx.AsyncClient options)
-    """Open an ``httpx.AsyncClient`` for PlainID's APIs, sending the provider's tokens.
+    """Open an ``AsyncClient`` for PlainID's APIs, sending the provider's tokens.
+
+    The client is an ``httpx2.AsyncClient`` when httpx2 is installed, else an
+    ``httpx.AsyncClient``. To choose, build it yourself:
+    ``httpx.AsyncClient(auth=BearerAuth(provider), base_url=str(provider.api_url))``.
 
     The twin of :meth:`TokenProvider.session() <plainid_async.TokenProvider.session>`:
     ``base_url`` defaults to the provider's API URL and ``auth`` is a :class:`BearerAuth`
@@ -137,7 +177,8 @@ def client(provider: TokenSource, **kwargs: Any) -> httpx.AsyncClient:  # noqa: 
 
     Raises:
         ConfigurationError: ``auth`` was given: build ``httpx.AsyncClient(auth=BearerAuth(
-            provider, ...))`` yourself for other auth options.
+            provider, ...))`` yourself for other auth options. Or ``base_url`` is on an
+            origin that gets no token (as for ``provider.session()``).
     """
     if "auth" in kwargs:
         raise ConfigurationError(
@@ -145,5 +186,13 @@ def client(provider: TokenSource, **kwargs: Any) -> httpx.AsyncClient:  # noqa: 
             "auth=BearerAuth(provider, ...) to httpx.AsyncClient yourself"
         )
     auth = BearerAuth(provider)
+    if "base_url" in kwargs:  # as provider.session(): its requests must get the token
+        base_url = kwargs["base_url"]
+        check_token_origin(
+            "base_url",
+            str(base_url) if isinstance(base_url, _URLS) else base_url,
+            allows=lambda url: auth.allows(str(url)),
+            origins=auth.origins,
+        )
     kwargs.setdefault("base_url", str(auth.provider.api_url))
-    return httpx.AsyncClient(auth=auth, **kwargs)
+    return cast("httpx.AsyncClient", _PREFERRED.AsyncClient(auth=auth, **kwargs))

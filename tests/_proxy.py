@@ -7,6 +7,7 @@ import subprocess
 from typing import TYPE_CHECKING, Self
 
 from _programs import require_program, wait_started
+from _servers import LoopbackServer
 from aiohttp import web
 from yarl import URL
 
@@ -109,7 +110,7 @@ class TokenServer:
     def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
         self.ssl_context = ssl_context
         self.headers: list[dict[str, str]] = []
-        self._runner: web.AppRunner | None = None
+        self._server: LoopbackServer | None = None
         self.base_url = URL()
 
     async def _token(self, request: web.Request) -> web.StreamResponse:
@@ -120,17 +121,13 @@ class TokenServer:
     async def __aenter__(self) -> Self:
         app = web.Application()
         app.router.add_post("/api/1.0/api-key/token", self._token)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self.ssl_context).start()
-        port = self._runner.addresses[0][1]
-        scheme = "https" if self.ssl_context else "http"
-        self.base_url = URL.build(scheme=scheme, host="127.0.0.1", port=port)
+        self._server = LoopbackServer(app, ssl_context=self.ssl_context)
+        self.base_url = await self._server.start()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        assert self._runner is not None
-        await self._runner.cleanup()
+        assert self._server is not None
+        await self._server.close()
 
     @property
     def via_proxy(self) -> list[bool]:

@@ -6,13 +6,34 @@ import asyncio
 from typing import TYPE_CHECKING
 
 import pytest
+import trustme
 from _reliability import LoopWatch
 
 from plainid_async._refresher import refresher_loop
-from plainid_async.testing import Flight, running_fetches
+from plainid_async.testing import FakePlainID, Flight, running_fetches
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
+
+
+@pytest.fixture
+def fake(plainid_fake: FakePlainID) -> FakePlainID:
+    """A running FakePlainID: the project's own ``plainid_fake`` fixture, under a short name.
+
+    A module that needs another fake (a clock, a client of its own) defines its own ``fake``.
+    Providers for it come from ``_providers.make_provider``.
+    """
+    return plainid_fake
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    """A private certificate authority (trustme), one per test module.
+
+    ``_servers.server_tls(ca)`` serves a certificate it issued for 127.0.0.1;
+    ``_servers.client_tls(ca)`` trusts it.
+    """
+    return trustme.CA()
 
 
 @pytest.fixture(scope="session", autouse=True)

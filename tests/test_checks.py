@@ -212,11 +212,3 @@ def test_a_region_close_to_a_documented_one_gets_it_as_a_hint(
     region: object, hint: str | None
 ) -> None:
     assert region_hint(region) == hint
-
-
-def test_a_count_with_a_maximum_states_the_whole_range() -> None:
-    assert check_count("n", 1000, maximum=1000) == 1000
-    for value in (0, 1001, 10**7, True):
-        with pytest.raises(ConfigurationError) as info:
-            check_count("n", value, maximum=1000)
-        assert str(info.value) == f"n={value!r} must be an integer from 1 to 1000"

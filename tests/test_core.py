@@ -868,3 +868,37 @@ async def test_callers_that_give_up_leave_no_never_retrieved_exception_behind(
             await asyncio.sleep(0)
     gc.collect()
     assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []
+
+
+async def test_a_caller_inside_a_retry_after_window_fails_fast_with_its_error() -> None:
+    """A 429 with Retry-After during a background refresh, then the token runs out and a
+    caller with a budget shorter than the window arrives: no token request inside it."""
+    async with FakePlainID() as fake:
+        cache = pa.MemoryTokenCache()
+        refresher = provider_on(fake, cache, timeout=5.0)
+        hasty = provider_on(fake, cache, timeout=0.3, retry=pa.RetryPolicy(attempts=1))
+        async with refresher, hasty:
+            await cache.store(refresher.cache_key, token_with_remaining(40))
+            fake.start_outage(429, retry_after="3")
+            await refresher.get_token()  # STALE: its background refresh gets the 429
+            await requests_seen(fake)
+            await cache.store(refresher.cache_key, token_with_remaining(5))  # EXPIRED now
+            with pytest.raises(pa.TokenEndpointUnavailableError) as info:
+                await asyncio.wait_for(hasty.get_token(), 10)
+            assert info.value.status == 429  # the window's own error, not "time budget"
+            assert len(fake.token_requests) == 1  # nothing was asked inside the window
+            fake.end_outage()
+            token = await asyncio.wait_for(refresher.get_token(), 10)  # waits the window out
+            assert fake.is_valid(token.access_token)
+            assert len(fake.token_requests) == 2
+
+
+def token_with_remaining(remaining: float, lifetime: float = 100.0) -> pa.Token:
+    """A token with ``remaining`` seconds left of ``lifetime``."""
+    return pa.Token(
+        access_token="preloaded",
+        token_type="Bearer",
+        expires_in=lifetime,
+        expires_at=time.time() + remaining,
+        expires_at_monotonic=time.monotonic() + remaining,
+    )

@@ -6,19 +6,17 @@ session middlewares, TLS, streamed bodies) use a real aiohttp server on 127.0.0.
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
 import json
 import logging
 import math
-import ssl
 import time
 import urllib.parse
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import pytest
-import trustme
+from _servers import LoopbackServer, client_tls, server_tls
 from _tracebacks import everything_reported, failure_of, raised_by, with_locals
 from aiohttp import web
 from aioresponses import aioresponses
@@ -45,8 +43,10 @@ from plainid_async.exceptions import (
 )
 
 if TYPE_CHECKING:
+    import ssl
     from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
+    import trustme
     from aioresponses.core import RequestCall
 
     from plainid_async._token import Token
@@ -766,29 +766,23 @@ class Recorder:
 
 async def serve(
     recorder: Recorder, ssl_context: ssl.SSLContext | None = None
-) -> tuple[web.AppRunner, URL]:
+) -> tuple[LoopbackServer, URL]:
     app = web.Application()
     app.router.add_post(f"/prefix/{TOKEN_PATH}", recorder.token)
     app.router.add_route("*", "/elsewhere", recorder.elsewhere)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context)
-    await site.start()
-    server = site._server
-    assert isinstance(server, asyncio.Server)
-    port = server.sockets[0].getsockname()[1]
-    scheme = "https" if ssl_context else "http"
-    return runner, URL(f"{scheme}://127.0.0.1:{port}/prefix/{TOKEN_PATH}")
+    running = LoopbackServer(app, ssl_context=ssl_context)
+    root = await running.start()
+    return running, root.with_path(f"/prefix/{TOKEN_PATH}")
 
 
 @pytest.fixture
 async def server() -> AsyncIterator[tuple[Recorder, URL]]:
     recorder = Recorder()
-    runner, url = await serve(recorder)
+    running, url = await serve(recorder)
     try:
         yield recorder, url
     finally:
-        await runner.cleanup()
+        await running.close()
 
 
 async def test_wire_request_is_a_form_post_with_no_authorization(
@@ -873,8 +867,8 @@ async def test_refused_connection_is_retried_then_unavailable(
     session: aiohttp.ClientSession, sleep: FakeSleep
 ) -> None:
     recorder = Recorder()
-    runner, url = await serve(recorder)
-    await runner.cleanup()  # nothing listens on that port any more
+    running, url = await serve(recorder)
+    await running.close()  # nothing listens on that port any more
     with pytest.raises(TokenEndpointUnavailableError) as info:
         await fetch(session, sleep, url=url, retry=RetryPolicy(attempts=2))
     assert isinstance(info.value.__cause__, aiohttp.ClientConnectionError)
@@ -882,18 +876,11 @@ async def test_refused_connection_is_retried_then_unavailable(
     assert len(sleep.delays) == 1
 
 
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
 async def test_untrusted_certificate_is_not_retried(
     ca: trustme.CA, session: aiohttp.ClientSession, sleep: FakeSleep
 ) -> None:
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(server_context)
     recorder = Recorder()
-    runner, url = await serve(recorder, server_context)
+    running, url = await serve(recorder, server_tls(ca))
     try:
         attempts: list[None] = []
         with pytest.raises(TokenEndpointUnavailableError, match="certificate") as info:
@@ -911,12 +898,10 @@ async def test_untrusted_certificate_is_not_retried(
         assert len(attempts) == 1
         assert recorder.requests == []
 
-        client_context = ssl.create_default_context()
-        ca.configure_trust(client_context)
-        token = await fetch(session, sleep, url=url, ssl=client_context)
+        token = await fetch(session, sleep, url=url, ssl=client_tls(ca))
         assert token.access_token == ACCESS
     finally:
-        await runner.cleanup()
+        await running.close()
 
 
 # -- token requests isolated from the session they run on ---------------------------------

@@ -5,19 +5,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import ssl
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import attrs
 import pytest
-import trustme
+from _servers import client_tls, server_tls
 
 from plainid_async.testing import TOKEN_PATH, FakePlainID, FakeResponse, TokenRequest, free_port
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Mapping
 
+    import trustme
     from multidict import CIMultiDictProxy
     from yarl import URL
 
@@ -523,15 +523,10 @@ async def test_path_prefix(session: aiohttp.ClientSession) -> None:
         FakePlainID(path_prefix="/{bad}")
 
 
-async def test_https(session: aiohttp.ClientSession) -> None:
-    ca = trustme.CA()
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(server_context)
-    client_context = ssl.create_default_context()
-    ca.configure_trust(client_context)
-    async with FakePlainID(ssl_context=server_context) as fake:
+async def test_https(session: aiohttp.ClientSession, ca: trustme.CA) -> None:
+    async with FakePlainID(ssl_context=server_tls(ca)) as fake:
         assert fake.base_url.scheme == "https"
-        answer = await post_token(session, fake.token_url, ssl=client_context)
+        answer = await post_token(session, fake.token_url, ssl=client_tls(ca))
         assert answer.status == 200
 
 

@@ -1,23 +1,26 @@
 """plainid_async.httpx: BearerAuth and client(), against real aiohttp servers on 127.0.0.1.
 
 The same cases as the aiohttp middleware's tests (tests/test_middleware.py), through
-``httpx.AsyncClient``; ``httpx.MockTransport`` only for the unit tests at the end.
+``httpx.AsyncClient``; ``httpx.MockTransport`` only for the unit tests at the end. Every test
+that builds a client runs with httpx and with httpx2 (the ``lib`` fixture); ``client()``
+picks httpx2 when both are installed, httpx when it is alone (checked in a subprocess).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import json
 import ssl
 import subprocess
 import sys
 import tomllib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import attrs
-import httpx
+import httpx2
 import pytest
 import trustme
 from yarl import URL
@@ -36,6 +39,18 @@ from plainid_async.testing import FakePlainID
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
+
+    import httpx
+
+
+#: What client() opens when both libraries are installed (docs/httpx.md says so).
+picked = httpx2
+
+
+@pytest.fixture(params=["httpx", "httpx2"])
+def lib(request: pytest.FixtureRequest) -> Any:
+    """The library under test: httpx or httpx2, the same API under another import name."""
+    return importlib.import_module(request.param)
 
 
 @pytest.fixture
@@ -69,8 +84,10 @@ async def provider(fake: FakePlainID) -> AsyncIterator[_TokenProvider]:
 
 
 @pytest.fixture
-async def http(provider: _TokenProvider) -> AsyncIterator[httpx.AsyncClient]:
-    async with client(provider, timeout=10) as api:
+async def http(provider: _TokenProvider, lib: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """What client() opens, with the library under test."""
+    auth = BearerAuth(provider)
+    async with lib.AsyncClient(auth=auth, base_url=str(provider.api_url), timeout=10) as api:
         yield api
 
 
@@ -100,10 +117,10 @@ async def test_no_token_for_another_origin(
 
 
 async def test_extra_origin_gets_the_token(
-    fake: FakePlainID, elsewhere: FakePlainID, provider: _TokenProvider
+    lib: Any, fake: FakePlainID, elsewhere: FakePlainID, provider: _TokenProvider
 ) -> None:
     auth = BearerAuth(provider, origins=[str(elsewhere.base_url)])
-    async with httpx.AsyncClient(auth=auth, timeout=10) as api:
+    async with lib.AsyncClient(auth=auth, timeout=10) as api:
         assert (await api.get(str(fake.base_url / "y"))).status_code == 200
         # The other origin gets the token (and rejects it: it did not issue it).
         assert (await api.get(str(elsewhere.base_url / "x"))).status_code == 401
@@ -170,7 +187,7 @@ def ca() -> trustme.CA:
 
 
 async def test_http_to_https_on_the_same_host_is_another_origin(
-    fake: FakePlainID, http: httpx.AsyncClient, ca: trustme.CA
+    lib: Any, fake: FakePlainID, http: httpx.AsyncClient, ca: trustme.CA
 ) -> None:
     """An upgrade to another port is another origin: httpx drops the token, as aiohttp does."""
     server_ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -181,7 +198,7 @@ async def test_http_to_https_on_the_same_host_is_another_origin(
         assert secure.base_url.scheme == "https"
         assert secure.base_url.host == fake.base_url.host
         auth = http.auth
-        async with httpx.AsyncClient(auth=auth, verify=client_ssl, timeout=10) as api:
+        async with lib.AsyncClient(auth=auth, verify=client_ssl, timeout=10) as api:
             target = str(secure.base_url / "api/1.0/x")
             response = await api.get(
                 str(fake.base_url / "redirect"), params={"to": target}, follow_redirects=True
@@ -286,10 +303,10 @@ async def test_streamed_body_is_never_sent_again(
 
 
 async def test_second_401_goes_to_the_caller(
-    fake: FakePlainID, elsewhere: FakePlainID, provider: _TokenProvider
+    lib: Any, fake: FakePlainID, elsewhere: FakePlainID, provider: _TokenProvider
 ) -> None:
     auth = BearerAuth(provider, origins=[str(elsewhere.base_url)])
-    async with httpx.AsyncClient(auth=auth, timeout=10) as api:
+    async with lib.AsyncClient(auth=auth, timeout=10) as api:
         response = await api.get(str(elsewhere.base_url / "x"))
     assert response.status_code == 401
     assert response.json()["status"] == 401  # the caller can read the last answer
@@ -318,11 +335,13 @@ async def test_401_after_a_redirect_elsewhere_does_not_drop_the_token(
     assert len(fake.token_requests) == 1
 
 
-async def test_retry_disabled_returns_the_401(fake: FakePlainID, provider: _TokenProvider) -> None:
+async def test_retry_disabled_returns_the_401(
+    lib: Any, fake: FakePlainID, provider: _TokenProvider
+) -> None:
     token = await provider.get_token()
     fake.revoke(token.access_token)
     auth = BearerAuth(provider, retry_on_401=False)
-    async with httpx.AsyncClient(auth=auth) as api:
+    async with lib.AsyncClient(auth=auth) as api:
         assert (await api.get(str(fake.base_url / "x"))).status_code == 401
     assert len(fake.resource_requests) == 1
     assert await provider.get_token() is token  # not dropped either
@@ -348,12 +367,12 @@ class Guarded:
 
 
 async def test_guard_that_holds_returns_the_401(
-    fake: FakePlainID, provider: _TokenProvider
+    lib: Any, fake: FakePlainID, provider: _TokenProvider
 ) -> None:
     token = await provider.get_token()
     fake.revoke(token.access_token)
     guarded = Guarded(provider)
-    async with httpx.AsyncClient(auth=BearerAuth(guarded)) as api:
+    async with lib.AsyncClient(auth=BearerAuth(guarded)) as api:
         assert (await api.get(str(fake.base_url / "x"))).status_code == 401
     assert guarded.reported == [token]
     assert len(fake.resource_requests) == 1
@@ -413,25 +432,27 @@ async def test_outage_in_the_refresh_window_fails_no_request(fake: FakePlainID) 
 
 async def test_client_defaults(provider: _TokenProvider) -> None:
     async with client(provider) as api:
-        assert api.build_request("GET", "x").url == httpx.URL(f"{provider.api_url}/x")
+        assert isinstance(cast("object", api), picked.AsyncClient)
+        assert api.build_request("GET", "x").url == picked.URL(f"{provider.api_url}/x")
         assert isinstance(api.auth, BearerAuth)
         assert api.auth.provider is provider
         assert api.auth.origins == (provider.api_url.origin(),)
 
 
 async def test_client_passes_options_through(provider: _TokenProvider) -> None:
-    transport = httpx.AsyncHTTPTransport(retries=1)
+    transport: Any = picked.AsyncHTTPTransport(retries=1)
+    other_path = f"{provider.api_url.origin()}/other/"  # another origin is refused
     async with client(
         provider,
         headers={"X-Trace": "1"},
         timeout=5,
         transport=transport,
-        base_url="http://127.0.0.1:1/other/",
+        base_url=other_path,
     ) as api:
         assert api.headers["X-Trace"] == "1"
-        assert api.timeout == httpx.Timeout(5)
+        assert api.timeout == picked.Timeout(5)
         assert api._transport is transport
-        assert api.base_url == httpx.URL("http://127.0.0.1:1/other/")
+        assert api.base_url == picked.URL(other_path)
 
 
 def test_client_refuses_auth(provider: _TokenProvider) -> None:
@@ -473,16 +494,17 @@ async def test_one_provider_serves_aiohttp_and_httpx_with_one_token(
 # -- sync clients and a missing httpx ----------------------------------------------------------
 
 
-def test_sync_client_is_refused_before_anything_is_sent(provider: _TokenProvider) -> None:
+def test_sync_client_is_refused_before_anything_is_sent(lib: Any, provider: _TokenProvider) -> None:
     sent: list[httpx.Request] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
         sent.append(request)
-        return httpx.Response(200)
+        response: httpx.Response = lib.Response(200)
+        return response
 
-    transport = httpx.MockTransport(handler)
+    transport = lib.MockTransport(handler)
     with (
-        httpx.Client(auth=BearerAuth(provider), transport=transport) as sync,
+        lib.Client(auth=BearerAuth(provider), transport=transport) as sync,
         pytest.raises(ConfigurationError, match=r"httpx\.AsyncClient") as info,
     ):
         sync.get(str(provider.api_url / "x"))
@@ -490,16 +512,32 @@ def test_sync_client_is_refused_before_anything_is_sent(provider: _TokenProvider
     assert isinstance(info.value, ValueError)
 
 
-def test_import_without_httpx_names_the_extra() -> None:
+def run_without(*modules: str) -> str:
+    """What plainid_async.httpx gives in a fresh interpreter without ``modules``."""
     code = (
-        "import sys; sys.modules['httpx'] = None\n"
-        "try:\n    import plainid_async.httpx\n"
+        f"import sys\nfor name in {modules!r}: sys.modules[name] = None\n"
+        "try:\n    from plainid_async.httpx import BearerAuth, client\n"
         "except ImportError as exc:\n    print(exc)\n"
+        "else:\n    import plainid_async as pa\n"
+        "    provider = pa.TokenProvider('id', 'secret', region='us1')\n"
+        "    print(type(client(provider)).__module__.split('.')[0])\n"
     )
-    output = subprocess.run(  # noqa: S603 (our own interpreter, fixed arguments)
+    return subprocess.run(  # noqa: S603 (our own interpreter, fixed arguments)
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
-    ).stdout
+    ).stdout.strip()
+
+
+def test_import_without_httpx_or_httpx2_names_both_extras() -> None:
+    output = run_without("httpx", "httpx2")
     assert "plainid-async[httpx]" in output
+    assert "plainid-async[httpx2]" in output
+
+
+@pytest.mark.parametrize(
+    ("missing", "opened"), [("httpx2", "httpx"), ("httpx", "httpx2"), ("nothing", "httpx2")]
+)
+def test_client_opens_httpx2_when_installed_else_httpx(missing: str, opened: str) -> None:
+    assert run_without(missing) == opened
 
 
 # -- unit tests on httpx.MockTransport: httpx's own redirect rule -------------------------------
@@ -515,7 +553,7 @@ def test_import_without_httpx_names_the_extra() -> None:
     ],
 )
 async def test_httpx_keeps_the_header_only_on_a_same_host_https_upgrade(
-    location: str, kept: bool
+    lib: Any, location: str, kept: bool
 ) -> None:
     """What BearerAuth relies on, pinned: a change in httpx's rule fails here."""
     provider = _TokenProvider("id", "secret", base_url="http://localhost", cache=MemoryTokenCache())
@@ -525,12 +563,19 @@ async def test_httpx_keeps_the_header_only_on_a_same_host_https_upgrade(
 
     def handler(request: httpx.Request) -> httpx.Response:
         seen.append((str(request.url), request.headers.get("authorization")))
-        if request.url.path == "/start":
-            return httpx.Response(302, headers={"Location": location})
-        return httpx.Response(200)
+        status, headers = (
+            (302, {"Location": location}) if request.url.path == "/start" else (200, {})
+        )
+        response: httpx.Response = lib.Response(status, headers=headers)
+        return response
 
-    transport = httpx.MockTransport(handler)
-    async with client(provider, transport=transport, follow_redirects=True) as api:
+    transport = lib.MockTransport(handler)
+    async with lib.AsyncClient(
+        auth=BearerAuth(provider),
+        base_url=str(provider.api_url),
+        transport=transport,
+        follow_redirects=True,
+    ) as api:
         assert (await api.get("start")).status_code == 200
     assert seen == [
         ("http://localhost/start", token.authorization),
@@ -538,7 +583,7 @@ async def test_httpx_keeps_the_header_only_on_a_same_host_https_upgrade(
     ]
 
 
-async def test_flow_asks_for_a_token_only_for_allowed_origins() -> None:
+async def test_flow_asks_for_a_token_only_for_allowed_origins(lib: Any) -> None:
     calls: list[str] = []
 
     @attrs.define
@@ -552,8 +597,8 @@ async def test_flow_asks_for_a_token_only_for_allowed_origins() -> None:
         def report_unauthorized(self, token: Token) -> bool:  # noqa: ARG002
             return True
 
-    transport = httpx.MockTransport(lambda request: httpx.Response(200, json=dict(request.headers)))
-    async with httpx.AsyncClient(auth=BearerAuth(Counting()), transport=transport) as api:
+    transport = lib.MockTransport(lambda request: lib.Response(200, json=dict(request.headers)))
+    async with lib.AsyncClient(auth=BearerAuth(Counting()), transport=transport) as api:
         other = (await api.get("https://other.example/x")).json()
         mine = (await api.get("https://api.us1.plainid.io/x")).json()
     assert "authorization" not in other
@@ -572,13 +617,16 @@ class _RecordingFinder:
         self.looked_up.append(name)
 
 
-async def test_requests_do_not_search_for_sniffio_each_time(fake: FakePlainID) -> None:
+async def test_requests_do_not_search_for_sniffio_each_time(fake: FakePlainID, lib: Any) -> None:
     """httpcore 1.0.x runs ``import sniffio`` for every lock and event it sets up; with
     sniffio missing (anyio >= 4.11 no longer installs it) each one is a failed search of
     sys.path, a few ms per request under concurrency. The ``httpx`` extra installs it.
     """
     finder = _RecordingFinder()
-    async with make_provider(fake) as provider, client(provider) as http:
+    async with (
+        make_provider(fake) as provider,
+        lib.AsyncClient(auth=BearerAuth(provider), base_url=str(provider.api_url)) as http,
+    ):
         await http.get("/api/1.0/policies")
         sys.meta_path.insert(0, finder)
         try:

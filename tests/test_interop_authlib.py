@@ -12,6 +12,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from _providers import make_provider
 from authlib.integrations.flask_oauth2 import AuthorizationServer
 from authlib.oauth2.rfc6749 import ClientMixin, grants
 from flask import Flask
@@ -20,7 +21,6 @@ from yarl import URL
 
 from plainid_async import (
     InvalidCredentialsError,
-    MemoryTokenCache,
     RetryPolicy,
     TokenEndpointUnavailableError,
     TokenProvider,
@@ -107,11 +107,10 @@ def authlib_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[URL]:
 
 
 def provider_for(base_url: URL, client_id: str, secret: str = SECRET) -> TokenProvider:
-    return TokenProvider(
-        client_id,
-        secret,
-        base_url=base_url,
-        cache=MemoryTokenCache(),
+    return make_provider(
+        base_url,
+        client_id=client_id,
+        client_secret=secret,
         retry=RetryPolicy(attempts=3, backoff_base=0.0, backoff_max=0.0),
     )
 

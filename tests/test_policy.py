@@ -23,6 +23,7 @@ from plainid_async._policy import (
     probe_only,
     retry_delay,
     wait_budget,
+    window_left,
 )
 
 OUTAGE = pa.TokenEndpointUnavailableError("HTTP 503")
@@ -177,3 +178,20 @@ def test_the_record_changes_only_through_its_methods() -> None:
     for field in ("token", "flight", "failures", "cooldown_until", "guard", "record"):
         with pytest.raises(AttributeError):
             setattr(state, field, None)
+
+
+# -- the server's Retry-After window ---------------------------------------------------
+
+
+def test_a_failed_background_refresh_waits_out_retry_after_whatever_the_usable_time() -> None:
+    limited = pa.TokenEndpointUnavailableError("HTTP 429", status=429)
+    limited.retry_after = 10.0
+    decision = after_failure(Failures(), 0.0, limited, delay=10.0, usable_left=4.0)
+    assert not background_due(decision.record, 9.9)  # half the usable time would be 2 s
+    assert background_due(decision.record, 10.0)
+    assert window_left(decision.record, 4.0) == 6.0
+    assert window_left(decision.record, 4.0, transport=7) == 6.0  # no transport recorded
+
+
+def test_retry_after_is_never_shortened_for_callers_who_wait() -> None:
+    assert retry_delay(3.0, 1, pa.RetryPolicy(backoff_base=0.01), 0.0, retry_after=3.0) == 3.0

@@ -26,6 +26,7 @@ import attrs
 import pytest
 import pytest_asyncio
 from _reliability import record
+from _servers import LoopbackServer
 from aiohttp import web
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -126,15 +127,9 @@ async def server() -> AsyncIterator[Server]:
 
     app = web.Application()
     app.router.add_post(f"/{TOKEN_PATH}", token)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    state.url = URL(f"http://127.0.0.1:{runner.addresses[0][1]}/{TOKEN_PATH}")
-    try:
+    async with LoopbackServer(app) as server:
+        state.url = server.url.with_path(f"/{TOKEN_PATH}")
         yield state
-    finally:
-        await runner.cleanup()
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")

@@ -505,41 +505,45 @@ async def test_failed_background_refresh_waits_for_its_backoff(
 
 
 async def test_background_retry_comes_before_half_the_usable_time_is_gone(
-    fake: FakePlainID, provider: pa.TokenProvider, cache: pa.MemoryTokenCache
+    fake: FakePlainID, cache: pa.MemoryTokenCache
 ) -> None:
     clock = PolicyClock(cache.key_states)
-    stale = token_with(remaining=40)  # usable for 30 s more
-    await cache.store(provider.cache_key, stale)
-    # Retry-After 60 s: a backoff of 30 s (the longest), past half the usable time left
-    fake.start_outage(503, retry_after="60")
-    await provider.get_token()
-    await settle()
-    fake.end_outage()
-    episode = cache.key_states.get(provider.cache_key)
-    assert episode is not None
-    assert episode.record.retry_at - clock() > 29
-    # it failed with 30 s of usable time left: the retry is due 15 s later, not 30 s
-    clock.skip(16)
-    await provider.get_token()
-    await settle()
-    assert fake.token_requests[-1].status == 200
-    assert (await provider.get_token()) is not stale
+    # a long backoff after a failure: 15-30 s (the longest cool-down step)
+    slow = pa.RetryPolicy(attempts=1, backoff_base=1000, backoff_max=1000)
+    async with provider_on(fake, cache, retry=slow) as provider:
+        stale = token_with(remaining=20)  # usable for 10 s more
+        await cache.store(provider.cache_key, stale)
+        fake.start_outage(503)
+        await provider.get_token()
+        await settle()
+        fake.end_outage()
+        episode = cache.key_states.get(provider.cache_key)
+        assert episode is not None
+        assert episode.record.retry_at - clock() >= 14.9
+        # it failed with 10 s of usable time left: the retry is due 5 s later, not 15-30 s
+        clock.skip(6)
+        await provider.get_token()
+        await settle()
+        assert fake.token_requests[-1].status == 200
+        assert (await provider.get_token()) is not stale
 
 
 async def test_background_retry_respects_its_backoff_while_time_is_left(
-    fake: FakePlainID, provider: pa.TokenProvider, cache: pa.MemoryTokenCache
+    fake: FakePlainID, cache: pa.MemoryTokenCache
 ) -> None:
     clock = PolicyClock(cache.key_states)
-    await cache.store(provider.cache_key, token_with(remaining=40))
-    fake.start_outage(503, retry_after="60")  # a backoff of 30 s (the longest)
-    await provider.get_token()
-    await settle()
-    fake.end_outage()
-    clock.skip(14)  # before both the backoff and half the usable time left (15 s)
-    requests = len(fake.token_requests)
-    await provider.get_token()
-    await settle()
-    assert len(fake.token_requests) == requests
+    slow = pa.RetryPolicy(attempts=1, backoff_base=1000, backoff_max=1000)
+    async with provider_on(fake, cache, retry=slow) as provider:
+        await cache.store(provider.cache_key, token_with(remaining=20))
+        fake.start_outage(503)
+        await provider.get_token()
+        await settle()
+        fake.end_outage()
+        clock.skip(4)  # before both the backoff and half the usable time left (5 s)
+        requests = len(fake.token_requests)
+        await provider.get_token()
+        await settle()
+        assert len(fake.token_requests) == requests
 
 
 async def test_callers_who_must_wait_cut_short_a_background_backoff(

@@ -7,15 +7,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import ssl
 import urllib.parse
 import warnings
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import pytest
-import trustme
+from _providers import make_provider
 from _proxy import GOOD, PROXY_VARIABLES, TinyProxy, TokenServer
+from _servers import client_tls, server_tls
 from _tracebacks import everything_reported, failure_of, raised_by, with_locals
 from yarl import URL
 
@@ -33,6 +33,8 @@ from plainid_async.testing import FakePlainID, free_port
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
     from pathlib import Path
+
+    import trustme
 
 SECRET = "pr0xy-test-client-secret"
 PROXY_PASSWORD = "pr0xy-Pa55-never-shown"
@@ -68,7 +70,7 @@ def auth_proxy(tmp_path: Path) -> Iterator[TinyProxy]:
 
 def provider_for(base_url: URL, **options: Any) -> TokenProvider:
     options.setdefault("retry", RetryPolicy(attempts=3, backoff_base=0.0, backoff_max=0.0))
-    return TokenProvider("client-p", SECRET, base_url=base_url, cache=MemoryTokenCache(), **options)
+    return make_provider(base_url, client_id="client-p", client_secret=SECRET, **options)
 
 
 async def token_of(provider: TokenProvider) -> str:
@@ -170,30 +172,17 @@ async def test_proxy_credentials_work_and_never_show(
     assert PROXY_PASSWORD not in caplog.text
 
 
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
 @pytest.fixture
 async def tls_server(ca: trustme.CA) -> AsyncIterator[TokenServer]:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(context)
-    async with TokenServer(context) as running:
+    async with TokenServer(server_tls(ca)) as running:
         yield running
-
-
-def client_context(ca: trustme.CA) -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    ca.configure_trust(context)
-    return context
 
 
 async def test_https_token_url_tunnels_through_the_proxy(
     tls_server: TokenServer, auth_proxy: TinyProxy, ca: trustme.CA
 ) -> None:
     provider = provider_for(
-        tls_server.base_url, proxy=auth_proxy.url_with_credentials, ssl=client_context(ca)
+        tls_server.base_url, proxy=auth_proxy.url_with_credentials, ssl=client_tls(ca)
     )
     assert await token_of(provider) == GOOD["access_token"]
     assert len(tls_server.headers) == 1
@@ -203,7 +192,7 @@ async def test_https_token_url_tunnels_through_the_proxy(
 async def test_407_to_a_tunnel_is_the_same_typed_error(
     tls_server: TokenServer, auth_proxy: TinyProxy, ca: trustme.CA
 ) -> None:
-    provider = provider_for(tls_server.base_url, proxy=auth_proxy.url, ssl=client_context(ca))
+    provider = provider_for(tls_server.base_url, proxy=auth_proxy.url, ssl=client_tls(ca))
     async with provider:
         with pytest.raises(TokenEndpointUnavailableError) as info:
             await provider.get_token()
@@ -221,7 +210,7 @@ async def test_wrong_proxy_credentials_say_so_without_showing_them(
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="plainid_async")
     wrong = f"http://proxyuser:wrong-{PROXY_PASSWORD}@127.0.0.1:{auth_proxy.port}"
-    provider = provider_for(tls_server.base_url, proxy=wrong, ssl=client_context(ca))
+    provider = provider_for(tls_server.base_url, proxy=wrong, ssl=client_tls(ca))
     async with provider:
         with pytest.raises(TokenEndpointUnavailableError) as info:
             await provider.get_token()
@@ -369,7 +358,7 @@ async def test_a_refused_tunnel_chains_a_cause_without_the_proxy_credentials(
     wrong = f"wrong-{PROXY_PASSWORD}"
     proxy_url = f"http://{LOGIN}:{wrong}@127.0.0.1:{auth_proxy.port}"
     error = await failure_of_provider(
-        provider_for(tls_server.base_url, proxy=proxy_url, ssl=client_context(ca))
+        provider_for(tls_server.base_url, proxy=proxy_url, ssl=client_tls(ca))
     )
     assert isinstance(error, TokenEndpointUnavailableError)
     cause = error.__cause__
@@ -389,7 +378,7 @@ async def test_a_proxy_that_is_down_leaves_its_credentials_in_no_frame(
     target = server if scheme == "http" else tls_server
     proxy_url = f"http://{LOGIN}:{PROXY_PASSWORD}@127.0.0.1:{free_port()}"
     error = await failure_of_provider(
-        provider_for(target.base_url, proxy=proxy_url, ssl=client_context(ca))
+        provider_for(target.base_url, proxy=proxy_url, ssl=client_tls(ca))
     )
     assert isinstance(error, TokenEndpointUnavailableError)
     assert isinstance(error.__cause__, aiohttp.ClientProxyConnectionError)
@@ -465,7 +454,7 @@ async def test_a_proxy_that_wants_credentials_says_where_to_give_them(  # noqa: 
         else auth_proxy.url
     )
     variable = f"{scheme.upper()}_PROXY"
-    options: dict[str, Any] = {"ssl": client_context(ca)}
+    options: dict[str, Any] = {"ssl": client_tls(ca)}
     if given_as == "argument":
         options["proxy"] = proxy_url
     elif given_as == "variable":
@@ -528,7 +517,7 @@ async def test_a_sessions_proxy_credentials_are_sent_to_the_proxy(  # noqa: PLR0
                 proxy=auth_proxy.url, proxy_auth=aiohttp.BasicAuth(LOGIN, PROXY_PASSWORD)
             )
     async with theirs:
-        provider = provider_for(target.base_url, session=theirs, ssl=client_context(ca))
+        provider = provider_for(target.base_url, session=theirs, ssl=client_tls(ca))
         assert PROXY_PASSWORD not in repr(provider)
         assert await token_of(provider) == GOOD["access_token"]
     assert len(target.headers) == 1

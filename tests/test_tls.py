@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import secrets
 import ssl
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import aiohttp
 import pytest
 import trustme
+from _providers import make_provider as shared_make_provider
 from _reliability import LoopWatch, Redaction, record, watch_redaction
+from _servers import client_tls
 
 import plainid_async as pa
 from plainid_async.testing import FakePlainID
@@ -30,11 +33,6 @@ POLICY = pa.RetryPolicy(attempts=3, backoff_base=0.01, backoff_max=0.02, deadlin
 
 
 @pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture(scope="module")
 def other_ca() -> trustme.CA:
     return trustme.CA()
 
@@ -42,12 +40,6 @@ def other_ca() -> trustme.CA:
 def server_context(cert: trustme.LeafCert) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     cert.configure_cert(context)
-    return context
-
-
-def client_context(ca: trustme.CA) -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    ca.configure_trust(context)
     return context
 
 
@@ -65,15 +57,10 @@ async def https_fake(ca: trustme.CA) -> AsyncIterator[FakePlainID]:
         yield fake
 
 
-def make_provider(base_url: object, **kwargs: Any) -> pa.TokenProvider:
-    options: dict[str, Any] = {
-        "base_url": str(base_url),
-        "cache": pa.MemoryTokenCache(),
-        "retry": POLICY,
-        "timeout": 5.0,
-    }
-    options.update(kwargs)
-    return pa.TokenProvider("cid", SECRET, **options)
+#: A provider for a base URL with this module's client, secret, retry policy and timeout.
+make_provider = functools.partial(
+    shared_make_provider, client_id="cid", client_secret=SECRET, retry=POLICY, timeout=5.0
+)
 
 
 async def callers(provider: pa.TokenProvider) -> list[pa.Token | BaseException]:
@@ -118,7 +105,7 @@ async def test_certificate_of_a_private_ca_is_refused_by_default(
 async def test_private_ca_through_ssl_context(
     https_fake: FakePlainID, ca: trustme.CA, redaction: Redaction, loop_watch: LoopWatch
 ) -> None:
-    context = client_context(ca)
+    context = client_tls(ca)
     async with make_provider(https_fake.base_url, ssl=context) as provider:
         token = shared(await callers(provider))
         assert isinstance(token, pa.Token)
@@ -149,7 +136,7 @@ async def test_private_ca_through_ssl_context(
 async def test_private_ca_through_a_session_passed_in(
     https_fake: FakePlainID, ca: trustme.CA, redaction: Redaction, loop_watch: LoopWatch
 ) -> None:
-    connector = aiohttp.TCPConnector(ssl=client_context(ca))
+    connector = aiohttp.TCPConnector(ssl=client_tls(ca))
     async with aiohttp.ClientSession(connector=connector) as session:
         async with make_provider(https_fake.base_url, session=session) as provider:
             token = shared(await callers(provider))
@@ -189,7 +176,7 @@ async def test_untrusted_certificate_fails_at_once_with_a_typed_error(
         client_id="cid", client_secret=SECRET, ssl_context=server_context(cert)
     ) as fake:
         # The client trusts `ca` (the private CA), yet this certificate must still fail.
-        async with make_provider(fake.base_url, ssl=client_context(ca)) as provider:
+        async with make_provider(fake.base_url, ssl=client_tls(ca)) as provider:
             error = shared(await callers(provider))
             redaction.objects.append(provider)
         assert fake.token_requests == []

@@ -11,6 +11,7 @@ import json
 import re
 import secrets
 import socket
+import ssl
 import time
 import urllib.parse
 import uuid
@@ -21,13 +22,18 @@ import attrs
 from aiohttp import WSCloseCode, WSMsgType, hdrs, web
 from yarl import URL
 
-from plainid_async._checks import check_count, check_seconds, check_text
+from plainid_async._checks import (
+    check_count,
+    check_instance,
+    check_port,
+    check_seconds,
+    check_text,
+)
 from plainid_async._origins import is_loopback_host
 from plainid_async._token import lifetime_problem
 from plainid_async.exceptions import ConfigurationError
 
 if TYPE_CHECKING:
-    import ssl
     from collections.abc import Mapping
     from types import TracebackType
 
@@ -357,8 +363,10 @@ class FakePlainID:
         Raises:
             ValueError: If the prefix has characters other than unreserved ones and
                 ``/``, or ``latency`` is not a number of seconds >= 0, or ``expires_in`` not
-                a valid token lifetime, or a credential is empty or blank
-                (:class:`~plainid_async.ConfigurationError`, a ``ValueError``, for those).
+                a valid token lifetime, or a credential is empty or blank, or ``port`` is
+                no port (:class:`~plainid_async.ConfigurationError`, a ``ValueError``, for
+                those).
+            TypeError: ``ssl_context`` is not an :class:`ssl.SSLContext`.
         """
         check_text("client_id", client_id)
         check_text("client_secret", client_secret)
@@ -377,9 +385,13 @@ class FakePlainID:
         self.resource_requests: list[ResourceRequest] = []
         self.max_records: int = check_count("max_records", max_records)
         self._host = host
-        self._port = port
+        self._port = check_port("port", port)
         self._prefix = prefix
-        self._ssl_context = ssl_context
+        self._ssl_context = (
+            None
+            if ssl_context is None
+            else check_instance("ssl_context", ssl_context, ssl.SSLContext, "an ssl.SSLContext")
+        )
         self._clients: dict[str, str] = {client_id: client_secret}
         self._tokens: dict[str, _Issued] = {}
         self._revoked: set[str] = set()

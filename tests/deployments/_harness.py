@@ -113,7 +113,13 @@ class Process:
         try:
             return self.process.wait(timeout)
         finally:
-            self._log.close()
+            self._close()
+
+    def _close(self) -> None:
+        """Close what this side holds of the process: its log file and its stdin pipe."""
+        self._log.close()
+        if self.process.stdin is not None:
+            self.process.stdin.close()
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         """Send ``sig``, wait for the exit, and return the exit status (SIGKILL on a hang)."""
@@ -125,9 +131,9 @@ class Process:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(10)
-                self._log.close()
+                self._close()
                 raise AssertionError(f"{self.args[:3]} did not stop within {timeout:g} s") from None
-        self._log.close()
+        self._close()
         return self.process.returncode
 
     def kill(self) -> None:
@@ -136,7 +142,7 @@ class Process:
             os.killpg(self.process.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(10)
-        self._log.close()
+        self._close()
 
 
 def problems(output: str) -> list[str]:

@@ -59,7 +59,7 @@ class Function:
         stdin = self.process.process.stdin
         assert stdin is not None
         stdin.close()
-        status = self.process.process.wait(30)
+        status = self.process.wait(30)
         assert status == 0, self.process.output()
         return self.process.output()
 

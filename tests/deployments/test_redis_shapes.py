@@ -129,12 +129,14 @@ def test_sentinel_failover_mid_run_fails_no_call_and_the_fleet_fetches_once_per_
     try:
         wait_for(lambda: listening(port), what="the service start")
         load.run(SECONDS / 2)
+        healthy = service.output()  # before the failover: every server up
         old = sentinel_set.master_port()
         redis_cli(sentinel_set.sentinel_ports[0], "SENTINEL", "FAILOVER", "mymaster")
         load.run(SECONDS / 2)
         assert sentinel_set.master_port() != old
         fake.settle()
         before = fake.token_requests()
+        failed_over = len(service.output())
         load.run(SECONDS)
         status = service.stop()
     finally:
@@ -147,6 +149,9 @@ def test_sentinel_failover_mid_run_fails_no_call_and_the_fleet_fetches_once_per_
     assert fake.token_requests() == fake.all_token_requests()
     # After the failover, one token request per refresh for the whole fleet again.
     assert fake.token_requests() - before <= refreshes(SECONDS, LIFETIME)
+    # No WARNING while every server was up, nor once the new master serves.
+    assert problems(healthy) == []
+    assert problems(output[failed_over:]) == []
 
 
 def valkey_binary() -> str:

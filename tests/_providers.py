@@ -1,0 +1,45 @@
+"""The one provider factory of the tests: a TokenProvider for a fake or a base URL."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from plainid_async._cache import MemoryTokenCache
+from plainid_async._provider import TokenProvider
+from plainid_async.testing import FakePlainID
+
+if TYPE_CHECKING:
+    from yarl import URL
+
+__all__ = ["make_provider"]
+
+
+def make_provider(
+    target: FakePlainID | object,
+    *,
+    client_id: str | None = None,
+    client_secret: str | None = None,
+    **options: Any,
+) -> TokenProvider:
+    """A TokenProvider with a memory cache of its own (no token leaks between tests).
+
+    Args:
+        target: A FakePlainID (its base URL and, unless given, its client's credentials)
+            or a base URL (then ``client_id`` and ``client_secret`` are required).
+        client_id: The client id, instead of the fake's.
+        client_secret: The client secret, instead of the fake's.
+        **options: Further TokenProvider arguments; ``cache`` replaces the memory cache.
+
+    Returns:
+        The provider, not started: use it in ``async with``.
+    """
+    if isinstance(target, FakePlainID):
+        base_url: str | URL = target.base_url
+        client_id = target.client_id if client_id is None else client_id
+        client_secret = target.client_secret if client_secret is None else client_secret
+    else:
+        base_url = str(target)
+        if client_id is None or client_secret is None:
+            raise TypeError("make_provider(base_url) needs client_id and client_secret")
+    options.setdefault("cache", MemoryTokenCache())
+    return TokenProvider(client_id, client_secret, base_url=base_url, **options)
