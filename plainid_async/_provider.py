@@ -208,6 +208,7 @@ class TokenProvider:
         "_secret_file",
         "_states",
         "_token_url",
+        "_watch",
     )
 
     def __init__(
@@ -301,6 +302,9 @@ class TokenProvider:
         # The schedule drawn for the last token looked at (its jitter is drawn once).
         self._sched: tuple[Token, RefreshSchedule] | None = None
         self._closed = False
+        # The token whose 401s are watched: [token, calls when watched, its 401s, calls at
+        # its last 401] (see _revoked).
+        self._watch: list[Any] = [None, 0, 0, 0]
         _PROVIDERS.add(self)
 
     @classmethod
@@ -529,7 +533,10 @@ class TokenProvider:
             if self._cache.get(key) is not token:
                 return True
             state = self._states.state(key)
+            revoked = self._revoked(token)
             held = 0.0 if state.suspected is token else state.guarded(self._states.clock())
+            if held > 0 and revoked:
+                held = 0.0  # a token that worked now fails every call: a real revocation
             if held <= 0:
                 state.suspect(token)
         if held > 0:
@@ -540,6 +547,27 @@ class TokenProvider:
         self._hot = _COLD
         _AFTER_401.set((key, token))
         return True
+
+    def _revoked(self, token: Token) -> bool:
+        """Whether a 401 for ``token`` looks like a revocation, not an unrelated 401.
+
+        The 401 guard holds back 401s of an API path that refuses every token (a
+        permission problem). A token that worked (this provider's calls with it outnumber
+        its 401s) and then gets a 401 on two calls in a row (no call between them went
+        well) was revoked: the guard lets that one through, so healthy calls recover on the
+        second call, not after the guard's interval. A replacement that fails at once never
+        worked, so a storm stays bounded.
+        """
+        stats = self._reporter.stats
+        calls = stats.cache_hits + self._hits + stats.waits + stats.cooldown_rejections
+        watch = self._watch
+        if watch[0] is not token:  # first 401 of this token: count from the call that got it
+            watch[:] = [token, calls - 1, 0, calls - 1]
+        watch[2] += 1
+        worked = calls - watch[1] > watch[2]
+        consecutive = calls - watch[3] <= 1
+        watch[3] = calls
+        return bool(worked and consecutive)
 
     def rotate_secret(self, client_secret: str | Secret) -> None:
         """Use a new client secret from now on, without failing calls in flight.

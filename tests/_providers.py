@@ -5,13 +5,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from plainid_async._cache import MemoryTokenCache
+from plainid_async._endpoint import RetryPolicy
 from plainid_async._provider import TokenProvider
 from plainid_async.testing import FakePlainID
 
 if TYPE_CHECKING:
     from yarl import URL
 
-__all__ = ["make_provider"]
+__all__ = ["FAST", "make_provider"]
+
+#: Two quick attempts within 2 s: a failure is seen at once, a flake is retried.
+FAST = RetryPolicy(attempts=2, backoff_base=0.01, backoff_max=0.02, deadline=2.0)
 
 
 def make_provider(

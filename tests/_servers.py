@@ -1,17 +1,32 @@
-"""The one way the tests serve an aiohttp app on loopback, and the TLS contexts for it."""
+"""The one way the tests serve an aiohttp app on loopback, the TLS contexts for it, and a
+FakePlainID on a thread of its own (for callers that run ``asyncio.run``)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ssl
+import threading
 from typing import TYPE_CHECKING, Any, Self
 
 from aiohttp import web
 from yarl import URL
 
+from plainid_async.testing import FakePlainID, running_fetches
+
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     import trustme
 
-__all__ = ["LoopbackServer", "client_tls", "server_tls"]
+__all__ = [
+    "LoopbackServer",
+    "client_tls",
+    "fake_in_thread",
+    "requests_seen",
+    "server_tls",
+    "settle",
+]
 
 
 class LoopbackServer:
@@ -76,3 +91,31 @@ def client_tls(ca: trustme.CA) -> ssl.SSLContext:
     context = ssl.create_default_context()
     ca.configure_trust(context)
     return context
+
+
+async def requests_seen(fake: FakePlainID, count: int = 1) -> None:
+    """Wait until ``fake`` has received ``count`` token requests."""
+    while len(fake.token_requests) < count:  # noqa: ASYNC110 (polling the fake is the point)
+        await asyncio.sleep(0.005)
+
+
+async def settle() -> None:
+    """Wait for every token fetch in flight to finish."""
+    await asyncio.gather(*(f.wait() for f in running_fetches()), return_exceptions=True)
+
+
+@contextlib.contextmanager
+def fake_in_thread(**options: Any) -> Iterator[FakePlainID]:
+    """A FakePlainID served by its own thread and loop, for callers that run asyncio.run."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    fake = FakePlainID(**options)
+    asyncio.run_coroutine_threadsafe(fake.start(), loop).result(10)
+    try:
+        yield fake
+    finally:
+        asyncio.run_coroutine_threadsafe(fake.close(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()

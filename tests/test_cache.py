@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import time
 
 import pytest
+from _providers import FAST, make_provider
 
 import plainid_async as pa
 from plainid_async._cache import CacheKey, MemoryTokenCache, TokenCache, default_cache
 from plainid_async._token import Token
+from plainid_async.testing import FakePlainID
 
 URL_US = "https://api.us1.plainid.io/api/1.0/api-key/token"
 URL_EU = "https://api.eu1.plainid.io/api/1.0/api-key/token"
@@ -214,3 +217,92 @@ async def test_memory_cache_repr_shows_no_token() -> None:
     for shown in (repr(cache), repr(cache.key_states), repr(cache.key_states.get(key()))):
         assert "visible-token-value" not in shown
         assert SECRET not in shown
+
+
+# -- flights belong to the cache (moved from test_core.py) ---------------------------
+
+
+@pytest.mark.usefixtures("no_leftover_fetches")
+async def test_failure_streak_lives_in_the_cache_that_holds_the_key() -> None:
+    async with FakePlainID() as fake:
+        first, second = pa.MemoryTokenCache(), pa.MemoryTokenCache()
+        failing = make_provider(fake, cache=first, retry=FAST)
+        other = make_provider(fake, cache=second, retry=FAST)
+        async with failing, other:
+            fake.start_outage(503)
+            with pytest.raises(pa.TokenEndpointUnavailableError):
+                await failing.get_token()
+            state = first.key_states.get(failing.cache_key)
+            assert state is not None
+            assert state.failures == 1
+            assert state.cooldown_until > time.monotonic()
+            # Another cache knows nothing of it: its provider fetches at once.
+            fake.end_outage()
+            assert fake.is_valid((await other.get_token()).access_token)
+
+
+@pytest.mark.usefixtures("no_leftover_fetches")
+async def test_closed_failing_providers_leave_nothing_behind() -> None:
+    """Many failing client ids, every provider closed: no per-key state stays (no secret)."""
+    async with FakePlainID() as fake:
+        cache = pa.MemoryTokenCache()
+        for i in range(300):
+            provider = pa.TokenProvider(
+                f"unknown-{i}", f"secret-{i}", base_url=str(fake.base_url), cache=cache, retry=FAST
+            )
+            async with provider:
+                with pytest.raises(pa.InvalidCredentialsError):
+                    await provider.get_token()
+            assert len(cache.key_states) == 0
+        assert len(fake.token_requests) == 300
+
+
+@pytest.mark.usefixtures("no_leftover_fetches")
+async def test_expired_tokens_of_closed_providers_are_swept_by_later_stores() -> None:
+    async with FakePlainID(expires_in=1) as fake:
+        cache = pa.MemoryTokenCache()
+        soon_gone = pa.Token.issued("old", expires_in=1, sent_at_monotonic=time.monotonic() - 0.95)
+        for i in range(20):
+            await cache.store(pa.CacheKey.for_credentials("u", f"c{i}", "s"), soon_gone)
+        assert len(cache.key_states) == 20
+        while soon_gone.remaining() > 0:  # noqa: ASYNC110 (waiting on the clock itself)
+            await asyncio.sleep(0.01)
+        provider = make_provider(fake, cache=cache)
+        async with provider:
+            for _ in range(10):
+                await provider.get_token(force_refresh=True)
+        # each store looks at a couple of the least recently used keys and drops dead ones
+        assert len(cache.key_states) == 1
+
+
+# -- many tenants (moved from test_core.py) ------------------------------------------
+
+
+@pytest.mark.usefixtures("no_leftover_fetches")
+async def test_least_recently_used_keys_are_evicted_and_fetch_again() -> None:
+    async with FakePlainID() as fake:
+        for i in range(3):
+            fake.add_client(f"tenant-{i}", f"secret-{i}")
+        cache = pa.MemoryTokenCache(max_entries=2)
+        providers = [
+            pa.TokenProvider(f"tenant-{i}", f"secret-{i}", base_url=str(fake.base_url), cache=cache)
+            for i in range(3)
+        ]
+        first = await providers[0].get_token()
+        await providers[1].get_token()
+        await providers[2].get_token()  # tenant-0 is the least recently used: evicted
+        assert len(cache.key_states) == 2
+        assert cache.get(providers[0].cache_key) is None
+        again = await providers[0].get_token()  # its hot slot must not serve the evicted token
+        assert again is not first
+        assert len(fake.token_requests) == 4
+        for provider in providers:
+            await provider.close()
+
+
+@pytest.mark.usefixtures("no_leftover_fetches")
+def test_max_entries_must_be_a_positive_integer() -> None:
+    for bad in (0, -1, 1.5, True, "10"):
+        with pytest.raises(pa.ConfigurationError, match="max_entries"):
+            pa.MemoryTokenCache(max_entries=bad)  # type: ignore[arg-type]
+    assert pa.MemoryTokenCache().max_entries == 10_000

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import gc
 import logging
-import math
 import os
 import threading
 import time
@@ -20,16 +19,16 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import pytest
 from _clock import PolicyClock
+from _providers import FAST
 from _reliability import record
+from _servers import fake_in_thread, requests_seen, settle
 from aiohttp import web
 
 import plainid_async as pa
 from plainid_async.testing import FakePlainID, free_port, running_fetches
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator
-
-FAST = pa.RetryPolicy(attempts=2, backoff_base=0.01, backoff_max=0.02, deadline=2.0)
+    from collections.abc import AsyncIterator
 
 
 def provider_on(fake: FakePlainID, cache: pa.TokenCache, **options: Any) -> pa.TokenProvider:
@@ -39,337 +38,8 @@ def provider_on(fake: FakePlainID, cache: pa.TokenCache, **options: Any) -> pa.T
     )
 
 
-async def requests_seen(fake: FakePlainID, count: int = 1) -> None:
-    """Wait until ``fake`` has received ``count`` token requests."""
-    while len(fake.token_requests) < count:  # noqa: ASYNC110 (polling the fake is the point)
-        await asyncio.sleep(0.005)
-
-
-async def settle() -> None:
-    """Wait for every token fetch in flight to finish."""
-    await asyncio.gather(*(f.wait() for f in running_fetches()), return_exceptions=True)
-
-
 #: Every test here fails if it leaves a token fetch running.
 pytestmark = pytest.mark.usefixtures("no_leftover_fetches")
-
-
-@contextlib.contextmanager
-def fake_in_thread(**options: Any) -> Iterator[FakePlainID]:
-    """A FakePlainID served by its own thread and loop, for callers that run asyncio.run."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    fake = FakePlainID(**options)
-    asyncio.run_coroutine_threadsafe(fake.start(), loop).result(10)
-    try:
-        yield fake
-    finally:
-        asyncio.run_coroutine_threadsafe(fake.close(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
-
-
-# -- 1. flights belong to the cache --------------------------------------------------------
-
-
-async def test_failure_streak_lives_in_the_cache_that_holds_the_key() -> None:
-    async with FakePlainID() as fake:
-        first, second = pa.MemoryTokenCache(), pa.MemoryTokenCache()
-        failing = provider_on(fake, first, retry=FAST)
-        other = provider_on(fake, second, retry=FAST)
-        async with failing, other:
-            fake.start_outage(503)
-            with pytest.raises(pa.TokenEndpointUnavailableError):
-                await failing.get_token()
-            state = first.key_states.get(failing.cache_key)
-            assert state is not None
-            assert state.failures == 1
-            assert state.cooldown_until > time.monotonic()
-            # Another cache knows nothing of it: its provider fetches at once.
-            fake.end_outage()
-            assert fake.is_valid((await other.get_token()).access_token)
-
-
-async def test_closed_failing_providers_leave_nothing_behind() -> None:
-    """Many failing client ids, every provider closed: no per-key state stays (no secret)."""
-    async with FakePlainID() as fake:
-        cache = pa.MemoryTokenCache()
-        for i in range(300):
-            provider = pa.TokenProvider(
-                f"unknown-{i}", f"secret-{i}", base_url=str(fake.base_url), cache=cache, retry=FAST
-            )
-            async with provider:
-                with pytest.raises(pa.InvalidCredentialsError):
-                    await provider.get_token()
-            assert len(cache.key_states) == 0
-        assert len(fake.token_requests) == 300
-
-
-async def test_expired_tokens_of_closed_providers_are_swept_by_later_stores() -> None:
-    async with FakePlainID(expires_in=1) as fake:
-        cache = pa.MemoryTokenCache()
-        soon_gone = pa.Token.issued("old", expires_in=1, sent_at_monotonic=time.monotonic() - 0.95)
-        for i in range(20):
-            await cache.store(pa.CacheKey.for_credentials("u", f"c{i}", "s"), soon_gone)
-        assert len(cache.key_states) == 20
-        while soon_gone.remaining() > 0:  # noqa: ASYNC110 (waiting on the clock itself)
-            await asyncio.sleep(0.01)
-        provider = provider_on(fake, cache)
-        async with provider:
-            for _ in range(10):
-                await provider.get_token(force_refresh=True)
-        # each store looks at a couple of the least recently used keys and drops dead ones
-        assert len(cache.key_states) == 1
-
-
-# -- 2. waiters never hang, and keep their own budget ----------------------------------
-
-
-async def test_a_fail_fast_provider_waits_only_its_own_budget_on_a_hung_shared_fetch() -> None:
-    async with FakePlainID() as fake:
-        cache = pa.MemoryTokenCache()
-        patient = provider_on(fake, cache, timeout=30.0, retry=pa.RetryPolicy(attempts=1))
-        hasty = provider_on(fake, cache, timeout=0.3, retry=pa.RetryPolicy(attempts=1))
-        async with patient, hasty:
-            fake.hang = True
-            hung = asyncio.create_task(patient.get_token())
-            await requests_seen(fake)
-            started = time.monotonic()
-            # Without its own budget it would wait the 30 s of the fetch it joined.
-            with pytest.raises(pa.TokenEndpointUnavailableError, match="time budget"):
-                await asyncio.wait_for(hasty.get_token(), 10)
-            waited = time.monotonic() - started
-            assert len(fake.token_requests) == 1  # it joined; it did not fetch
-            hung.cancel()
-            await asyncio.gather(hung, return_exceptions=True)
-    record(
-        "waiter budget: fail-fast provider joins a hung fetch",
-        budget="timeout=0.3 s, attempts=1 (+0.25 s grace)",
-        waited_s=round(waited, 3),
-        joined_fetch_timeout_s=30,
-    )
-
-
-async def test_a_waiter_takes_the_token_that_arrived_while_its_loop_was_too_busy_to_wake_it() -> (
-    None
-):
-    """The fetch succeeds in time, but the callers' loop is busy past their budget (1,000
-    httpx requests queued on one pool did it in the cold-stampede benchmark): each waiter's
-    timeout and its wake-up then run together, and the token that is there wins.
-    """
-    budget = 0.3 + 0.25  # timeout, one attempt, plus the grace
-    succeeded = threading.Event()
-
-    def on_event(event: pa.TokenEvent) -> None:
-        if event.kind is pa.EventKind.FETCH_SUCCEEDED:
-            succeeded.set()
-
-    def other_work() -> None:
-        """Runs on the callers' loop: nothing else runs there until it returns."""
-        succeeded.wait(10)
-        time.sleep(budget * 2)
-
-    with fake_in_thread() as fake:
-        provider = provider_on(
-            fake,
-            pa.MemoryTokenCache(),
-            timeout=0.3,
-            retry=pa.RetryPolicy(attempts=1),
-            on_event=on_event,
-        )
-        async with provider:
-            callers = [asyncio.create_task(provider.get_token()) for _ in range(20)]
-            asyncio.get_running_loop().call_soon(other_work)  # after the callers start waiting
-            tokens = await asyncio.wait_for(asyncio.gather(*callers), 10)
-        assert succeeded.is_set()
-        assert {token.access_token for token in tokens} == set(fake.issued_tokens)
-        assert len(fake.token_requests) == 1
-
-
-async def test_waiters_on_another_loop_fetch_anew_when_the_fetch_loop_stops() -> None:
-    """A fetch bound to loop A (a session= of A): A stops, the waiter on this loop goes on."""
-    async with FakePlainID() as fake:
-        cache = pa.MemoryTokenCache()
-        loop_a = asyncio.new_event_loop()
-        thread = threading.Thread(target=loop_a.run_forever, daemon=True)
-        thread.start()
-
-        async def start_on_a() -> tuple[aiohttp.ClientSession, pa.TokenProvider, Any]:
-            session = aiohttp.ClientSession()
-            provider_a = provider_on(fake, cache, session=session)
-            return session, provider_a, asyncio.ensure_future(provider_a.get_token())
-
-        fake.hang = True
-        session_a, provider_a, task_a = asyncio.run_coroutine_threadsafe(
-            start_on_a(), loop_a
-        ).result(10)
-        await requests_seen(fake)
-        [flight] = running_fetches()
-        assert flight.loop is loop_a
-        here = provider_on(fake, cache, retry=FAST)
-        waiter = asyncio.create_task(here.get_token())
-        await asyncio.sleep(0.1)  # it joined the flight of loop A
-        assert not waiter.done()
-        assert len(fake.token_requests) == 1
-        fake.hang = False
-        loop_a.call_soon_threadsafe(loop_a.stop)
-        thread.join(10)
-        started = time.monotonic()
-        token = await asyncio.wait_for(waiter, 10)  # before: waited forever
-        waited = time.monotonic() - started
-        assert fake.is_valid(token.access_token)
-
-        async def clean_up_a() -> None:
-            task_a.cancel()
-            await asyncio.gather(task_a, return_exceptions=True)
-            await provider_a.close()
-            await session_a.close()
-
-        thread = threading.Thread(target=loop_a.run_until_complete, args=(clean_up_a(),))
-        thread.start()
-        thread.join(10)
-        loop_a.close()
-        await here.close()
-    record("waiter: the loop running its fetch stopped", restarted_after_s=round(waited, 3))
-
-
-# -- 3. background refreshes outlive the loop that started them ------------------------
-
-
-def test_a_refresh_started_by_a_loop_that_ends_still_lands() -> None:
-    with fake_in_thread(latency=0.1) as fake:
-        cache = pa.MemoryTokenCache()
-        provider = provider_on(fake, cache)
-        first = asyncio.run(provider.get_token())
-        stale = pa.Token(
-            access_token=first.access_token,
-            token_type="Bearer",
-            expires_in=100.0,
-            expires_at=time.time() + 40,
-            expires_at_monotonic=time.monotonic() + 40,
-        )
-        asyncio.run(cache.store(provider.cache_key, stale))
-        # The loop ends at once; the refresh it started (100 ms at the endpoint) goes on.
-        assert asyncio.run(provider.get_token()) is stale
-        [flight] = running_fetches()
-        flight.future.result(10)
-        assert cache.get(provider.cache_key) not in (None, stale)
-        assert len(fake.token_requests) == 2
-
-
-class DictCache:
-    """A cache of a user's own: the TokenCache protocol over a dict, nothing optional."""
-
-    def __init__(self) -> None:
-        self.tokens: dict[pa.CacheKey, pa.Token] = {}
-        self.loops: set[asyncio.AbstractEventLoop] = set()
-
-    def get(self, key: pa.CacheKey) -> pa.Token | None:
-        return self.tokens.get(key)
-
-    async def load(self, key: pa.CacheKey) -> pa.Token | None:
-        self.loops.add(asyncio.get_running_loop())
-        return self.tokens.get(key)
-
-    async def store(self, key: pa.CacheKey, token: pa.Token) -> None:
-        self.tokens[key] = token
-
-    def discard(self, key: pa.CacheKey, token: pa.Token) -> bool:
-        if self.tokens.get(key) is token:
-            del self.tokens[key]
-            return True
-        return False
-
-    def fetch_lock(self, key: pa.CacheKey) -> contextlib.AbstractAsyncContextManager[object]:  # noqa: ARG002
-        return contextlib.nullcontext()
-
-
-def test_a_refresh_for_a_user_cache_started_by_a_loop_that_ends_still_lands() -> None:
-    """One fetch path for every cache: a user's cache gets the refresher's loop too."""
-    with fake_in_thread(latency=0.1) as fake:
-        cache = DictCache()
-        provider = pa.TokenProvider(
-            fake.client_id, fake.client_secret, base_url=str(fake.base_url), cache=cache
-        )
-        first = asyncio.run(provider.get_token())
-        stale = pa.Token(
-            access_token=first.access_token,
-            token_type="Bearer",
-            expires_in=100.0,
-            expires_at=time.time() + 40,
-            expires_at_monotonic=time.monotonic() + 40,
-        )
-        asyncio.run(cache.store(provider.cache_key, stale))
-        loops_before = set(cache.loops)
-        # The loop ends at once; the refresh it started (100 ms at the endpoint) goes on.
-        assert asyncio.run(provider.get_token()) is stale
-        [flight] = running_fetches()
-        flight.future.result(10)
-        assert cache.get(provider.cache_key) not in (None, stale)
-        assert len(fake.token_requests) == 2
-        assert cache.loops == loops_before  # both fetches ran on one loop, the refresher's
-
-
-def test_a_session_of_a_loop_that_does_not_run_fails_with_an_error_naming_session() -> None:
-    with fake_in_thread() as fake:
-        other = asyncio.new_event_loop()
-        try:
-
-            async def make_session() -> aiohttp.ClientSession:
-                return aiohttp.ClientSession()
-
-            session = other.run_until_complete(make_session())
-            provider = pa.TokenProvider(
-                fake.client_id,
-                fake.client_secret,
-                base_url=str(fake.base_url),
-                cache=pa.MemoryTokenCache(),
-                session=session,
-            )
-            with pytest.raises(pa.ConfigurationError, match="session="):
-                asyncio.run(provider.get_token())
-            assert fake.token_requests == []
-            other.run_until_complete(session.close())
-        finally:
-            other.close()
-
-
-def test_two_hundred_asyncio_runs_need_no_extra_token_requests() -> None:
-    """What Django, Flask or Celery code does: ``asyncio.run`` per request."""
-    lifetime, latency, runs = 3.0, 0.1, 200
-    with fake_in_thread(expires_in=lifetime, latency=latency) as fake:
-        provider = provider_on(fake, pa.MemoryTokenCache())
-
-        async def handle_request() -> pa.Token:
-            token = await provider.get_token()
-            await asyncio.sleep(0.02)  # the request's own work
-            return token
-
-        started = time.monotonic()
-        tokens = [asyncio.run(handle_request()) for _ in range(runs)]
-        elapsed = time.monotonic() - started
-        for flight in running_fetches():
-            flight.future.result(10)
-        stats = provider.stats
-        # A token is usable for 2.7 s of its 3 s: this many cover the run, at the least.
-        needed = math.ceil(elapsed / (lifetime * 0.9))
-        requests = len(fake.token_requests)
-        distinct = len({t.access_token for t in tokens})
-        assert all(r.status == 200 for r in fake.token_requests)
-        assert requests <= needed + 3, (requests, needed)
-        assert stats.waits == 1  # only the very first call, with nothing cached, waited
-    record(
-        "asyncio.run per request",
-        load=f"{runs} asyncio.run calls of ~20 ms, {lifetime:g} s tokens, {latency:g} s latency",
-        elapsed_s=round(elapsed, 2),
-        token_requests=requests,
-        tokens_needed=needed,
-        tokens_served=distinct,
-        waits=stats.waits,
-        background_refreshes=stats.background_refreshes,
-    )
 
 
 # -- 4. a memory of failures -----------------------------------------------------------
@@ -582,71 +252,6 @@ def test_the_guard_interval_doubles_on_repeats_and_resets_after_a_quiet_spell() 
     asyncio.run(cache.store(provider.cache_key, token))
     assert provider.report_unauthorized(token)
     assert round(state.guard.until - clock()) == 5
-
-
-# -- 6. closed means closed ------------------------------------------------------------
-
-
-async def test_after_close_nothing_hands_out_a_token() -> None:
-    async with FakePlainID() as fake:
-        provider = provider_on(fake, pa.MemoryTokenCache())
-        async with provider.session() as session:
-            await provider.get_token()
-            await provider.close()
-            assert provider.token_state() is pa.TokenState.FRESH  # looking starts nothing
-            with pytest.raises(pa.ProviderClosedError):
-                await provider.get_token()
-            with pytest.raises(pa.ProviderClosedError):
-                await session.get("api/1.0/x")
-            with pytest.raises(pa.ProviderClosedError):
-                await provider.get_token()
-
-
-async def test_a_call_waiting_when_its_provider_closes_gets_no_token() -> None:
-    async with FakePlainID(latency=0.2) as fake:
-        cache = pa.MemoryTokenCache()
-        starter, waiting = provider_on(fake, cache), provider_on(fake, cache)
-        async with starter:
-            first = asyncio.create_task(starter.get_token())
-            await requests_seen(fake)
-            call = asyncio.create_task(waiting.get_token())
-            while waiting.stats.waits == 0:  # noqa: ASYNC110 (it joined the starter's fetch)
-                await asyncio.sleep(0)
-            await waiting.close()
-            with pytest.raises(pa.ProviderClosedError):
-                await asyncio.wait_for(call, 10)
-            assert fake.is_valid((await first).access_token)
-
-
-# -- 7. many tenants -------------------------------------------------------------------
-
-
-async def test_least_recently_used_keys_are_evicted_and_fetch_again() -> None:
-    async with FakePlainID() as fake:
-        for i in range(3):
-            fake.add_client(f"tenant-{i}", f"secret-{i}")
-        cache = pa.MemoryTokenCache(max_entries=2)
-        providers = [
-            pa.TokenProvider(f"tenant-{i}", f"secret-{i}", base_url=str(fake.base_url), cache=cache)
-            for i in range(3)
-        ]
-        first = await providers[0].get_token()
-        await providers[1].get_token()
-        await providers[2].get_token()  # tenant-0 is the least recently used: evicted
-        assert len(cache.key_states) == 2
-        assert cache.get(providers[0].cache_key) is None
-        again = await providers[0].get_token()  # its hot slot must not serve the evicted token
-        assert again is not first
-        assert len(fake.token_requests) == 4
-        for provider in providers:
-            await provider.close()
-
-
-def test_max_entries_must_be_a_positive_integer() -> None:
-    for bad in (0, -1, 1.5, True, "10"):
-        with pytest.raises(pa.ConfigurationError, match="max_entries"):
-            pa.MemoryTokenCache(max_entries=bad)  # type: ignore[arg-type]
-    assert pa.MemoryTokenCache().max_entries == 10_000
 
 
 # -- 8. the hot path never serves a dropped token --------------------------------------
@@ -902,3 +507,33 @@ def token_with_remaining(remaining: float, lifetime: float = 100.0) -> pa.Token:
         expires_at=time.time() + remaining,
         expires_at_monotonic=time.monotonic() + remaining,
     )
+
+
+async def test_a_revocation_after_steady_unrelated_401s_recovers_on_the_second_call(
+    always_401: str,
+) -> None:
+    """One API path answers 401 all the time (a permission problem); then the token is
+    really revoked: healthy calls recover within 2 calls, not after the guard's interval."""
+    async with FakePlainID() as fake:
+        provider = provider_on(fake, pa.MemoryTokenCache())
+        middleware = pa.BearerAuthMiddleware(provider, origins=[always_401])
+        async with provider, aiohttp.ClientSession(middlewares=(middleware,)) as session:
+
+            async def healthy() -> int:
+                async with session.get(f"{fake.base_url}/api/1.0/x") as response:
+                    return response.status
+
+            async def refused() -> int:
+                async with session.get(f"{always_401}/api/1.0/x") as response:
+                    return response.status
+
+            for _ in range(10):  # steady: the refused path 401s, the healthy one works
+                assert await refused() == 401
+                assert await healthy() == 200
+                assert await healthy() == 200
+            steady_requests = len(fake.token_requests)
+            fake.revoke((await provider.get_token()).access_token)
+            statuses = [await healthy(), await healthy(), await healthy()]
+    assert statuses[1:] == [200, 200], statuses  # recovered by the second call
+    assert len(fake.token_requests) == steady_requests + 1
+    assert steady_requests <= 3  # the unrelated 401s cost no token storm

@@ -899,3 +899,37 @@ async def test_secret_and_token_appear_in_no_log_repr_or_error(
     assert secret not in said
     for value in issued:
         assert value not in said
+
+
+# -- closed means closed (moved from test_core.py) ------------------------------------
+
+
+async def test_after_close_nothing_hands_out_a_token() -> None:
+    async with FakePlainID() as fake:
+        provider = provider_on(fake, pa.MemoryTokenCache())
+        async with provider.session() as session:
+            await provider.get_token()
+            await provider.close()
+            assert provider.token_state() is pa.TokenState.FRESH  # looking starts nothing
+            with pytest.raises(pa.ProviderClosedError):
+                await provider.get_token()
+            with pytest.raises(pa.ProviderClosedError):
+                await session.get("api/1.0/x")
+            with pytest.raises(pa.ProviderClosedError):
+                await provider.get_token()
+
+
+async def test_a_call_waiting_when_its_provider_closes_gets_no_token() -> None:
+    async with FakePlainID(latency=0.2) as fake:
+        cache = pa.MemoryTokenCache()
+        starter, waiting = provider_on(fake, cache), provider_on(fake, cache)
+        async with starter:
+            first = asyncio.create_task(starter.get_token())
+            await requests_seen(fake)
+            call = asyncio.create_task(waiting.get_token())
+            while waiting.stats.waits == 0:  # noqa: ASYNC110 (it joined the starter's fetch)
+                await asyncio.sleep(0)
+            await waiting.close()
+            with pytest.raises(pa.ProviderClosedError):
+                await asyncio.wait_for(call, 10)
+            assert fake.is_valid((await first).access_token)
