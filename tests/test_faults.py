@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import secrets
 import time
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Self
 
 import aiohttp
 import pytest
+from _providers import make_provider as shared_make_provider
 from _reliability import (
     LoopWatch,
     RawServer,
@@ -50,15 +52,10 @@ def redaction(caplog: pytest.LogCaptureFixture) -> Iterator[Redaction]:
     yield from watch_redaction(caplog, SECRET)
 
 
-def make_provider(base_url: object, *, client_id: str = "cid", **kwargs: Any) -> pa.TokenProvider:
-    options: dict[str, Any] = {
-        "base_url": str(base_url),
-        "cache": pa.MemoryTokenCache(),
-        "retry": POLICY,
-        "timeout": TIMEOUT,
-    }
-    options.update(kwargs)
-    return pa.TokenProvider(client_id, SECRET, **options)
+#: A provider for a base URL with this module's client, secret, retry policy and timeout.
+make_provider = functools.partial(
+    shared_make_provider, client_id="cid", client_secret=SECRET, retry=POLICY, timeout=TIMEOUT
+)
 
 
 async def callers(

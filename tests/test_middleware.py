@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Self, cast
 import aiohttp
 import attrs
 import pytest
+from _providers import make_provider
 from aiohttp import hdrs, web
 from yarl import URL
 
@@ -72,26 +73,9 @@ class Server:
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[FakePlainID]:
-    async with FakePlainID() as server:
-        yield server
-
-
-@pytest.fixture
 async def other() -> AsyncIterator[Server]:
     async with Server() as server:
         yield server
-
-
-def make_provider(fake: FakePlainID, **kwargs: Any) -> _TokenProvider:
-    options: dict[str, Any] = {
-        "client_id": fake.client_id,
-        "client_secret": fake.client_secret,
-        "base_url": fake.base_url,
-        "cache": MemoryTokenCache(),
-    }
-    options.update(kwargs)
-    return _TokenProvider(**options)
 
 
 @pytest.fixture
