@@ -890,11 +890,6 @@ async def test_help_and_docs_state_that_the_cli_reads_proxy_variables_and_the_li
 # -- --cafile: a CA bundle to trust for the token request ------------------------------------
 
 
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
 @pytest.fixture
 async def https_fake(ca: trustme.CA) -> AsyncIterator[FakePlainID]:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

@@ -29,7 +29,6 @@ import httpx2
 import pytest
 import redis.asyncio
 import sentry_sdk
-import trustme
 from _proxy import PROXY_VARIABLES, TinyProxy
 from _redis_server import RedisServer, redis_binary
 from aiohttp import web
@@ -59,6 +58,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
     from pathlib import Path
 
+    import trustme
     from sentry_sdk.envelope import Envelope
 
 SECRET = 'b64+Secret/Value==-of-the-"client"'
@@ -435,11 +435,6 @@ def exception_texts(error: BaseException) -> dict[str, str]:
 def assert_nothing_leaked(texts: dict[str, str]) -> None:
     leaked = {where: found for where, text in texts.items() if (found := leaks_in(text))}
     assert not leaked, f"secrets found: {leaked}"
-
-
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
 
 
 @pytest.fixture(scope="module")
