@@ -10,6 +10,10 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import pytest
 from _clock import PolicyClock
+from _providers import FAST, make_provider
+from _reliability import record
+from _servers import LoopbackServer
+from aiohttp import web
 
 import plainid_async as pa
 from plainid_async.testing import FakePlainID, FakeResponse, free_port, running_fetches
@@ -933,3 +937,216 @@ async def test_a_call_waiting_when_its_provider_closes_gets_no_token() -> None:
             with pytest.raises(pa.ProviderClosedError):
                 await asyncio.wait_for(call, 10)
             assert fake.is_valid((await first).access_token)
+
+
+# -- the 401 guard (moved from test_core.py) -----------------------------------------------
+
+
+@pytest.fixture
+async def always_401() -> AsyncIterator[str]:
+    """An API on 127.0.0.1 that answers 401 to every request."""
+
+    async def refuse(request: web.Request) -> web.Response:
+        return web.Response(status=401, text="no")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", refuse)
+    async with LoopbackServer(app) as server:
+        yield str(server.url)
+
+
+async def guarded_calls(provider: pa.TokenProvider, api: str, calls: int) -> list[int]:
+    middleware = pa.BearerAuthMiddleware(provider, origins=[api])
+    statuses = []
+    async with aiohttp.ClientSession(middlewares=(middleware,)) as session:
+        for _ in range(calls):
+            async with session.get(f"{api}/api/1.0/anything") as response:
+                statuses.append(response.status)
+    return statuses
+
+
+async def test_an_api_that_always_answers_401_costs_at_most_three_token_requests(
+    always_401: str,
+) -> None:
+    async with FakePlainID() as fake:
+        provider = make_provider(fake, cache=pa.MemoryTokenCache())
+        async with provider:
+            statuses = await guarded_calls(provider, always_401, 50)
+    assert statuses == [401] * 50
+    assert len(fake.token_requests) <= 3
+    record(
+        "401 guard: an API that always answers 401",
+        load="50 sequential calls through BearerAuthMiddleware",
+        token_requests=len(fake.token_requests),
+    )
+
+
+async def test_a_token_revoked_once_recovers_on_the_next_call() -> None:
+    async with FakePlainID() as fake:
+        provider = make_provider(fake, cache=pa.MemoryTokenCache())
+        async with provider, provider.session() as session:
+            token = await provider.get_token()
+            fake.revoke(token.access_token)
+            async with session.get("api/1.0/x") as response:
+                assert response.status == 200
+            assert len(fake.token_requests) == 2
+            # A second rejection inside the guard interval comes back as it is: no request.
+            fake.revoke((await provider.get_token()).access_token)
+            async with session.get("api/1.0/x") as response:
+                assert response.status == 401
+            assert len(fake.token_requests) == 2
+
+
+def test_the_guard_interval_doubles_on_repeats_and_resets_after_a_quiet_spell() -> None:
+    provider = pa.TokenProvider("id", "secret", region="us1", cache=pa.MemoryTokenCache())
+    cache = provider.cache
+    assert isinstance(cache, pa.MemoryTokenCache)
+    clock = PolicyClock(cache.key_states)
+    state = cache.key_states.state(provider.cache_key)
+    lengths: list[int] = []
+    for _ in range(6):
+        token = pa.Token.issued(f"t{len(lengths)}", expires_in=3600)
+        asyncio.run(cache.store(provider.cache_key, token))
+        assert provider.report_unauthorized(token)
+        guard = state.guard
+        # Another 401 for the token being replaced: its retry waits for the replacement,
+        # and the guard is left as it is.
+        assert provider.report_unauthorized(token)
+        assert state.guard == guard
+        lengths.append(round(state.guard.until - clock()))
+        clock.skip(state.guard.until - clock())  # the interval has just ended
+    assert lengths == [5, 10, 20, 40, 60, 60]
+    clock.skip(state.guard.until - clock() + 1000)  # long quiet: the next one starts over
+    token = pa.Token.issued("later", expires_in=3600)
+    asyncio.run(cache.store(provider.cache_key, token))
+    assert provider.report_unauthorized(token)
+    assert round(state.guard.until - clock()) == 5
+
+
+async def test_a_revocation_after_steady_unrelated_401s_recovers_on_the_second_call(
+    always_401: str,
+) -> None:
+    """One API path answers 401 all the time (a permission problem); then the token is
+    really revoked: healthy calls recover within 2 calls, not after the guard's interval."""
+    async with FakePlainID() as fake:
+        provider = make_provider(fake, cache=pa.MemoryTokenCache())
+        middleware = pa.BearerAuthMiddleware(provider, origins=[always_401])
+        async with provider, aiohttp.ClientSession(middlewares=(middleware,)) as session:
+
+            async def healthy() -> int:
+                async with session.get(f"{fake.base_url}/api/1.0/x") as response:
+                    return response.status
+
+            async def refused() -> int:
+                async with session.get(f"{always_401}/api/1.0/x") as response:
+                    return response.status
+
+            for _ in range(10):  # steady: the refused path 401s, the healthy one works
+                assert await refused() == 401
+                assert await healthy() == 200
+                assert await healthy() == 200
+            steady_requests = len(fake.token_requests)
+            fake.revoke((await provider.get_token()).access_token)
+            statuses = [await healthy(), await healthy(), await healthy()]
+    assert statuses[1:] == [200, 200], statuses  # recovered by the second call
+    assert len(fake.token_requests) == steady_requests + 1
+    assert steady_requests <= 3  # the unrelated 401s cost no token storm
+
+
+# -- the hot path never serves a dropped token (moved from test_core.py) -------------------
+
+
+async def test_an_invalidated_token_is_never_served_from_the_hot_path() -> None:
+    async with FakePlainID() as fake:
+        cache = pa.MemoryTokenCache()
+        provider = make_provider(fake, cache=cache)
+        async with provider:
+            token = await provider.get_token()
+            assert await provider.get_token() is token  # the hot path
+            other = make_provider(fake, cache=cache)
+            assert other.invalidate(token)  # another provider of the key drops it
+            assert await provider.get_token() is not token
+            cache.clear()
+            assert await provider.get_token() is not token
+            await other.close()
+
+
+async def test_a_cool_down_lasts_at_least_the_servers_retry_after() -> None:
+    async with FakePlainID() as fake:
+        cache = pa.MemoryTokenCache()
+        retry = pa.RetryPolicy(attempts=3, backoff_base=0.01, deadline=1.0)
+        provider = make_provider(fake, cache=cache, retry=retry)
+        async with provider:
+            fake.start_outage(503, retry_after="20")
+            with pytest.raises(pa.TokenEndpointUnavailableError) as info:
+                await provider.get_token()
+            assert info.value.retry_after == 20
+            # Retry-After went past the deadline: one attempt, then a 20 s cool-down.
+            assert len(fake.token_requests) == 1
+            state = cache.key_states.get(provider.cache_key)
+            assert state is not None
+            assert state.cooldown_until - time.monotonic() > 19
+
+
+# -- a valid token is replaced, never dropped, issue 20 (moved from test_core.py) ----------
+
+
+async def test_a_token_that_arrives_expired_is_a_failed_fetch_never_handed_out() -> None:
+    """A 2 s token after 2.5 s of latency (a process frozen mid-fetch): nobody gets it."""
+    async with FakePlainID(expires_in=2, latency=2.5) as fake:
+        cache = pa.MemoryTokenCache()
+        provider = make_provider(fake, cache=cache, retry=pa.RetryPolicy(attempts=1))
+        async with provider:
+            callers = [asyncio.create_task(provider.get_token()) for _ in range(3)]
+            results = await asyncio.wait_for(asyncio.gather(*callers, return_exceptions=True), 30)
+            for result in results:
+                assert isinstance(result, pa.TokenEndpointUnavailableError), result
+                assert "expired" in str(result)
+            assert len(fake.token_requests) == 1
+            assert cache.get(provider.cache_key) is None  # not stored either
+            health = provider.health()
+            assert health.failures == 1
+            assert provider.stats.failures == 1
+
+
+async def test_force_refresh_during_an_outage_keeps_the_valid_token_served() -> None:
+    async with FakePlainID() as fake:
+        provider = make_provider(fake, cache=pa.MemoryTokenCache(), retry=FAST)
+        async with provider:
+            token = await provider.get_token()
+            fake.start_outage(503)
+            with pytest.raises(pa.TokenEndpointUnavailableError):
+                await provider.get_token(force_refresh=True)
+            # Replace, never drop: the token, still valid, is served to every other call.
+            served = [await provider.get_token() for _ in range(100)]
+            assert all(t is token for t in served)
+            fake.end_outage()
+            fresh = await provider.get_token(force_refresh=True)
+            assert fresh != token
+            assert await provider.get_token() is fresh
+
+
+async def test_a_401_during_an_outage_gets_its_response_and_the_valid_token_stays() -> None:
+    async with FakePlainID() as fake:
+        provider = make_provider(fake, cache=pa.MemoryTokenCache(), retry=FAST)
+        async with provider, provider.session() as session:
+            token = await provider.get_token()
+            fake.start_outage(503)
+            fake.revoke(token.access_token)
+            # The 401 call gets a response (its 401), not the endpoint's outage.
+            async with session.get("api/1.0/x") as response:
+                assert response.status == 401
+            assert await provider.get_token() is token  # not dropped before a replacement
+            fake.end_outage()
+
+
+async def test_a_replacement_refused_for_invalid_credentials_drops_the_token() -> None:
+    async with FakePlainID() as fake:
+        provider = make_provider(fake, cache=pa.MemoryTokenCache(), retry=FAST)
+        async with provider:
+            token = await provider.get_token()
+            fake.start_outage(401)
+            with pytest.raises(pa.InvalidCredentialsError):
+                await provider.get_token(force_refresh=True)
+            assert provider.cache.get(provider.cache_key) is None
+            assert token is not None
