@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import aiohttp
 import pytest
 from _clock import PolicyClock
 from _providers import FAST, make_provider
 from _reliability import record
-from _servers import LoopbackServer
+from _servers import LoopbackServer, requests_seen, settle
 from aiohttp import web
 
 import plainid_async as pa
@@ -21,8 +21,6 @@ from plainid_async.testing import FakePlainID, FakeResponse, free_port, running_
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from pathlib import Path
-
-FAST_RETRY = pa.RetryPolicy(attempts=2, backoff_base=0.01, backoff_max=0.02, deadline=2.0)
 
 
 @pytest.fixture
@@ -40,7 +38,7 @@ def cache() -> pa.MemoryTokenCache:
 async def provider(
     fake: FakePlainID, cache: pa.MemoryTokenCache
 ) -> AsyncIterator[pa.TokenProvider]:
-    async with provider_on(fake, cache, retry=FAST_RETRY, timeout=2.0) as p:
+    async with make_provider(fake, cache=cache, retry=FAST, timeout=2.0) as p:
         yield p
 
 
@@ -56,24 +54,6 @@ def token_with(remaining: float, lifetime: float = 100.0, value: str = "preloade
         expires_in=lifetime,
         expires_at=time.time() + remaining,
         expires_at_monotonic=time.monotonic() + remaining,
-    )
-
-
-async def settle() -> None:
-    """Wait for every token fetch in flight to finish."""
-    await asyncio.gather(*(f.wait() for f in running_fetches()), return_exceptions=True)
-
-
-async def requests_seen(fake: FakePlainID, count: int = 1) -> None:
-    """Wait until ``fake`` has received ``count`` token requests."""
-    while len(fake.token_requests) < count:  # noqa: ASYNC110 (polling the fake is the point)
-        await asyncio.sleep(0.005)
-
-
-def provider_on(fake: FakePlainID, cache: pa.MemoryTokenCache, **options: Any) -> pa.TokenProvider:
-    """A TokenProvider with ``fake``'s credentials and URL, ``cache`` and ``options``."""
-    return pa.TokenProvider(
-        fake.client_id, fake.client_secret, base_url=str(fake.base_url), cache=cache, **options
     )
 
 
@@ -301,8 +281,8 @@ async def test_expiry_is_measured_from_when_the_request_was_sent(
 async def test_two_providers_with_the_same_credentials_share_one_token(
     fake: FakePlainID, cache: pa.MemoryTokenCache
 ) -> None:
-    a = provider_on(fake, cache)
-    b = provider_on(fake, cache)
+    a = make_provider(fake, cache=cache)
+    b = make_provider(fake, cache=cache)
     async with a, b:
         ta, tb = await asyncio.gather(a.get_token(), b.get_token())
         assert ta is tb
@@ -325,9 +305,7 @@ async def test_a_provider_with_another_secret_never_gets_that_token(
 ) -> None:
     base = str(fake.base_url)
     good = pa.TokenProvider(fake.client_id, fake.client_secret, base_url=base, cache=cache)
-    bad = pa.TokenProvider(
-        fake.client_id, "another-secret", base_url=base, cache=cache, retry=FAST_RETRY
-    )
+    bad = pa.TokenProvider(fake.client_id, "another-secret", base_url=base, cache=cache, retry=FAST)
     async with good, bad:
         await good.get_token()
         with pytest.raises(pa.InvalidCredentialsError):
@@ -339,7 +317,7 @@ async def test_rejected_credentials_are_tried_once_and_every_caller_gets_the_sam
     fake: FakePlainID, cache: pa.MemoryTokenCache
 ) -> None:
     provider = pa.TokenProvider(
-        fake.client_id, "wrong-secret", base_url=str(fake.base_url), cache=cache, retry=FAST_RETRY
+        fake.client_id, "wrong-secret", base_url=str(fake.base_url), cache=cache, retry=FAST
     )
     async with provider:
         results = await asyncio.gather(
@@ -414,7 +392,7 @@ async def test_outage_with_no_cached_token_fails_with_endpoint_unavailable(
         await provider.get_token()
     assert info.value.status == 503
     assert info.value.retryable
-    assert len(fake.token_requests) == FAST_RETRY.attempts
+    assert len(fake.token_requests) == FAST.attempts
 
 
 # -- refresh ahead of expiry -------------------------------------------------------------
@@ -514,7 +492,7 @@ async def test_background_retry_comes_before_half_the_usable_time_is_gone(
     clock = PolicyClock(cache.key_states)
     # a long backoff after a failure: 15-30 s (the longest cool-down step)
     slow = pa.RetryPolicy(attempts=1, backoff_base=1000, backoff_max=1000)
-    async with provider_on(fake, cache, retry=slow) as provider:
+    async with make_provider(fake, cache=cache, retry=slow) as provider:
         stale = token_with(remaining=20)  # usable for 10 s more
         await cache.store(provider.cache_key, stale)
         fake.start_outage(503)
@@ -537,7 +515,7 @@ async def test_background_retry_respects_its_backoff_while_time_is_left(
 ) -> None:
     clock = PolicyClock(cache.key_states)
     slow = pa.RetryPolicy(attempts=1, backoff_base=1000, backoff_max=1000)
-    async with provider_on(fake, cache, retry=slow) as provider:
+    async with make_provider(fake, cache=cache, retry=slow) as provider:
         await cache.store(provider.cache_key, token_with(remaining=20))
         fake.start_outage(503)
         await provider.get_token()
@@ -554,7 +532,7 @@ async def test_callers_who_must_wait_cut_short_a_background_backoff(
     fake: FakePlainID, cache: pa.MemoryTokenCache
 ) -> None:
     slow_retry = pa.RetryPolicy(attempts=3, backoff_base=1000, backoff_max=1000, deadline=5000)
-    provider = provider_on(fake, cache, retry=slow_retry)
+    provider = make_provider(fake, cache=cache, retry=slow_retry)
     async with provider:
         await cache.store(provider.cache_key, token_with(remaining=40))
         fake.fail_next(503)
@@ -574,7 +552,7 @@ async def test_after_callers_start_waiting_the_backoff_starts_over(
     # backoff_base 0.02 s doubling to 1000 s: a long-running refresh sleeps for ages
     retry = pa.RetryPolicy(attempts=6, backoff_base=0.02, backoff_max=1000, deadline=5000)
     seen: list[pa.TokenEvent] = []
-    provider = provider_on(fake, cache, retry=retry, on_event=seen.append)
+    provider = make_provider(fake, cache=cache, retry=retry, on_event=seen.append)
     async with provider:
         await cache.store(provider.cache_key, token_with(remaining=40))
         fake.fail_next(*[503] * 3)
@@ -601,7 +579,7 @@ async def test_callers_who_join_a_failing_background_refresh_get_a_full_retry_bu
     fake: FakePlainID, cache: pa.MemoryTokenCache
 ) -> None:
     retry = pa.RetryPolicy(attempts=2, backoff_base=0.01, backoff_max=0.01, deadline=60)
-    provider = provider_on(fake, cache, retry=retry)
+    provider = make_provider(fake, cache=cache, retry=retry)
     async with provider:
         await cache.store(provider.cache_key, token_with(remaining=40))
         # the background refresh's first attempt fails slowly; callers come waiting meanwhile
@@ -620,7 +598,7 @@ async def test_a_waiting_caller_gets_one_second_chance_only(
     fake: FakePlainID, cache: pa.MemoryTokenCache
 ) -> None:
     retry = pa.RetryPolicy(attempts=2, backoff_base=0.01, backoff_max=0.01, deadline=60)
-    provider = provider_on(fake, cache, retry=retry)
+    provider = make_provider(fake, cache=cache, retry=retry)
     async with provider:
         await cache.store(provider.cache_key, token_with(remaining=40))
         fake.fail_next(FakeResponse(status=503, delay=0.2))
@@ -636,7 +614,7 @@ async def test_a_waiting_caller_gets_one_second_chance_only(
 async def test_refresh_margin_overrides_the_default_window(
     fake: FakePlainID, cache: pa.MemoryTokenCache
 ) -> None:
-    provider = provider_on(fake, cache, refresh_margin=20)
+    provider = make_provider(fake, cache=cache, refresh_margin=20)
     async with provider:
         # 40 s left of 100 s is STALE by default (window 50 s) but FRESH with a 20 s margin
         await cache.store(provider.cache_key, token_with(remaining=40))
@@ -825,7 +803,7 @@ async def test_a_session_passed_in_is_used_and_never_closed(fake: FakePlainID) -
         return await handler(request)
 
     async with aiohttp.ClientSession(middlewares=(recorder,)) as session:
-        provider = provider_on(fake, pa.MemoryTokenCache(), session=session)
+        provider = make_provider(fake, cache=pa.MemoryTokenCache(), session=session)
         async with provider:
             await provider.get_token()
         assert not session.closed
@@ -866,7 +844,7 @@ async def test_secret_and_token_appear_in_no_log_repr_or_error(
     async with FakePlainID(client_id="cid", client_secret=secret) as fake:
         cache = pa.MemoryTokenCache()
         provider = pa.TokenProvider(
-            "cid", secret, base_url=str(fake.base_url), cache=cache, retry=FAST_RETRY
+            "cid", secret, base_url=str(fake.base_url), cache=cache, retry=FAST
         )
         async with provider:
             token = await provider.get_token()
@@ -884,13 +862,13 @@ async def test_secret_and_token_appear_in_no_log_repr_or_error(
                 FakeResponse(body={"message": f"bad secret {secret}"}, status=401),
                 MALFORMED["text lifetime"],
             ):
-                fake.fail_next(*[scripted] * (FAST_RETRY.attempts if scripted == 503 else 1))
+                fake.fail_next(*[scripted] * (FAST.attempts if scripted == 503 else 1))
                 try:  # forced: each scripted failure is fetched, not met by the cool-down
                     await provider.get_token(force_refresh=True)
                 except pa.PlainIDError as exc:
                     errors.append(exc)
         wrong = pa.TokenProvider(
-            "cid", secret + "-old", base_url=str(fake.base_url), cache=cache, retry=FAST_RETRY
+            "cid", secret + "-old", base_url=str(fake.base_url), cache=cache, retry=FAST
         )
         async with wrong:
             with pytest.raises(pa.InvalidCredentialsError) as info:
@@ -910,7 +888,7 @@ async def test_secret_and_token_appear_in_no_log_repr_or_error(
 
 async def test_after_close_nothing_hands_out_a_token() -> None:
     async with FakePlainID() as fake:
-        provider = provider_on(fake, pa.MemoryTokenCache())
+        provider = make_provider(fake, cache=pa.MemoryTokenCache())
         async with provider.session() as session:
             await provider.get_token()
             await provider.close()
@@ -926,7 +904,7 @@ async def test_after_close_nothing_hands_out_a_token() -> None:
 async def test_a_call_waiting_when_its_provider_closes_gets_no_token() -> None:
     async with FakePlainID(latency=0.2) as fake:
         cache = pa.MemoryTokenCache()
-        starter, waiting = provider_on(fake, cache), provider_on(fake, cache)
+        starter, waiting = make_provider(fake, cache=cache), make_provider(fake, cache=cache)
         async with starter:
             first = asyncio.create_task(starter.get_token())
             await requests_seen(fake)
