@@ -19,6 +19,7 @@ import attrs
 import pytest
 import redis.asyncio
 from _redis_server import RedisServer, ThreadedFake, connected_clients, redis_binary
+from _servers import LoopbackServer
 from aiohttp import web
 
 from plainid_async import (
@@ -822,11 +823,8 @@ async def test_the_401_guard_keeps_the_fleets_shared_token(
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", refuse)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    api = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    try:
+    async with LoopbackServer(app) as server:
+        api = str(server.url)
         cache = fast(client)
         provider = provider_for(fake, cache)
         middleware = BearerAuthMiddleware(provider, origins=[api])
@@ -839,8 +837,6 @@ async def test_the_401_guard_keeps_the_fleets_shared_token(
             stored = await client.get(cache.token_key(provider.cache_key))
             assert stored is not None  # the 401s inside the guard deleted nothing
             assert cache.get(provider.cache_key) is not None
-    finally:
-        await runner.cleanup()
     assert statuses == [401] * 50
     assert len(fake.token_requests) == 2  # the first token, and one replacement
 

@@ -31,6 +31,7 @@ import redis.asyncio
 import sentry_sdk
 from _proxy import PROXY_VARIABLES, TinyProxy
 from _redis_server import RedisServer, redis_binary
+from _servers import LoopbackServer
 from aiohttp import web
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -313,28 +314,25 @@ class Stage:
         self.forms: list[bytes] = []
         self.authorizations: list[str | None] = []
         self.base_url = URL()
-        self._runner: web.AppRunner | None = None
+        self._server: LoopbackServer | None = None
 
     async def __aenter__(self) -> Self:
         app = web.Application()
         app.router.add_post("/api/1.0/api-key/token", self._token)
         app.router.add_get(f"/{API_PATH}", self._api)
         # A hanging handler is cancelled when its client goes away or the stage stops.
-        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self.ssl_context).start()
-        port = self._runner.addresses[0][1]
-        scheme = "https" if self.ssl_context else "http"
-        self.base_url = URL.build(scheme=scheme, host="127.0.0.1", port=port)
+        server = LoopbackServer(app, ssl_context=self.ssl_context, handler_cancellation=True)
+        self.base_url = await server.start()
+        self._server = server
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
     async def stop(self) -> None:
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
+        server, self._server = self._server, None
+        if server is not None:
+            await server.close()
 
     async def _token(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
