@@ -10,9 +10,8 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import pytest
 from _clock import PolicyClock
-from _providers import FAST, make_provider
+from _providers import FAST, make_provider, token_with
 from _servers import settle
-from test_provider import token_with
 
 import plainid_async as pa
 from plainid_async import _events, _policy

@@ -21,7 +21,7 @@ from typing import Any
 import aiohttp
 import pytest
 from _clock import PolicyClock
-from _providers import FAST, make_provider
+from _providers import FAST, make_provider, token_with
 from _reliability import record
 from _servers import fake_in_thread, requests_seen, settle
 
@@ -370,11 +370,11 @@ async def test_a_caller_inside_a_retry_after_window_fails_fast_with_its_error() 
         refresher = make_provider(fake, cache=cache, timeout=5.0)
         hasty = make_provider(fake, cache=cache, timeout=0.3, retry=pa.RetryPolicy(attempts=1))
         async with refresher, hasty:
-            await cache.store(refresher.cache_key, token_with_remaining(40))
+            await cache.store(refresher.cache_key, token_with(40))
             fake.start_outage(429, retry_after="3")
             await refresher.get_token()  # STALE: its background refresh gets the 429
             await requests_seen(fake)
-            await cache.store(refresher.cache_key, token_with_remaining(5))  # EXPIRED now
+            await cache.store(refresher.cache_key, token_with(5))  # EXPIRED now
             with pytest.raises(pa.TokenEndpointUnavailableError) as info:
                 await asyncio.wait_for(hasty.get_token(), 10)
             assert info.value.status == 429  # the window's own error, not "time budget"
@@ -383,14 +383,3 @@ async def test_a_caller_inside_a_retry_after_window_fails_fast_with_its_error() 
             token = await asyncio.wait_for(refresher.get_token(), 10)  # waits the window out
             assert fake.is_valid(token.access_token)
             assert len(fake.token_requests) == 2
-
-
-def token_with_remaining(remaining: float, lifetime: float = 100.0) -> pa.Token:
-    """A token with ``remaining`` seconds left of ``lifetime``."""
-    return pa.Token(
-        access_token="preloaded",
-        token_type="Bearer",
-        expires_in=lifetime,
-        expires_at=time.time() + remaining,
-        expires_at_monotonic=time.monotonic() + remaining,
-    )

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 import pytest
 from _clock import PolicyClock
-from _providers import FAST, make_provider
+from _providers import FAST, make_provider, token_with
 from _reliability import record
 from _servers import LoopbackServer, requests_seen, settle
 from aiohttp import web
@@ -44,17 +44,6 @@ async def provider(
 
 #: Every test here fails if it leaves a token fetch running.
 pytestmark = pytest.mark.usefixtures("no_leftover_fetches")
-
-
-def token_with(remaining: float, lifetime: float = 100.0, value: str = "preloaded") -> pa.Token:
-    """A token with `remaining` seconds left of `lifetime`."""
-    return pa.Token(
-        access_token=value,
-        token_type="Bearer",
-        expires_in=lifetime,
-        expires_at=time.time() + remaining,
-        expires_at_monotonic=time.monotonic() + remaining,
-    )
 
 
 # -- configuration ----------------------------------------------------------------------
