@@ -15,13 +15,13 @@ import json
 import logging
 import os
 import socket
-import ssl
 import struct
 import sys
 import traceback
 import urllib.parse
 from typing import TYPE_CHECKING, Any, Self, cast
 
+import _servers
 import aiohttp
 import attrs
 import httpx
@@ -56,6 +56,7 @@ from plainid_async.redis import RedisTokenCache
 from plainid_async.testing import FakePlainID, FakeResponse, free_port
 
 if TYPE_CHECKING:
+    import ssl
     from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
     from pathlib import Path
 
@@ -437,16 +438,12 @@ def assert_nothing_leaked(texts: dict[str, str]) -> None:
 
 @pytest.fixture(scope="module")
 def server_tls(ca: trustme.CA) -> ssl.SSLContext:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(context)
-    return context
+    return _servers.server_tls(ca)
 
 
 @pytest.fixture(scope="module")
 def client_tls(ca: trustme.CA) -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    ca.configure_trust(context)
-    return context
+    return _servers.client_tls(ca)
 
 
 @pytest.fixture(scope="module")
