@@ -1,18 +1,21 @@
-"""The one provider factory of the tests: a TokenProvider for a fake or a base URL."""
+"""The one provider factory of the tests: a TokenProvider for a fake or a base URL, and
+``token_with``, a token with a chosen time left to preload a cache with."""
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 from plainid_async._cache import MemoryTokenCache
 from plainid_async._endpoint import RetryPolicy
 from plainid_async._provider import TokenProvider
+from plainid_async._token import Token
 from plainid_async.testing import FakePlainID
 
 if TYPE_CHECKING:
     from yarl import URL
 
-__all__ = ["FAST", "make_provider"]
+__all__ = ["FAST", "make_provider", "token_with"]
 
 #: Two quick attempts within 2 s: a failure is seen at once, a flake is retried.
 FAST = RetryPolicy(attempts=2, backoff_base=0.01, backoff_max=0.02, deadline=2.0)
@@ -47,3 +50,23 @@ def make_provider(
             raise TypeError("make_provider(base_url) needs client_id and client_secret")
     options.setdefault("cache", MemoryTokenCache())
     return TokenProvider(client_id, client_secret, base_url=base_url, **options)
+
+
+def token_with(remaining: float, lifetime: float = 100.0, value: str = "preloaded") -> Token:
+    """A token with ``remaining`` seconds left of ``lifetime``.
+
+    Args:
+        remaining: Seconds until it expires, on the wall and the monotonic clock.
+        lifetime: Its ``expires_in``: how long it was issued for.
+        value: Its access token.
+
+    Returns:
+        The token, to store in a cache.
+    """
+    return Token(
+        access_token=value,
+        token_type="Bearer",
+        expires_in=lifetime,
+        expires_at=time.time() + remaining,
+        expires_at_monotonic=time.monotonic() + remaining,
+    )

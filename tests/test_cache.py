@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import subprocess
 import sys
 import time
@@ -306,3 +307,36 @@ def test_max_entries_must_be_a_positive_integer() -> None:
         with pytest.raises(pa.ConfigurationError, match="max_entries"):
             pa.MemoryTokenCache(max_entries=bad)  # type: ignore[arg-type]
     assert pa.MemoryTokenCache().max_entries == 10_000
+
+
+# -- the cache's LRU keeps open keys' cool-downs, issue 20 (moved from test_core.py) -------
+
+
+async def test_lru_eviction_keeps_the_cool_down_of_keys_open_providers_use(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Three open providers, a cache of two keys, an outage: one fetch and one WARNING
+    per key, then cool-downs, not a fetch per call."""
+    async with FakePlainID() as fake:
+        cache = pa.MemoryTokenCache(max_entries=2)
+        providers = [
+            pa.TokenProvider(
+                f"client-{i}",
+                "secret",
+                base_url=str(fake.base_url),
+                cache=cache,
+                retry=pa.RetryPolicy(attempts=1),
+            )
+            for i in range(3)
+        ]
+        fake.start_outage(503)
+        caplog.set_level(logging.WARNING, logger="plainid_async")
+        for call in range(48):
+            with pytest.raises(pa.TokenEndpointUnavailableError):
+                await providers[call % 3].get_token()
+        requests = len(fake.token_requests)
+        warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+        for provider in providers:
+            await provider.close()
+    assert requests == 3, requests  # one per key; 48 without the cool-downs
+    assert len(warnings) == 3

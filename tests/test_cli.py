@@ -10,7 +10,6 @@ import math
 import os
 import re
 import signal
-import ssl
 import sys
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ import attrs
 import pytest
 import trustme
 from _proxy import PROXY_VARIABLES, TinyProxy, TokenServer
+from _servers import server_tls
 from rich.console import Console
 
 import plainid_async as pa
@@ -892,8 +892,7 @@ async def test_help_and_docs_state_that_the_cli_reads_proxy_variables_and_the_li
 
 @pytest.fixture
 async def https_fake(ca: trustme.CA) -> AsyncIterator[FakePlainID]:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(context)
+    context = server_tls(ca)
     async with FakePlainID(
         client_id=CLIENT_ID, client_secret=SECRET, ssl_context=context
     ) as server:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import pytest
 from _clock import PolicyClock
-from test_provider import FAST_RETRY, provider_on, settle, token_with
+from _providers import FAST, make_provider, token_with
+from _servers import settle
 
 import plainid_async as pa
 from plainid_async import _events, _policy
@@ -50,10 +51,10 @@ class Recorder:
         return [e for e in self.events if e.kind is kind]
 
 
-def recording(fake: FakePlainID, **options: object) -> tuple[pa.TokenProvider, Recorder]:
+def recording(fake: FakePlainID, **options: Any) -> tuple[pa.TokenProvider, Recorder]:
     recorder = Recorder()
-    options.setdefault("retry", FAST_RETRY)
-    provider = provider_on(fake, pa.MemoryTokenCache(), on_event=recorder, **options)
+    options.setdefault("retry", FAST)
+    provider = make_provider(fake, cache=pa.MemoryTokenCache(), on_event=recorder, **options)
     return provider, recorder
 
 
@@ -192,7 +193,7 @@ async def test_an_lru_eviction_reaches_the_evicted_keys_provider_and_subscribers
     seen, everything = Recorder(), Recorder()
     unsubscribe = _events.subscribe(everything)
     try:
-        async with provider_on(fake, cache, on_event=seen) as first:
+        async with make_provider(fake, cache=cache, on_event=seen) as first:
             token = await first.get_token()
             # A second key: the first one, least recently used, is evicted.
             async with pa.TokenProvider(
@@ -225,9 +226,11 @@ async def test_a_caller_that_gives_up_on_another_providers_fetch_is_reported(
     fake: FakePlainID,
 ) -> None:
     cache = pa.MemoryTokenCache()
-    patient = provider_on(fake, cache, timeout=30.0)
+    patient = make_provider(fake, cache=cache, timeout=30.0)
     seen = Recorder()
-    quick = provider_on(fake, cache, timeout=0.3, retry=pa.RetryPolicy(attempts=1), on_event=seen)
+    quick = make_provider(
+        fake, cache=cache, timeout=0.3, retry=pa.RetryPolicy(attempts=1), on_event=seen
+    )
     fake.hang = True
     async with patient, quick:
         waiting = asyncio.ensure_future(patient.get_token())
@@ -318,7 +321,7 @@ async def test_a_failing_on_event_is_logged_once_and_never_breaks_a_call(
         raise RuntimeError("listener bug")
 
     caplog.set_level(logging.DEBUG, logger="plainid_async")
-    provider = provider_on(fake, pa.MemoryTokenCache(), on_event=broken)
+    provider = make_provider(fake, cache=pa.MemoryTokenCache(), on_event=broken)
     async with provider:
         tokens = [await provider.get_token() for _ in range(5)]
     assert len({t.access_token for t in tokens}) == 1
@@ -336,7 +339,7 @@ async def test_a_failing_subscriber_is_logged_once_and_never_breaks_a_call(
 
     unsubscribe = _events.subscribe(broken)
     try:
-        provider = provider_on(fake, pa.MemoryTokenCache())
+        provider = make_provider(fake, cache=pa.MemoryTokenCache())
         async with provider:
             for _ in range(3):
                 await provider.get_token()
@@ -351,9 +354,9 @@ async def test_subscribers_see_every_provider_and_stop_when_unsubscribed(
 ) -> None:
     seen = Recorder()
     unsubscribe = _events.subscribe(seen)
-    async with provider_on(fake, pa.MemoryTokenCache()) as a:
+    async with make_provider(fake, cache=pa.MemoryTokenCache()) as a:
         await a.get_token()
-        async with provider_on(fake, pa.MemoryTokenCache()) as b:
+        async with make_provider(fake, cache=pa.MemoryTokenCache()) as b:
             await b.get_token()
         unsubscribe()
         await a.get_token()
@@ -373,7 +376,7 @@ async def test_a_cache_hit_builds_no_event_when_nobody_listens(
         return event
 
     monkeypatch.setattr(_events, "TokenEvent", counting)
-    quiet = provider_on(fake, pa.MemoryTokenCache())
+    quiet = make_provider(fake, cache=pa.MemoryTokenCache())
     async with quiet:
         for _ in range(10):
             await quiet.get_token()
@@ -405,7 +408,9 @@ async def test_no_event_is_built_for_a_kind_nobody_asked_for(
 
     monkeypatch.setattr(_events, "TokenEvent", counting)
     seen, heard = Recorder(), Recorder()
-    provider = provider_on(fake, pa.MemoryTokenCache(), on_event=seen, event_kinds=FETCH_ENDS)
+    provider = make_provider(
+        fake, cache=pa.MemoryTokenCache(), on_event=seen, event_kinds=FETCH_ENDS
+    )
     unsubscribe = _events.subscribe(heard, kinds=FETCH_ENDS)
     try:
         async with provider:
@@ -420,7 +425,7 @@ async def test_no_event_is_built_for_a_kind_nobody_asked_for(
 
 
 async def test_a_subscriber_without_hits_leaves_the_hot_slots_filled(fake: FakePlainID) -> None:
-    provider = provider_on(fake, pa.MemoryTokenCache())
+    provider = make_provider(fake, cache=pa.MemoryTokenCache())
     async with provider:
         await provider.get_token()
         await provider.get_token()
@@ -471,7 +476,7 @@ async def test_from_env_takes_on_event(fake: FakePlainID) -> None:
 async def test_a_subscriber_that_comes_later_sees_the_hits_of_a_hot_provider(
     fake: FakePlainID,
 ) -> None:
-    provider = provider_on(fake, pa.MemoryTokenCache())
+    provider = make_provider(fake, cache=pa.MemoryTokenCache())
     seen = Recorder()
     async with provider:
         await provider.get_token()
@@ -526,7 +531,7 @@ async def test_a_provider_nobody_listens_to_logs_its_warning_without_building_ev
 
     monkeypatch.setattr(_events, "TokenEvent", counting)
     fake.start_outage(503)
-    async with provider_on(fake, pa.MemoryTokenCache(), retry=FAST_RETRY) as provider:
+    async with make_provider(fake, cache=pa.MemoryTokenCache(), retry=FAST) as provider:
         with pytest.raises(pa.TokenEndpointUnavailableError):
             await provider.get_token()
     assert built == []
@@ -555,7 +560,7 @@ async def test_the_log_reports_the_decisions_a_listener_sees(
     caplog.set_level(logging.DEBUG, logger="plainid_async")
     cache, seen = pa.MemoryTokenCache(), Recorder()
     clock = PolicyClock(cache.key_states)
-    async with provider_on(fake, cache, on_event=seen, retry=FAST_RETRY) as provider:
+    async with make_provider(fake, cache=cache, on_event=seen, retry=FAST) as provider:
         stale = token_with(remaining=40)
         await cache.store(provider.cache_key, stale)
         fake.start_outage(503)
@@ -598,7 +603,7 @@ async def test_an_eviction_is_logged_with_nobody_listening(
     caplog.set_level(logging.DEBUG, logger="plainid_async")
     fake.add_client("other-client", "other-secret")
     cache = pa.MemoryTokenCache(max_entries=1)
-    async with provider_on(fake, cache) as first:
+    async with make_provider(fake, cache=cache) as first:
         await first.get_token()
         async with pa.TokenProvider(
             "other-client", "other-secret", base_url=str(fake.base_url), cache=cache
@@ -613,7 +618,7 @@ async def test_the_log_writes_nothing_below_its_level(
     fake: FakePlainID, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="plainid_async")
-    async with provider_on(fake, pa.MemoryTokenCache()) as provider:
+    async with make_provider(fake, cache=pa.MemoryTokenCache()) as provider:
         await provider.get_token()
         await provider.get_token(force_refresh=True)
     assert logged(caplog) == []
@@ -667,7 +672,7 @@ async def test_health_in_each_state(fake: FakePlainID) -> None:
         assert "HTTP 503" in failing.last_error
         assert failing.last_success == fresh.last_success
         # The key's record in the cache is the truth: another provider on it says the same.
-        async with provider_on(fake, provider.cache) as twin:  # type: ignore[arg-type]
+        async with make_provider(fake, cache=provider.cache) as twin:
             assert twin.health() == failing
 
         fake.end_outage()

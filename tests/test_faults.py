@@ -28,6 +28,7 @@ from _reliability import (
     record,
     watch_redaction,
 )
+from _servers import LoopbackServer
 from aiohttp import web
 
 import plainid_async as pa
@@ -490,7 +491,7 @@ class Thief:
     def __init__(self) -> None:
         self.bodies: list[bytes] = []
         self.url = ""
-        self._runner: web.AppRunner | None = None
+        self._server: LoopbackServer | None = None
 
     async def _handle(self, request: web.Request) -> web.Response:
         self.bodies.append(await request.read())
@@ -501,16 +502,13 @@ class Thief:
     async def __aenter__(self) -> Self:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        self._server = LoopbackServer(app)
+        self.url = str(await self._server.start())
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        assert self._runner is not None
-        await self._runner.cleanup()
+        assert self._server is not None
+        await self._server.close()
 
 
 @pytest.mark.parametrize("status", [301, 302, 303, 307, 308])

@@ -59,6 +59,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _providers import make_provider
 from _redis_server import RedisServer, ThreadedFake, redis_binary
 from test_redis_cluster import cluster  # noqa: F401 (the fixture: a 3-master cluster)
 
@@ -70,7 +71,7 @@ from plainid_async import (
     TokenRequestError,
 )
 from plainid_async.redis import RedisTokenCache
-from plainid_async.testing import FakePlainID, running_fetches
+from plainid_async.testing import running_fetches
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Iterator
@@ -345,12 +346,6 @@ def cell(request: pytest.FixtureRequest) -> Cell:
     return value
 
 
-def provider_for(fake: FakePlainID, cache: TokenCache, **options: Any) -> TokenProvider:
-    return TokenProvider(
-        fake.client_id, fake.client_secret, base_url=str(fake.base_url), cache=cache, **options
-    )
-
-
 # -- the cells -----------------------------------------------------------------------------
 
 
@@ -375,7 +370,7 @@ def run_one(cell: Cell, url: str) -> None:
     cache = make_cache(cell.cache, url)
     try:
         with ThreadedFake(expires_in=lifetime, latency=latency) as fake:
-            provider = provider_for(fake, cache)
+            provider = make_provider(fake, cache=cache)
             if cell.fault in ("outage", "429"):
                 # From before the refresh window opens (half the lifetime, less jitter) until
                 # well before the token stops being usable (a tenth of it before expiry).
@@ -407,7 +402,7 @@ def run_budget(cell: Cell, url: str) -> None:
     try:
         with ThreadedFake() as fake:
             fake.hang = True
-            provider = provider_for(fake, cache, timeout=0.5)
+            provider = make_provider(fake, cache=cache, timeout=0.5)
             tally = drive(provider, cell.loops, RUN, calls=2)
             asyncio.run(provider.close())
             requests = len(fake.token_requests)
@@ -426,7 +421,7 @@ def run_close(cell: Cell, url: str) -> None:
     try:
         threaded = ThreadedFake(latency=5.0)
         with threaded as fake:
-            provider = provider_for(fake, cache)
+            provider = make_provider(fake, cache=cache)
 
             async def main() -> None:
                 waiting = asyncio.create_task(provider.get_token())
@@ -458,7 +453,7 @@ def run_fork(cell: Cell, url: str) -> None:
     try:
         threaded = ThreadedFake(latency=1.0)
         with threaded as fake:
-            provider = provider_for(fake, cache, timeout=2.0)
+            provider = make_provider(fake, cache=cache, timeout=2.0)
             parent: list[object] = []
             fetching = threading.Thread(
                 target=lambda: parent.append(asyncio.run(provider.get_token()))

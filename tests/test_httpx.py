@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import importlib
 import json
-import ssl
 import subprocess
 import sys
 import tomllib
@@ -22,7 +21,8 @@ from typing import TYPE_CHECKING, Any, cast
 import attrs
 import httpx2
 import pytest
-import trustme
+from _providers import make_provider
+from _servers import client_tls, server_tls
 from yarl import URL
 
 from plainid_async import (
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
 
     import httpx
+    import trustme
 
 
 #: What client() opens when both libraries are installed (docs/httpx.md says so).
@@ -54,27 +55,10 @@ def lib(request: pytest.FixtureRequest) -> Any:
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[FakePlainID]:
-    async with FakePlainID() as server:
-        yield server
-
-
-@pytest.fixture
 async def elsewhere() -> AsyncIterator[FakePlainID]:
     """Another origin: it records whether any Authorization header reached it."""
     async with FakePlainID(client_id="other", client_secret="other-secret") as server:
         yield server
-
-
-def make_provider(fake: FakePlainID, **kwargs: Any) -> _TokenProvider:
-    options: dict[str, Any] = {
-        "client_id": fake.client_id,
-        "client_secret": fake.client_secret,
-        "base_url": fake.base_url,
-        "cache": MemoryTokenCache(),
-    }
-    options.update(kwargs)
-    return _TokenProvider(**options)
 
 
 @pytest.fixture
@@ -181,19 +165,12 @@ async def test_redirect_elsewhere_carries_no_token_whatever_the_status(
     assert sent_any_authorization(elsewhere) == [False]
 
 
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
 async def test_http_to_https_on_the_same_host_is_another_origin(
     lib: Any, fake: FakePlainID, http: httpx.AsyncClient, ca: trustme.CA
 ) -> None:
     """An upgrade to another port is another origin: httpx drops the token, as aiohttp does."""
-    server_ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(server_ssl)
-    client_ssl = ssl.create_default_context()
-    ca.configure_trust(client_ssl)
+    server_ssl = server_tls(ca)
+    client_ssl = client_tls(ca)
     async with FakePlainID(ssl_context=server_ssl) as secure:
         assert secure.base_url.scheme == "https"
         assert secure.base_url.host == fake.base_url.host

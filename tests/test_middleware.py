@@ -11,6 +11,7 @@ import aiohttp
 import attrs
 import pytest
 from _providers import make_provider
+from _servers import LoopbackServer
 from aiohttp import hdrs, web
 from yarl import URL
 
@@ -46,7 +47,7 @@ class Server:
     def __init__(self, status: int = 200) -> None:
         self.status = status
         self.seen: list[Seen] = []
-        self._runner: web.AppRunner | None = None
+        self._server: LoopbackServer | None = None
         self.url = URL()
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
@@ -59,17 +60,13 @@ class Server:
     async def __aenter__(self) -> Self:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = self._runner.addresses[0][1]
-        self.url = URL.build(scheme="http", host="127.0.0.1", port=port)
+        self._server = LoopbackServer(app)
+        self.url = await self._server.start()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        assert self._runner is not None
-        await self._runner.cleanup()
+        assert self._server is not None
+        await self._server.close()
 
 
 @pytest.fixture
@@ -144,7 +141,7 @@ class Redirector:
         self.status = status
         self.location = location
         self.bodies: list[bytes] = []
-        self._runner: web.AppRunner | None = None
+        self._server: LoopbackServer | None = None
         self.url = URL()
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
@@ -154,16 +151,13 @@ class Redirector:
     async def __aenter__(self) -> Self:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        port = self._runner.addresses[0][1]
-        self.url = URL.build(scheme="http", host="127.0.0.1", port=port)
+        self._server = LoopbackServer(app)
+        self.url = await self._server.start()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        assert self._runner is not None
-        await self._runner.cleanup()
+        assert self._server is not None
+        await self._server.close()
 
 
 REDIRECTS = [301, 302, 303, 307, 308]
@@ -773,15 +767,9 @@ async def test_encoded_slash_in_the_base_url_prefix_stays_encoded() -> None:
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        port = runner.addresses[0][1]
-        base = f"http://127.0.0.1:{port}/tenant%2Fa"
+    async with LoopbackServer(app) as server:
+        base = f"{server.url}/tenant%2Fa"
         provider = _TokenProvider("id", "secret-x", base_url=base, cache=MemoryTokenCache())
         async with provider, provider.session() as client:
             assert await status_of(client.get("api/1.0/x")) == 200
-    finally:
-        await runner.cleanup()
     assert seen == ["/tenant%2Fa/api/1.0/x"]

@@ -24,7 +24,7 @@ from plainid_async.redis import RedisTokenCache
 from plainid_async.testing import FakePlainID
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Iterator
+    from collections.abc import Callable, Iterator
 
     from _pytest.mark.structures import ParameterSet
 
@@ -340,12 +340,6 @@ def test_a_session_from_another_loop_is_named_at_the_first_call_on_this_one() ->
     finally:
         other.run_until_complete(session.close())
         other.close()
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakePlainID]:
-    async with FakePlainID() as server:
-        yield server
 
 
 async def test_a_session_from_this_loop_is_used(fake: FakePlainID) -> None:

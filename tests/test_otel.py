@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from _providers import FAST, make_provider, token_with
+from _servers import settle
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
-from test_provider import FAST_RETRY, provider_on, settle, token_with
 
 import plainid_async as pa
 from plainid_async import _events, otel
@@ -76,7 +77,7 @@ def _isolated() -> Iterator[None]:
 
 
 def provider_for(fake: FakePlainID) -> pa.TokenProvider:
-    return provider_on(fake, pa.MemoryTokenCache(), retry=FAST_RETRY)
+    return make_provider(fake, cache=pa.MemoryTokenCache(), retry=FAST)
 
 
 def key(**attributes: Any) -> tuple[tuple[str, Any], ...]:
@@ -145,7 +146,7 @@ async def test_outage_is_a_failed_request_with_its_attempts_on_the_span(
     }
     [span] = telemetry.spans()
     assert span.attributes is not None
-    assert span.attributes["plainid.token.attempts"] == FAST_RETRY.attempts
+    assert span.attributes["plainid.token.attempts"] == FAST.attempts
     assert span.attributes["plainid.token.outcome"] == "failure"
     assert span.attributes["error.type"] == "TokenEndpointUnavailableError"
     assert span.status.status_code is StatusCode.ERROR
@@ -189,7 +190,7 @@ async def test_a_call_inside_a_cooldown_is_a_lookup_with_result_cooldown(
 ) -> None:
     fake.start_outage(503)
     cooling = pa.RetryPolicy(attempts=1, backoff_base=5.0, deadline=5.0)  # 10-20 s cool-down
-    async with provider_on(fake, pa.MemoryTokenCache(), retry=cooling) as provider:
+    async with make_provider(fake, cache=pa.MemoryTokenCache(), retry=cooling) as provider:
         for _ in range(3):
             with pytest.raises(pa.TokenEndpointUnavailableError):
                 await provider.get_token()

@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import aiohttp
 import pytest
 from _clock import PolicyClock
+from _providers import FAST, make_provider, token_with
+from _reliability import record
+from _servers import LoopbackServer, requests_seen, settle
+from aiohttp import web
 
 import plainid_async as pa
 from plainid_async.testing import FakePlainID, FakeResponse, free_port, running_fetches
@@ -17,8 +21,6 @@ from plainid_async.testing import FakePlainID, FakeResponse, free_port, running_
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from pathlib import Path
-
-FAST_RETRY = pa.RetryPolicy(attempts=2, backoff_base=0.01, backoff_max=0.02, deadline=2.0)
 
 
 @pytest.fixture
@@ -36,41 +38,12 @@ def cache() -> pa.MemoryTokenCache:
 async def provider(
     fake: FakePlainID, cache: pa.MemoryTokenCache
 ) -> AsyncIterator[pa.TokenProvider]:
-    async with provider_on(fake, cache, retry=FAST_RETRY, timeout=2.0) as p:
+    async with make_provider(fake, cache=cache, retry=FAST, timeout=2.0) as p:
         yield p
 
 
 #: Every test here fails if it leaves a token fetch running.
 pytestmark = pytest.mark.usefixtures("no_leftover_fetches")
-
-
-def token_with(remaining: float, lifetime: float = 100.0, value: str = "preloaded") -> pa.Token:
-    """A token with `remaining` seconds left of `lifetime`."""
-    return pa.Token(
-        access_token=value,
-        token_type="Bearer",
-        expires_in=lifetime,
-        expires_at=time.time() + remaining,
-        expires_at_monotonic=time.monotonic() + remaining,
-    )
-
-
-async def settle() -> None:
-    """Wait for every token fetch in flight to finish."""
-    await asyncio.gather(*(f.wait() for f in running_fetches()), return_exceptions=True)
-
-
-async def requests_seen(fake: FakePlainID, count: int = 1) -> None:
-    """Wait until ``fake`` has received ``count`` token requests."""
-    while len(fake.token_requests) < count:  # noqa: ASYNC110 (polling the fake is the point)
-        await asyncio.sleep(0.005)
-
-
-def provider_on(fake: FakePlainID, cache: pa.MemoryTokenCache, **options: Any) -> pa.TokenProvider:
-    """A TokenProvider with ``fake``'s credentials and URL, ``cache`` and ``options``."""
-    return pa.TokenProvider(
-        fake.client_id, fake.client_secret, base_url=str(fake.base_url), cache=cache, **options
-    )
 
 
 # -- configuration ----------------------------------------------------------------------
@@ -297,8 +270,8 @@ async def test_expiry_is_measured_from_when_the_request_was_sent(
 async def test_two_providers_with_the_same_credentials_share_one_token(
     fake: FakePlainID, cache: pa.MemoryTokenCache
 ) -> None:
-    a = provider_on(fake, cache)
-    b = provider_on(fake, cache)
+    a = make_provider(fake, cache=cache)
+    b = make_provider(fake, cache=cache)
     async with a, b:
         ta, tb = await asyncio.gather(a.get_token(), b.get_token())
         assert ta is tb
@@ -321,9 +294,7 @@ async def test_a_provider_with_another_secret_never_gets_that_token(
 ) -> None:
     base = str(fake.base_url)
     good = pa.TokenProvider(fake.client_id, fake.client_secret, base_url=base, cache=cache)
-    bad = pa.TokenProvider(
-        fake.client_id, "another-secret", base_url=base, cache=cache, retry=FAST_RETRY
-    )
+    bad = pa.TokenProvider(fake.client_id, "another-secret", base_url=base, cache=cache, retry=FAST)
     async with good, bad:
         await good.get_token()
         with pytest.raises(pa.InvalidCredentialsError):
@@ -335,7 +306,7 @@ async def test_rejected_credentials_are_tried_once_and_every_caller_gets_the_sam
     fake: FakePlainID, cache: pa.MemoryTokenCache
 ) -> None:
     provider = pa.TokenProvider(
-        fake.client_id, "wrong-secret", base_url=str(fake.base_url), cache=cache, retry=FAST_RETRY
+        fake.client_id, "wrong-secret", base_url=str(fake.base_url), cache=cache, retry=FAST
     )
     async with provider:
         results = await asyncio.gather(
@@ -410,7 +381,7 @@ async def test_outage_with_no_cached_token_fails_with_endpoint_unavailable(
         await provider.get_token()
     assert info.value.status == 503
     assert info.value.retryable
-    assert len(fake.token_requests) == FAST_RETRY.attempts
+    assert len(fake.token_requests) == FAST.attempts
 
 
 # -- refresh ahead of expiry -------------------------------------------------------------
@@ -510,7 +481,7 @@ async def test_background_retry_comes_before_half_the_usable_time_is_gone(
     clock = PolicyClock(cache.key_states)
     # a long backoff after a failure: 15-30 s (the longest cool-down step)
     slow = pa.RetryPolicy(attempts=1, backoff_base=1000, backoff_max=1000)
-    async with provider_on(fake, cache, retry=slow) as provider:
+    async with make_provider(fake, cache=cache, retry=slow) as provider:
         stale = token_with(remaining=20)  # usable for 10 s more
         await cache.store(provider.cache_key, stale)
         fake.start_outage(503)
@@ -533,7 +504,7 @@ async def test_background_retry_respects_its_backoff_while_time_is_left(
 ) -> None:
     clock = PolicyClock(cache.key_states)
     slow = pa.RetryPolicy(attempts=1, backoff_base=1000, backoff_max=1000)
-    async with provider_on(fake, cache, retry=slow) as provider:
+    async with make_provider(fake, cache=cache, retry=slow) as provider:
         await cache.store(provider.cache_key, token_with(remaining=20))
         fake.start_outage(503)
         await provider.get_token()
@@ -550,7 +521,7 @@ async def test_callers_who_must_wait_cut_short_a_background_backoff(
     fake: FakePlainID, cache: pa.MemoryTokenCache
 ) -> None:
     slow_retry = pa.RetryPolicy(attempts=3, backoff_base=1000, backoff_max=1000, deadline=5000)
-    provider = provider_on(fake, cache, retry=slow_retry)
+    provider = make_provider(fake, cache=cache, retry=slow_retry)
     async with provider:
         await cache.store(provider.cache_key, token_with(remaining=40))
         fake.fail_next(503)
@@ -570,7 +541,7 @@ async def test_after_callers_start_waiting_the_backoff_starts_over(
     # backoff_base 0.02 s doubling to 1000 s: a long-running refresh sleeps for ages
     retry = pa.RetryPolicy(attempts=6, backoff_base=0.02, backoff_max=1000, deadline=5000)
     seen: list[pa.TokenEvent] = []
-    provider = provider_on(fake, cache, retry=retry, on_event=seen.append)
+    provider = make_provider(fake, cache=cache, retry=retry, on_event=seen.append)
     async with provider:
         await cache.store(provider.cache_key, token_with(remaining=40))
         fake.fail_next(*[503] * 3)
@@ -597,7 +568,7 @@ async def test_callers_who_join_a_failing_background_refresh_get_a_full_retry_bu
     fake: FakePlainID, cache: pa.MemoryTokenCache
 ) -> None:
     retry = pa.RetryPolicy(attempts=2, backoff_base=0.01, backoff_max=0.01, deadline=60)
-    provider = provider_on(fake, cache, retry=retry)
+    provider = make_provider(fake, cache=cache, retry=retry)
     async with provider:
         await cache.store(provider.cache_key, token_with(remaining=40))
         # the background refresh's first attempt fails slowly; callers come waiting meanwhile
@@ -616,7 +587,7 @@ async def test_a_waiting_caller_gets_one_second_chance_only(
     fake: FakePlainID, cache: pa.MemoryTokenCache
 ) -> None:
     retry = pa.RetryPolicy(attempts=2, backoff_base=0.01, backoff_max=0.01, deadline=60)
-    provider = provider_on(fake, cache, retry=retry)
+    provider = make_provider(fake, cache=cache, retry=retry)
     async with provider:
         await cache.store(provider.cache_key, token_with(remaining=40))
         fake.fail_next(FakeResponse(status=503, delay=0.2))
@@ -632,7 +603,7 @@ async def test_a_waiting_caller_gets_one_second_chance_only(
 async def test_refresh_margin_overrides_the_default_window(
     fake: FakePlainID, cache: pa.MemoryTokenCache
 ) -> None:
-    provider = provider_on(fake, cache, refresh_margin=20)
+    provider = make_provider(fake, cache=cache, refresh_margin=20)
     async with provider:
         # 40 s left of 100 s is STALE by default (window 50 s) but FRESH with a 20 s margin
         await cache.store(provider.cache_key, token_with(remaining=40))
@@ -821,7 +792,7 @@ async def test_a_session_passed_in_is_used_and_never_closed(fake: FakePlainID) -
         return await handler(request)
 
     async with aiohttp.ClientSession(middlewares=(recorder,)) as session:
-        provider = provider_on(fake, pa.MemoryTokenCache(), session=session)
+        provider = make_provider(fake, cache=pa.MemoryTokenCache(), session=session)
         async with provider:
             await provider.get_token()
         assert not session.closed
@@ -862,7 +833,7 @@ async def test_secret_and_token_appear_in_no_log_repr_or_error(
     async with FakePlainID(client_id="cid", client_secret=secret) as fake:
         cache = pa.MemoryTokenCache()
         provider = pa.TokenProvider(
-            "cid", secret, base_url=str(fake.base_url), cache=cache, retry=FAST_RETRY
+            "cid", secret, base_url=str(fake.base_url), cache=cache, retry=FAST
         )
         async with provider:
             token = await provider.get_token()
@@ -880,13 +851,13 @@ async def test_secret_and_token_appear_in_no_log_repr_or_error(
                 FakeResponse(body={"message": f"bad secret {secret}"}, status=401),
                 MALFORMED["text lifetime"],
             ):
-                fake.fail_next(*[scripted] * (FAST_RETRY.attempts if scripted == 503 else 1))
+                fake.fail_next(*[scripted] * (FAST.attempts if scripted == 503 else 1))
                 try:  # forced: each scripted failure is fetched, not met by the cool-down
                     await provider.get_token(force_refresh=True)
                 except pa.PlainIDError as exc:
                     errors.append(exc)
         wrong = pa.TokenProvider(
-            "cid", secret + "-old", base_url=str(fake.base_url), cache=cache, retry=FAST_RETRY
+            "cid", secret + "-old", base_url=str(fake.base_url), cache=cache, retry=FAST
         )
         async with wrong:
             with pytest.raises(pa.InvalidCredentialsError) as info:
@@ -906,7 +877,7 @@ async def test_secret_and_token_appear_in_no_log_repr_or_error(
 
 async def test_after_close_nothing_hands_out_a_token() -> None:
     async with FakePlainID() as fake:
-        provider = provider_on(fake, pa.MemoryTokenCache())
+        provider = make_provider(fake, cache=pa.MemoryTokenCache())
         async with provider.session() as session:
             await provider.get_token()
             await provider.close()
@@ -922,7 +893,7 @@ async def test_after_close_nothing_hands_out_a_token() -> None:
 async def test_a_call_waiting_when_its_provider_closes_gets_no_token() -> None:
     async with FakePlainID(latency=0.2) as fake:
         cache = pa.MemoryTokenCache()
-        starter, waiting = provider_on(fake, cache), provider_on(fake, cache)
+        starter, waiting = make_provider(fake, cache=cache), make_provider(fake, cache=cache)
         async with starter:
             first = asyncio.create_task(starter.get_token())
             await requests_seen(fake)
@@ -933,3 +904,216 @@ async def test_a_call_waiting_when_its_provider_closes_gets_no_token() -> None:
             with pytest.raises(pa.ProviderClosedError):
                 await asyncio.wait_for(call, 10)
             assert fake.is_valid((await first).access_token)
+
+
+# -- the 401 guard (moved from test_core.py) -----------------------------------------------
+
+
+@pytest.fixture
+async def always_401() -> AsyncIterator[str]:
+    """An API on 127.0.0.1 that answers 401 to every request."""
+
+    async def refuse(request: web.Request) -> web.Response:
+        return web.Response(status=401, text="no")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", refuse)
+    async with LoopbackServer(app) as server:
+        yield str(server.url)
+
+
+async def guarded_calls(provider: pa.TokenProvider, api: str, calls: int) -> list[int]:
+    middleware = pa.BearerAuthMiddleware(provider, origins=[api])
+    statuses = []
+    async with aiohttp.ClientSession(middlewares=(middleware,)) as session:
+        for _ in range(calls):
+            async with session.get(f"{api}/api/1.0/anything") as response:
+                statuses.append(response.status)
+    return statuses
+
+
+async def test_an_api_that_always_answers_401_costs_at_most_three_token_requests(
+    always_401: str,
+) -> None:
+    async with FakePlainID() as fake:
+        provider = make_provider(fake, cache=pa.MemoryTokenCache())
+        async with provider:
+            statuses = await guarded_calls(provider, always_401, 50)
+    assert statuses == [401] * 50
+    assert len(fake.token_requests) <= 3
+    record(
+        "401 guard: an API that always answers 401",
+        load="50 sequential calls through BearerAuthMiddleware",
+        token_requests=len(fake.token_requests),
+    )
+
+
+async def test_a_token_revoked_once_recovers_on_the_next_call() -> None:
+    async with FakePlainID() as fake:
+        provider = make_provider(fake, cache=pa.MemoryTokenCache())
+        async with provider, provider.session() as session:
+            token = await provider.get_token()
+            fake.revoke(token.access_token)
+            async with session.get("api/1.0/x") as response:
+                assert response.status == 200
+            assert len(fake.token_requests) == 2
+            # A second rejection inside the guard interval comes back as it is: no request.
+            fake.revoke((await provider.get_token()).access_token)
+            async with session.get("api/1.0/x") as response:
+                assert response.status == 401
+            assert len(fake.token_requests) == 2
+
+
+def test_the_guard_interval_doubles_on_repeats_and_resets_after_a_quiet_spell() -> None:
+    provider = pa.TokenProvider("id", "secret", region="us1", cache=pa.MemoryTokenCache())
+    cache = provider.cache
+    assert isinstance(cache, pa.MemoryTokenCache)
+    clock = PolicyClock(cache.key_states)
+    state = cache.key_states.state(provider.cache_key)
+    lengths: list[int] = []
+    for _ in range(6):
+        token = pa.Token.issued(f"t{len(lengths)}", expires_in=3600)
+        asyncio.run(cache.store(provider.cache_key, token))
+        assert provider.report_unauthorized(token)
+        guard = state.guard
+        # Another 401 for the token being replaced: its retry waits for the replacement,
+        # and the guard is left as it is.
+        assert provider.report_unauthorized(token)
+        assert state.guard == guard
+        lengths.append(round(state.guard.until - clock()))
+        clock.skip(state.guard.until - clock())  # the interval has just ended
+    assert lengths == [5, 10, 20, 40, 60, 60]
+    clock.skip(state.guard.until - clock() + 1000)  # long quiet: the next one starts over
+    token = pa.Token.issued("later", expires_in=3600)
+    asyncio.run(cache.store(provider.cache_key, token))
+    assert provider.report_unauthorized(token)
+    assert round(state.guard.until - clock()) == 5
+
+
+async def test_a_revocation_after_steady_unrelated_401s_recovers_on_the_second_call(
+    always_401: str,
+) -> None:
+    """One API path answers 401 all the time (a permission problem); then the token is
+    really revoked: healthy calls recover within 2 calls, not after the guard's interval."""
+    async with FakePlainID() as fake:
+        provider = make_provider(fake, cache=pa.MemoryTokenCache())
+        middleware = pa.BearerAuthMiddleware(provider, origins=[always_401])
+        async with provider, aiohttp.ClientSession(middlewares=(middleware,)) as session:
+
+            async def healthy() -> int:
+                async with session.get(f"{fake.base_url}/api/1.0/x") as response:
+                    return response.status
+
+            async def refused() -> int:
+                async with session.get(f"{always_401}/api/1.0/x") as response:
+                    return response.status
+
+            for _ in range(10):  # steady: the refused path 401s, the healthy one works
+                assert await refused() == 401
+                assert await healthy() == 200
+                assert await healthy() == 200
+            steady_requests = len(fake.token_requests)
+            fake.revoke((await provider.get_token()).access_token)
+            statuses = [await healthy(), await healthy(), await healthy()]
+    assert statuses[1:] == [200, 200], statuses  # recovered by the second call
+    assert len(fake.token_requests) == steady_requests + 1
+    assert steady_requests <= 3  # the unrelated 401s cost no token storm
+
+
+# -- the hot path never serves a dropped token (moved from test_core.py) -------------------
+
+
+async def test_an_invalidated_token_is_never_served_from_the_hot_path() -> None:
+    async with FakePlainID() as fake:
+        cache = pa.MemoryTokenCache()
+        provider = make_provider(fake, cache=cache)
+        async with provider:
+            token = await provider.get_token()
+            assert await provider.get_token() is token  # the hot path
+            other = make_provider(fake, cache=cache)
+            assert other.invalidate(token)  # another provider of the key drops it
+            assert await provider.get_token() is not token
+            cache.clear()
+            assert await provider.get_token() is not token
+            await other.close()
+
+
+async def test_a_cool_down_lasts_at_least_the_servers_retry_after() -> None:
+    async with FakePlainID() as fake:
+        cache = pa.MemoryTokenCache()
+        retry = pa.RetryPolicy(attempts=3, backoff_base=0.01, deadline=1.0)
+        provider = make_provider(fake, cache=cache, retry=retry)
+        async with provider:
+            fake.start_outage(503, retry_after="20")
+            with pytest.raises(pa.TokenEndpointUnavailableError) as info:
+                await provider.get_token()
+            assert info.value.retry_after == 20
+            # Retry-After went past the deadline: one attempt, then a 20 s cool-down.
+            assert len(fake.token_requests) == 1
+            state = cache.key_states.get(provider.cache_key)
+            assert state is not None
+            assert state.cooldown_until - time.monotonic() > 19
+
+
+# -- a valid token is replaced, never dropped, issue 20 (moved from test_core.py) ----------
+
+
+async def test_a_token_that_arrives_expired_is_a_failed_fetch_never_handed_out() -> None:
+    """A 2 s token after 2.5 s of latency (a process frozen mid-fetch): nobody gets it."""
+    async with FakePlainID(expires_in=2, latency=2.5) as fake:
+        cache = pa.MemoryTokenCache()
+        provider = make_provider(fake, cache=cache, retry=pa.RetryPolicy(attempts=1))
+        async with provider:
+            callers = [asyncio.create_task(provider.get_token()) for _ in range(3)]
+            results = await asyncio.wait_for(asyncio.gather(*callers, return_exceptions=True), 30)
+            for result in results:
+                assert isinstance(result, pa.TokenEndpointUnavailableError), result
+                assert "expired" in str(result)
+            assert len(fake.token_requests) == 1
+            assert cache.get(provider.cache_key) is None  # not stored either
+            health = provider.health()
+            assert health.failures == 1
+            assert provider.stats.failures == 1
+
+
+async def test_force_refresh_during_an_outage_keeps_the_valid_token_served() -> None:
+    async with FakePlainID() as fake:
+        provider = make_provider(fake, cache=pa.MemoryTokenCache(), retry=FAST)
+        async with provider:
+            token = await provider.get_token()
+            fake.start_outage(503)
+            with pytest.raises(pa.TokenEndpointUnavailableError):
+                await provider.get_token(force_refresh=True)
+            # Replace, never drop: the token, still valid, is served to every other call.
+            served = [await provider.get_token() for _ in range(100)]
+            assert all(t is token for t in served)
+            fake.end_outage()
+            fresh = await provider.get_token(force_refresh=True)
+            assert fresh != token
+            assert await provider.get_token() is fresh
+
+
+async def test_a_401_during_an_outage_gets_its_response_and_the_valid_token_stays() -> None:
+    async with FakePlainID() as fake:
+        provider = make_provider(fake, cache=pa.MemoryTokenCache(), retry=FAST)
+        async with provider, provider.session() as session:
+            token = await provider.get_token()
+            fake.start_outage(503)
+            fake.revoke(token.access_token)
+            # The 401 call gets a response (its 401), not the endpoint's outage.
+            async with session.get("api/1.0/x") as response:
+                assert response.status == 401
+            assert await provider.get_token() is token  # not dropped before a replacement
+            fake.end_outage()
+
+
+async def test_a_replacement_refused_for_invalid_credentials_drops_the_token() -> None:
+    async with FakePlainID() as fake:
+        provider = make_provider(fake, cache=pa.MemoryTokenCache(), retry=FAST)
+        async with provider:
+            token = await provider.get_token()
+            fake.start_outage(401)
+            with pytest.raises(pa.InvalidCredentialsError):
+                await provider.get_token(force_refresh=True)
+            assert provider.cache.get(provider.cache_key) is None
+            assert token is not None

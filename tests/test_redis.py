@@ -18,7 +18,9 @@ import aiohttp
 import attrs
 import pytest
 import redis.asyncio
+from _providers import make_provider
 from _redis_server import RedisServer, ThreadedFake, connected_clients, redis_binary
+from _servers import LoopbackServer
 from aiohttp import web
 
 from plainid_async import (
@@ -153,12 +155,6 @@ async def cache_client(
         await restricted.aclose()
 
 
-def provider_for(fake: FakePlainID, cache: RedisTokenCache) -> TokenProvider:
-    return TokenProvider(
-        fake.client_id, fake.client_secret, base_url=str(fake.base_url), cache=cache
-    )
-
-
 def fast(client: redis.asyncio.Redis, namespace: str = "plainid") -> RedisTokenCache:
     """A cache with small limits, so failures and dead locks cost fractions of a second."""
     return RedisTokenCache(
@@ -219,9 +215,9 @@ async def test_eight_cold_processes_make_one_token_request(redis_server: RedisSe
 async def test_a_second_provider_reads_the_token_from_redis(
     client: redis.asyncio.Redis, cache_client: redis.asyncio.Redis, fake: FakePlainID
 ) -> None:
-    async with provider_for(fake, fast(cache_client)) as first:
+    async with make_provider(fake, cache=fast(cache_client)) as first:
         token = await first.get_token()
-    async with provider_for(fake, fast(cache_client)) as second:
+    async with make_provider(fake, cache=fast(cache_client)) as second:
         again = await second.get_token()
     assert again.access_token == token.access_token
     assert abs(again.expires_at - token.expires_at) < 1
@@ -232,7 +228,7 @@ async def test_invalidate_in_one_process_is_seen_by_another(
     client: redis.asyncio.Redis, cache_client: redis.asyncio.Redis, fake: FakePlainID
 ) -> None:
     cache_a, cache_b = fast(cache_client), fast(cache_client)
-    async with provider_for(fake, cache_a) as a, provider_for(fake, cache_b) as b:
+    async with make_provider(fake, cache=cache_a) as a, make_provider(fake, cache=cache_b) as b:
         first = await a.get_token()
         assert (await b.get_token()).access_token == first.access_token
         assert a.invalidate(first)
@@ -255,7 +251,7 @@ async def test_redis_holds_nothing_readable_and_every_key_expires(
     fake.add_client("other-client", "other-secret")
     cache = fast(cache_client)
     async with (
-        provider_for(fake, cache) as one,
+        make_provider(fake, cache=cache) as one,
         TokenProvider(
             "other-client", "other-secret", base_url=str(fake.base_url), cache=cache
         ) as two,
@@ -509,7 +505,7 @@ async def test_a_waiter_takes_the_token_stored_by_the_lock_owner(
     client: redis.asyncio.Redis, cache_client: redis.asyncio.Redis, fake: FakePlainID
 ) -> None:
     patient = RedisTokenCache(cache_client, timeout=0.3, lock_timeout=30.0, lock_poll_interval=0.02)
-    async with provider_for(fake, patient) as provider:
+    async with make_provider(fake, cache=patient) as provider:
         key = provider.cache_key
         await client.set(patient.lock_key(key), "another-process", px=30_000)
         waiting = asyncio.create_task(provider.get_token())
@@ -531,7 +527,7 @@ async def test_closing_a_provider_that_waits_for_the_lock_leaves_it_alone(
     # A generous Redis timeout: on a loaded machine a slow answer must not count as Redis
     # being down (the provider would then fetch without the lock).
     cache = RedisTokenCache(cache_client, timeout=5.0, lock_timeout=30.0, lock_poll_interval=0.02)
-    provider = provider_for(fake, cache)
+    provider = make_provider(fake, cache=cache)
     name = cache.lock_key(provider.cache_key)
     await client.set(name, "another-process", px=30_000)
     waiting = asyncio.create_task(provider.get_token())
@@ -581,7 +577,7 @@ async def test_a_cancel_the_redis_client_swallows_still_stops_the_lock_wait(
         lock_timeout=30.0,
         lock_poll_interval=0.02,
     )
-    provider = provider_for(fake, cache)
+    provider = make_provider(fake, cache=cache)
     name = cache.lock_key(provider.cache_key)
     await client.set(name, "another-process", px=30_000)
     waiting = asyncio.create_task(provider.get_token())
@@ -601,7 +597,7 @@ async def test_a_stale_lock_blocks_no_longer_than_the_lock_timeout(
     client: redis.asyncio.Redis, cache_client: redis.asyncio.Redis, fake: FakePlainID
 ) -> None:
     cache = fast(cache_client)
-    async with provider_for(fake, cache) as provider:
+    async with make_provider(fake, cache=cache) as provider:
         # A process took the lock and vanished without releasing it.
         await client.set(cache.lock_key(provider.cache_key), "dead-owner", px=60_000)
         token = await provider.get_token()
@@ -621,7 +617,7 @@ async def test_a_lock_owner_killed_mid_fetch_blocks_nobody_for_long(
     os.kill(holder.pid, signal.SIGKILL)
     await holder.wait()
     cache = RedisTokenCache(cache_client, timeout=0.3, lock_timeout=30.0, lock_poll_interval=0.02)
-    async with provider_for(fake, cache) as provider:
+    async with make_provider(fake, cache=cache) as provider:
         assert await client.exists(cache.lock_key(provider.cache_key)) == 1
         token = await provider.get_token()  # the dead owner's lock expires (1 s)
     assert token.access_token == fake.issued_tokens[0]
@@ -640,7 +636,7 @@ async def test_redis_stopped_mid_run_fails_no_call_and_warns_once(
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="plainid_async")
     cache = fast(cache_client)
-    async with provider_for(fake, cache) as provider:
+    async with make_provider(fake, cache=cache) as provider:
         first = await provider.get_token()
         redis_server.stop()
         tokens = [await provider.get_token(force_refresh=True) for _ in range(3)]
@@ -648,7 +644,7 @@ async def test_redis_stopped_mid_run_fails_no_call_and_warns_once(
         await cache.flush()
         tokens.append(await provider.get_token())
         warned = redis_warnings(caplog)
-        async with provider_for(fake, fast(cache_client)) as cold:
+        async with make_provider(fake, cache=fast(cache_client)) as cold:
             tokens.append(await cold.get_token())  # a new process while Redis is down
     assert len({t.access_token for t in [first, *tokens]}) == 6
     assert len(fake.token_requests) == 6
@@ -667,7 +663,7 @@ async def test_redis_restarted_is_used_again(
 ) -> None:
     caplog.set_level(logging.INFO, logger="plainid_async")
     cache = fast(client)  # an ACL user would not survive the restart (no persistence)
-    async with provider_for(fake, cache) as provider:
+    async with make_provider(fake, cache=cache) as provider:
         await provider.get_token()
         redis_server.stop()
         await provider.get_token(force_refresh=True)
@@ -680,7 +676,7 @@ async def test_redis_restarted_is_used_again(
                 break
             await asyncio.sleep(0.1)
         assert cache.get(provider.cache_key) is current
-    async with provider_for(fake, fast(client)) as another:
+    async with make_provider(fake, cache=fast(client)) as another:
         assert (await another.get_token()).access_token == current.access_token
     assert len(redis_warnings(caplog)) == 1
     assert any("answers again" in r.message for r in caplog.records)
@@ -694,7 +690,7 @@ async def test_frozen_redis_costs_a_timeout_not_a_failure(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     cache = fast(cache_client)
-    async with provider_for(fake, cache) as provider:
+    async with make_provider(fake, cache=cache) as provider:
         await provider.get_token()
         redis_server.pause()
         try:
@@ -710,7 +706,7 @@ async def test_frozen_redis_costs_a_timeout_not_a_failure(
 async def test_unreachable_redis_from_the_start(fake: FakePlainID) -> None:
     dead = redis.asyncio.Redis(host="127.0.0.1", port=1)
     try:
-        async with provider_for(fake, fast(dead)) as provider:
+        async with make_provider(fake, cache=fast(dead)) as provider:
             assert (await provider.get_token()).access_token == fake.issued_tokens[0]
     finally:
         await dead.aclose()
@@ -796,7 +792,7 @@ async def test_a_refused_permission_is_one_error_naming_it_not_an_outage(  # noq
     narrow = await restricted_client(client, redis_server, rules)
     try:
         cache = fast(narrow)
-        async with provider_for(fake, cache) as provider:
+        async with make_provider(fake, cache=cache) as provider:
             for _ in range(3):
                 await provider.get_token(force_refresh=True)  # every call still succeeds
                 await asyncio.sleep(0.06)  # past retry_interval: Redis is asked again
@@ -822,13 +818,10 @@ async def test_the_401_guard_keeps_the_fleets_shared_token(
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", refuse)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    api = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    try:
+    async with LoopbackServer(app) as server:
+        api = str(server.url)
         cache = fast(client)
-        provider = provider_for(fake, cache)
+        provider = make_provider(fake, cache=cache)
         middleware = BearerAuthMiddleware(provider, origins=[api])
         async with provider, aiohttp.ClientSession(middlewares=(middleware,)) as session:
             statuses = []
@@ -839,8 +832,6 @@ async def test_the_401_guard_keeps_the_fleets_shared_token(
             stored = await client.get(cache.token_key(provider.cache_key))
             assert stored is not None  # the 401s inside the guard deleted nothing
             assert cache.get(provider.cache_key) is not None
-    finally:
-        await runner.cleanup()
     assert statuses == [401] * 50
     assert len(fake.token_requests) == 2  # the first token, and one replacement
 
@@ -869,7 +860,7 @@ def test_from_url_serves_a_loop_per_call_with_one_request_one_connection_no_warn
 ) -> None:
     cache = from_url_cache(redis_server)
     with ThreadedFake() as fake:
-        tokens = run_per_call(30, lambda: provider_for(fake, cache))
+        tokens = run_per_call(30, lambda: make_provider(fake, cache=cache))
         assert len(fake.token_requests) == 1
     assert {token.access_token for token in tokens} == {fake.issued_tokens[0]}
     assert redis_warnings(caplog) == []
@@ -886,7 +877,8 @@ def test_from_url_serves_eight_threads_each_running_loops(
     with ThreadedFake(latency=0.15) as fake:
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             runs = [
-                pool.submit(run_per_call, 5, lambda: provider_for(fake, cache)) for _ in range(8)
+                pool.submit(run_per_call, 5, lambda: make_provider(fake, cache=cache))
+                for _ in range(8)
             ]
             tokens = [token for run in runs for token in run.result(60)]
         assert len(fake.token_requests) == 1
@@ -1092,7 +1084,7 @@ async def test_a_lock_key_without_a_ttl_is_stale(
     client: redis.asyncio.Redis, cache_client: redis.asyncio.Redis, fake: FakePlainID
 ) -> None:
     cache = RedisTokenCache(cache_client, timeout=2.0, lock_timeout=30.0, lock_poll_interval=0.02)
-    async with provider_for(fake, cache) as provider:
+    async with make_provider(fake, cache=cache) as provider:
         await client.set(cache.lock_key(provider.cache_key), "planted-forever")
         async with asyncio.timeout(10):  # far below the 30 s lock timeout
             token = await provider.get_token()
@@ -1109,7 +1101,7 @@ async def test_a_hash_at_a_token_key_affects_that_key_only(
 ) -> None:
     fake.add_client("other-client", "other-secret")
     cache = fast(cache_client)
-    broken = provider_for(fake, cache)
+    broken = make_provider(fake, cache=cache)
     healthy = TokenProvider(
         "other-client", "other-secret", base_url=str(fake.base_url), cache=cache
     )
@@ -1140,7 +1132,7 @@ async def test_a_frozen_lock_owner_blocks_the_fleet_for_one_lease_only(
         cache = RedisTokenCache(
             cache_client, timeout=0.3, lock_timeout=30.0, lock_poll_interval=0.02
         )
-        async with provider_for(fake, cache) as provider:
+        async with make_provider(fake, cache=cache) as provider:
             async with asyncio.timeout(10):  # far below its 30 s lock_timeout
                 token = await provider.get_token()
         assert token.access_token == fake.issued_tokens[0]

@@ -15,13 +15,13 @@ import json
 import logging
 import os
 import socket
-import ssl
 import struct
 import sys
 import traceback
 import urllib.parse
 from typing import TYPE_CHECKING, Any, Self, cast
 
+import _servers
 import aiohttp
 import attrs
 import httpx
@@ -31,6 +31,7 @@ import redis.asyncio
 import sentry_sdk
 from _proxy import PROXY_VARIABLES, TinyProxy
 from _redis_server import RedisServer, redis_binary
+from _servers import LoopbackServer
 from aiohttp import web
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -55,6 +56,7 @@ from plainid_async.redis import RedisTokenCache
 from plainid_async.testing import FakePlainID, FakeResponse, free_port
 
 if TYPE_CHECKING:
+    import ssl
     from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
     from pathlib import Path
 
@@ -313,28 +315,25 @@ class Stage:
         self.forms: list[bytes] = []
         self.authorizations: list[str | None] = []
         self.base_url = URL()
-        self._runner: web.AppRunner | None = None
+        self._server: LoopbackServer | None = None
 
     async def __aenter__(self) -> Self:
         app = web.Application()
         app.router.add_post("/api/1.0/api-key/token", self._token)
         app.router.add_get(f"/{API_PATH}", self._api)
         # A hanging handler is cancelled when its client goes away or the stage stops.
-        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self.ssl_context).start()
-        port = self._runner.addresses[0][1]
-        scheme = "https" if self.ssl_context else "http"
-        self.base_url = URL.build(scheme=scheme, host="127.0.0.1", port=port)
+        server = LoopbackServer(app, ssl_context=self.ssl_context, handler_cancellation=True)
+        self.base_url = await server.start()
+        self._server = server
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
     async def stop(self) -> None:
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
+        server, self._server = self._server, None
+        if server is not None:
+            await server.close()
 
     async def _token(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
@@ -439,16 +438,12 @@ def assert_nothing_leaked(texts: dict[str, str]) -> None:
 
 @pytest.fixture(scope="module")
 def server_tls(ca: trustme.CA) -> ssl.SSLContext:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(context)
-    return context
+    return _servers.server_tls(ca)
 
 
 @pytest.fixture(scope="module")
 def client_tls(ca: trustme.CA) -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    ca.configure_trust(context)
-    return context
+    return _servers.client_tls(ca)
 
 
 @pytest.fixture(scope="module")
