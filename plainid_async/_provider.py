@@ -244,7 +244,12 @@ class TokenProvider:
         # From here on no frame holds the secret in a plain local (tracebacks with locals).
         del client_secret
         self._client_id = check_text("client_id", client_id)
-        proxy_url = resolve_proxy(proxy)
+        try:
+            proxy_url = resolve_proxy(proxy)
+        finally:
+            # The URL may carry the proxy's credentials: like the secret, it is in no frame of
+            # a traceback from here on, whether this check or a later one raises.
+            del proxy
         trust_env = check_bool("trust_env", trust_env)
         endpoint = resolve_endpoint(region=region, base_url=base_url)
         self._api_url = endpoint.api_url
@@ -347,30 +352,35 @@ class TokenProvider:
             ConfigurationError: A variable is missing, blank or invalid; the message names
                 it, and names every missing variable at once.
         """  # noqa: D205 (the summary names four variables and needs two lines)
-        settings = Settings.from_environ(
-            None if environ is None else check_mapping("environ", environ)
-        )
+        # A proxy URL may carry credentials: this frame lets go of it before a raise leaves,
+        # as the constructor does (see the finally below).
         try:
-            return cls(
-                settings.client_id,
-                None if settings.client_secret_file else settings.client_secret,
-                client_secret_file=settings.client_secret_file,
-                region=settings.region,
-                base_url=settings.base_url,
-                refresh_margin=refresh_margin,
-                cache=cache,
-                session=session,
-                timeout=timeout,
-                retry=retry,
-                ssl=ssl,
-                proxy=proxy,
-                trust_env=trust_env,
-                on_event=on_event,
-                event_kinds=event_kinds,
+            settings = Settings.from_environ(
+                None if environ is None else check_mapping("environ", environ)
             )
-        except ConfigurationError as exc:
-            source = ENV_REGION if settings.region is not None else ENV_BASE_URL
-            raise ConfigurationError(f"{exc} (from {source} or {ENV_CLIENT_ID})") from None
+            try:
+                return cls(
+                    settings.client_id,
+                    None if settings.client_secret_file else settings.client_secret,
+                    client_secret_file=settings.client_secret_file,
+                    region=settings.region,
+                    base_url=settings.base_url,
+                    refresh_margin=refresh_margin,
+                    cache=cache,
+                    session=session,
+                    timeout=timeout,
+                    retry=retry,
+                    ssl=ssl,
+                    proxy=proxy,
+                    trust_env=trust_env,
+                    on_event=on_event,
+                    event_kinds=event_kinds,
+                )
+            except ConfigurationError as exc:
+                source = ENV_REGION if settings.region is not None else ENV_BASE_URL
+                raise ConfigurationError(f"{exc} (from {source} or {ENV_CLIENT_ID})") from None
+        finally:
+            del proxy
 
     # -- public properties -------------------------------------------------------------
 

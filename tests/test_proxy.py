@@ -31,7 +31,7 @@ from plainid_async._proxy import proxy_from_env, resolve_proxy
 from plainid_async.testing import FakePlainID, free_port
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator
+    from collections.abc import AsyncIterator, Callable, Iterator
     from pathlib import Path
 
     import trustme
@@ -571,3 +571,49 @@ async def test_a_sessions_invalid_proxy_is_a_configuration_error_naming_it(
             await token_of(provider)
     assert "pr0xy-Pa55" not in str(info.value)
     assert server.headers == []
+
+
+GOOD_PROXY_WITH_PASSWORD = f"http://{LOGIN}:{PROXY_PASSWORD}@127.0.0.1:3128"
+ENVIRON = {
+    "PLAINID_CLIENT_ID": "id",
+    "PLAINID_CLIENT_SECRET": SECRET,
+    "PLAINID_REGION": "us1",
+}
+
+
+@pytest.mark.parametrize(
+    ("build", "frame"),
+    [
+        pytest.param(
+            lambda: TokenProvider("id", SECRET, region="us1", proxy=BAD_PROXY),
+            "__init__",
+            id="constructor-bad-proxy",
+        ),
+        pytest.param(
+            lambda: TokenProvider("id", SECRET, region="US 1", proxy=GOOD_PROXY_WITH_PASSWORD),
+            "__init__",
+            id="constructor-good-proxy-bad-region",
+        ),
+        pytest.param(
+            lambda: TokenProvider.from_env(ENVIRON, proxy=BAD_PROXY),
+            "from_env",
+            id="from-env-bad-proxy",
+        ),
+        pytest.param(
+            lambda: TokenProvider.from_env({}, proxy=GOOD_PROXY_WITH_PASSWORD),
+            "from_env",
+            id="from-env-good-proxy-missing-variables",
+        ),
+    ],
+)
+def test_a_provider_that_fails_to_build_keeps_the_proxy_credentials_in_no_frame(
+    build: Callable[[], object], frame: str
+) -> None:
+    error = raised_by(build)
+    assert isinstance(error, ConfigurationError)
+    # The provider's own frame is in the traceback, with its locals ...
+    assert f", in {frame}\n" in with_locals(error)
+    # ... and no frame holds the proxy URL or its credentials, in any form.
+    reported = everything_reported(error)
+    for form in forms_of_credentials(PROXY_PASSWORD):
+        assert form not in reported
