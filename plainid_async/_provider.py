@@ -352,8 +352,8 @@ class TokenProvider:
             ConfigurationError: A variable is missing, blank or invalid; the message names
                 it, and names every missing variable at once.
         """  # noqa: D205 (the summary names four variables and needs two lines)
-        # A proxy URL may carry credentials: this frame lets go of it before a raise leaves,
-        # as the constructor does (see the finally below).
+        # A proxy URL may carry credentials, and environ the secret: this frame lets go of
+        # both before a raise leaves, as the constructor does (see the finally below).
         try:
             settings = Settings.from_environ(
                 None if environ is None else check_mapping("environ", environ)
@@ -380,7 +380,7 @@ class TokenProvider:
                 source = ENV_REGION if settings.region is not None else ENV_BASE_URL
                 raise ConfigurationError(f"{exc} (from {source} or {ENV_CLIENT_ID})") from None
         finally:
-            del proxy
+            del proxy, environ
 
     # -- public properties -------------------------------------------------------------
 

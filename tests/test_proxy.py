@@ -604,16 +604,32 @@ ENVIRON = {
             "from_env",
             id="from-env-good-proxy-missing-variables",
         ),
+        pytest.param(
+            lambda: TokenProvider.from_env(
+                {**ENVIRON, "PLAINID_REGION": "US 1"}, proxy=GOOD_PROXY_WITH_PASSWORD
+            ),
+            "from_env",
+            id="from-env-good-proxy-bad-region",
+        ),
+        pytest.param(
+            lambda: TokenProvider.from_env(
+                {**ENVIRON, "PLAINID_BASE_URL": "https://pap.example"},
+                proxy=GOOD_PROXY_WITH_PASSWORD,
+            ),
+            "from_env",
+            id="from-env-good-proxy-region-and-base-url",
+        ),
     ],
 )
-def test_a_provider_that_fails_to_build_keeps_the_proxy_credentials_in_no_frame(
+def test_a_provider_that_fails_to_build_keeps_proxy_credentials_and_secret_in_no_frame(
     build: Callable[[], object], frame: str
 ) -> None:
+    """Neither the proxy's credentials nor the secret of an ``environ`` given to ``from_env``."""
     error = raised_by(build)
     assert isinstance(error, ConfigurationError)
     # The provider's own frame is in the traceback, with its locals ...
     assert f", in {frame}\n" in with_locals(error)
     # ... and no frame holds the proxy URL or its credentials, in any form.
     reported = everything_reported(error)
-    for form in forms_of_credentials(PROXY_PASSWORD):
+    for form in [*forms_of_credentials(PROXY_PASSWORD), SECRET]:
         assert form not in reported
