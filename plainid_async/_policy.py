@@ -10,7 +10,8 @@ time in, and keeps what comes back. Each rule is written once:
 * the background retry cap: a failed background refresh is tried again after its backoff,
   but never later than half the usable time that was left (:func:`after_failure`,
   :func:`background_due`),
-* the 401 guard (:func:`on_unauthorized`),
+* the 401 guard (:func:`on_unauthorized`) and what lets a real revocation through it
+  (:func:`looks_revoked`),
 * a waiter's time budget (:func:`wait_budget`).
 
 The model is azure-identity's ``get_refresh_status(token, last_request_time)``: policy decides,
@@ -39,11 +40,13 @@ __all__ = [
     "FailureDecision",
     "Failures",
     "Guard",
+    "RevocationWatch",
     "after_failure",
     "background_due",
     "cooldown_delay",
     "cooldown_left",
     "guard_interval",
+    "looks_revoked",
     "on_unauthorized",
     "probe_only",
     "retry_delay",
@@ -275,6 +278,54 @@ def on_unauthorized(guard: Guard, now: float) -> tuple[Guard, float]:
     repeat = guard.step > 0 and now < guard.until + guard_interval(guard.step)
     step = guard.step + 1 if repeat else 1
     return Guard(now + guard_interval(step), step), 0.0
+
+
+@attrs.frozen
+class RevocationWatch:
+    """What a provider saw of the 401s for one token (see :func:`looks_revoked`).
+
+    Calls are counted by the provider (its lookups), so "between" means between two of its
+    calls, whatever the clock says.
+
+    Attributes:
+        token: The token watched (compared by identity), or ``None``.
+        since: The provider's call count before the call that got the token's first 401.
+        unauthorized: 401s reported for the token.
+        last: The provider's call count at the token's latest 401.
+    """
+
+    token: object = None
+    since: int = 0
+    unauthorized: int = 0
+    last: int = 0
+
+
+def looks_revoked(
+    watch: RevocationWatch, token: object, calls: int
+) -> tuple[RevocationWatch, bool]:
+    """Decide whether a 401 for ``token`` looks like a revocation, not an unrelated 401.
+
+    The 401 guard holds back 401s of an API path that refuses every token (a permission
+    problem). A token that worked (since its first 401, the provider's calls outnumber the
+    token's 401s) and then gets a 401 on two calls in a row (no call between them) was
+    revoked: the guard lets that
+    one through, so healthy calls recover on the second call, not after the guard's
+    interval. A replacement that fails at once never worked, so a storm stays bounded.
+
+    Args:
+        watch: What was seen so far.
+        token: The token the API rejected.
+        calls: The provider's call count now.
+
+    Returns:
+        What was seen, this 401 included, and whether the 401 looks like a revocation.
+    """
+    if watch.token is not token:  # first 401 of this token: count from the call that got it
+        watch = RevocationWatch(token, calls - 1, 0, calls - 1)
+    unauthorized = watch.unauthorized + 1
+    worked = calls - watch.since > unauthorized
+    consecutive = calls - watch.last <= 1
+    return RevocationWatch(token, watch.since, unauthorized, calls), worked and consecutive
 
 
 def wait_budget(retry: RetryPolicy, timeout: float) -> float:

@@ -47,6 +47,7 @@ from ._endpoint import RetryPolicy, request_token, resolve_endpoint
 from ._events import BUS, EventKind, FetchReason, Listener, TokenEvent
 from ._flight import Fetcher
 from ._log import LOGGER_NAME
+from ._policy import RevocationWatch, looks_revoked
 from ._proxy import resolve_proxy
 from ._secret import Secret, SecretFile
 from ._settings import ENV_BASE_URL, ENV_CLIENT_ID, ENV_REGION, Settings
@@ -307,9 +308,8 @@ class TokenProvider:
         # The schedule drawn for the last token looked at (its jitter is drawn once).
         self._sched: tuple[Token, RefreshSchedule] | None = None
         self._closed = False
-        # The token whose 401s are watched: [token, calls when watched, its 401s, calls at
-        # its last 401] (see _revoked).
-        self._watch: list[Any] = [None, 0, 0, 0]
+        # What this provider saw of the 401s of the cached token (see _revoked).
+        self._watch = RevocationWatch()
         _PROVIDERS.add(self)
 
     @classmethod
@@ -559,25 +559,11 @@ class TokenProvider:
         return True
 
     def _revoked(self, token: Token) -> bool:
-        """Whether a 401 for ``token`` looks like a revocation, not an unrelated 401.
-
-        The 401 guard holds back 401s of an API path that refuses every token (a
-        permission problem). A token that worked (this provider's calls with it outnumber
-        its 401s) and then gets a 401 on two calls in a row (no call between them went
-        well) was revoked: the guard lets that one through, so healthy calls recover on the
-        second call, not after the guard's interval. A replacement that fails at once never
-        worked, so a storm stays bounded.
-        """
+        """Whether a 401 for ``token`` looks like a revocation (see ``looks_revoked``)."""
         stats = self._reporter.stats
         calls = stats.cache_hits + self._hits + stats.waits + stats.cooldown_rejections
-        watch = self._watch
-        if watch[0] is not token:  # first 401 of this token: count from the call that got it
-            watch[:] = [token, calls - 1, 0, calls - 1]
-        watch[2] += 1
-        worked = calls - watch[1] > watch[2]
-        consecutive = calls - watch[3] <= 1
-        watch[3] = calls
-        return bool(worked and consecutive)
+        self._watch, revoked = looks_revoked(self._watch, token, calls)
+        return revoked
 
     def rotate_secret(self, client_secret: str | Secret) -> None:
         """Use a new client secret from now on, without failing calls in flight.

@@ -15,10 +15,12 @@ from plainid_async._policy import (
     COOLDOWN_MAX,
     Failures,
     Guard,
+    RevocationWatch,
     after_failure,
     background_due,
     cooldown_delay,
     cooldown_left,
+    looks_revoked,
     on_unauthorized,
     probe_only,
     retry_delay,
@@ -195,3 +197,42 @@ def test_a_failed_background_refresh_waits_out_retry_after_whatever_the_usable_t
 
 def test_retry_after_is_never_shortened_for_callers_who_wait() -> None:
     assert retry_delay(3.0, 1, pa.RetryPolicy(backoff_base=0.01), 0.0, retry_after=3.0) == 3.0
+
+
+# -- a revocation seen through the 401 guard --------------------------------------------
+
+
+def _watch_401s(token: object, calls_at_401s: list[int]) -> list[bool]:
+    watch = RevocationWatch()
+    seen = []
+    for calls in calls_at_401s:
+        watch, revoked = looks_revoked(watch, token, calls)
+        seen.append(revoked)
+    return seen
+
+
+def test_a_token_that_worked_and_fails_two_calls_in_a_row_looks_revoked() -> None:
+    token = object()
+    # An unrelated 401 at call 5, calls 6-40 went well, then calls 41 and 42 both got a 401.
+    assert _watch_401s(token, [5, 41, 42]) == [False, False, True]
+
+
+def test_a_token_refused_on_every_call_never_looks_revoked() -> None:
+    token = object()
+    # A path that answers 401 to every call: each call is a 401, so the token never worked.
+    assert not any(_watch_401s(token, list(range(1, 51))))
+
+
+def test_unrelated_401s_with_good_calls_between_never_look_revoked() -> None:
+    token = object()
+    # One 401 every tenth call: the token works in between, but no two 401s are in a row.
+    assert not any(_watch_401s(token, list(range(10, 200, 10))))
+
+
+def test_a_new_token_starts_a_new_watch() -> None:
+    old, new = object(), object()
+    watch, _ = looks_revoked(RevocationWatch(), old, 40)
+    watch, revoked = looks_revoked(watch, new, 41)
+    # The new token's first 401 counts from the call that got it: not two in a row yet.
+    assert not revoked
+    assert watch == RevocationWatch(new, 40, 1, 41)
