@@ -15,7 +15,9 @@ from plainid_async.testing import FakePlainID
 if TYPE_CHECKING:
     from yarl import URL
 
-__all__ = ["FAST", "make_provider", "token_with"]
+    from plainid_async._events import EventKind, TokenEvent
+
+__all__ = ["FAST", "Recorder", "make_provider", "recording", "token_with"]
 
 #: Two quick attempts within 2 s: a failure is seen at once, a flake is retried.
 FAST = RetryPolicy(attempts=2, backoff_base=0.01, backoff_max=0.02, deadline=2.0)
@@ -70,3 +72,27 @@ def token_with(remaining: float, lifetime: float = 100.0, value: str = "preloade
         expires_at=time.time() + remaining,
         expires_at_monotonic=time.monotonic() + remaining,
     )
+
+
+class Recorder:
+    """An on_event callback that keeps what it gets."""
+
+    def __init__(self) -> None:
+        self.events: list[TokenEvent] = []
+
+    def __call__(self, event: TokenEvent) -> None:
+        self.events.append(event)
+
+    def kinds(self) -> list[EventKind]:
+        return [e.kind for e in self.events]
+
+    def of(self, kind: EventKind) -> list[TokenEvent]:
+        return [e for e in self.events if e.kind is kind]
+
+
+def recording(fake: FakePlainID, **options: Any) -> tuple[TokenProvider, Recorder]:
+    """A provider on ``fake`` with its own memory cache and a Recorder as ``on_event``."""
+    recorder = Recorder()
+    options.setdefault("retry", FAST)
+    provider = make_provider(fake, cache=MemoryTokenCache(), on_event=recorder, **options)
+    return provider, recorder
