@@ -81,7 +81,8 @@ workflows: $(STAMP)
 	$(BIN)/actionlint -shellcheck= .github/workflows/*.yml
 	$(BIN)/zizmor --offline --quiet .github/workflows
 
-# The slow tests (soak, rotation under load: marked `slow`) run on their own, by .ci/run.
+# The slow tests (soak, rotation under load, 10,000-caller churn: marked `slow`) run on
+# their own, by .ci/run.
 # PYTEST_ARGS: more pytest arguments (.ci/run leaves tests/deployments out of its other runs).
 PYTEST_ARGS ?=
 

@@ -40,6 +40,7 @@ def redaction(caplog: pytest.LogCaptureFixture) -> Iterator[Redaction]:
     yield from watch_redaction(caplog, SECRET_A, SECRET_B)
 
 
+@pytest.mark.slow
 async def test_ten_thousand_callers_across_expiry_with_cancellations_and_an_outage(  # noqa: C901, PLR0915 (one scenario, told in order)
     redaction: Redaction,
 ) -> None:
