@@ -17,7 +17,6 @@ import os
 import socket
 import struct
 import sys
-import traceback
 import urllib.parse
 from typing import TYPE_CHECKING, Any, Self, cast
 
@@ -28,17 +27,16 @@ import httpx
 import httpx2
 import pytest
 import redis.asyncio
-import sentry_sdk
 from _proxy import PROXY_VARIABLES, TinyProxy
 from _redis_server import RedisServer, redis_binary
 from _servers import LoopbackServer
+from _tracebacks import chain, sentry_event, with_locals
 from aiohttp import web
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from sentry_sdk.transport import Transport
 from yarl import URL
 
 from plainid_async import (
@@ -61,62 +59,8 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     import trustme
-    from sentry_sdk.envelope import Envelope
 
 SECRET = 'b64+Secret/Value==-of-the-"client"'
-
-
-class NoNetwork(Transport):
-    """A Sentry transport that keeps envelopes in memory and sends nothing."""
-
-    def __init__(self, options: dict[str, Any] | None = None) -> None:
-        super().__init__(options)
-        self.envelopes: list[Envelope] = []
-
-    def capture_envelope(self, envelope: Envelope) -> None:
-        self.envelopes.append(envelope)
-
-
-def sentry_event(error: BaseException) -> dict[str, Any]:
-    """The event Sentry's SDK builds for ``error`` with its default options, in-process."""
-    events: list[dict[str, Any]] = []
-
-    def keep(event: Any, _hint: Any) -> None:
-        events.append(event)
-
-    client = sentry_sdk.Client(
-        dsn="http://public@127.0.0.1:9/1",  # never contacted: the transport keeps events
-        transport=NoNetwork,
-        before_send=keep,
-        default_integrations=False,  # no global patching of the test process
-    )
-    try:
-        with sentry_sdk.isolation_scope() as scope:
-            scope.set_client(client)
-            scope.capture_exception(error)
-    finally:
-        client.close()
-    [event] = events
-    return event
-
-
-def chain(error: BaseException) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    todo = [error]
-    while todo:
-        current = todo.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        yield current
-        todo.extend(e for e in (current.__cause__, current.__context__) if e is not None)
-
-
-def with_locals(error: BaseException) -> str:
-    report = traceback.TracebackException(
-        type(error), error, error.__traceback__, capture_locals=True
-    )
-    return "".join(report.format())
 
 
 def assert_no_secret_anywhere(error: BaseException) -> None:
