@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 
 __all__ = ["BearerAuthMiddleware", "provider_session"]
 
+#: The header's name, a module constant: one lookup fewer per use than hdrs.AUTHORIZATION.
+_AUTHORIZATION: Final = hdrs.AUTHORIZATION
+
 #: Statuses aiohttp follows as redirects.
 _REDIRECT_STATUSES: Final = frozenset({301, 302, 303, 307, 308})
 
@@ -102,28 +105,27 @@ class BearerAuthMiddleware(TokenScope):
         A hop that a redirect from an origin that gets no token led here gets no token
         either, whatever its origin: that origin chose its method, path and body.
         """
-        if hdrs.AUTHORIZATION in request.headers:
+        # Every request pays for what this method does before handler(): it stays a few
+        # attribute reads and dict lookups, with no call of ours and no coroutine unless
+        # the token is not at hand (docs/benchmarks.md has the figures).
+        if _AUTHORIZATION in request.headers:
             return await handler(request)
-        foreign = _FOREIGN_REDIRECT.get()  # None on the hot path: nothing more to look up
-        if foreign is not None and foreign is not _chain_of(request):
-            foreign = None
-            _FOREIGN_REDIRECT.set(None)  # another request: forget the last one's redirect
-        if foreign is not None or not _is_allowed(self._allowed, request.url):
-            response = await handler(request)
-            if response.status in _REDIRECT_STATUSES:
-                # aiohttp follows this redirect, if at all, with its next hop in this same
-                # task and request (chain): that hop must not get the token.
-                chain = _chain_of(request)
-                if chain is not None:
-                    _FOREIGN_REDIRECT.set(chain)
-            return response
-        # The hot path: one token, one send. The 401 retry is _retry's, so this path runs
-        # no loop and reads no more state than it needs.
-        token = await self._provider.get_token()
+        url = request.url
+        # The common case of _gets_token, decided inline: the origin is allowed (the check of
+        # _origins.is_allowed, two calls fewer) and no foreign redirect is on record. Anything
+        # else goes to _gets_token, the full rule.
+        schemes = self._allowed.get(url.host_port_subcomponent)
+        if (
+            schemes is None or url.scheme not in schemes or _FOREIGN_REDIRECT.get() is not None
+        ) and not self._gets_token(request):
+            return await _send_without_token(request, handler)
+        # A FRESH token straight from the provider's hot slot; else its get_token() waits,
+        # refreshes or raises.
+        token = self._hot_token() or await self._provider.get_token()
         # The header value (built once per token) goes from the token straight into the
-        # request: no local of this frame holds it, so a traceback with locals shows only
-        # Token's repr.
-        request.headers[hdrs.AUTHORIZATION] = token.authorization
+        # request: no local of this frame holds it (nor the headers), so a traceback with
+        # locals shows only Token's repr.
+        request.headers[_AUTHORIZATION] = token.authorization
         try:
             response = await handler(request)
         finally:
@@ -131,10 +133,18 @@ class BearerAuthMiddleware(TokenScope):
             # frame below (which may hold request.headers) nor the response's request_info
             # (a live view of them, in ClientResponseError's repr) shows it. pop(), not
             # popall(), which builds a list: about 20 ns, nothing allocated.
-            request.headers.pop(hdrs.AUTHORIZATION, None)
+            request.headers.pop(_AUTHORIZATION, None)
         if response.status != 401 or not self._retry_on_401:
             return response
         return await self._retry(request, handler, token, response)
+
+    def _gets_token(self, request: ClientRequest) -> bool:
+        """Whether this hop gets the token: its origin is allowed, no foreign redirect led here."""
+        foreign = _FOREIGN_REDIRECT.get()
+        if foreign is not None and foreign is not _chain_of(request):
+            foreign = None
+            _FOREIGN_REDIRECT.set(None)  # another request: forget the last one's redirect
+        return foreign is None and _is_allowed(self._allowed, request.url)
 
     async def _retry(
         self,
@@ -156,11 +166,23 @@ class BearerAuthMiddleware(TokenScope):
         token = await provider.get_token()
         # As in __call__ (kept inline there for the hot path): no local holds the header,
         # and it leaves the request once sent. A second 401 goes to the caller.
-        request.headers[hdrs.AUTHORIZATION] = token.authorization
+        request.headers[_AUTHORIZATION] = token.authorization
         try:
             return await handler(request)
         finally:
-            request.headers.pop(hdrs.AUTHORIZATION, None)
+            request.headers.pop(_AUTHORIZATION, None)
+
+
+async def _send_without_token(request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
+    """Send a hop that gets no token; remember it if it redirects (see _FOREIGN_REDIRECT)."""
+    response = await handler(request)
+    if response.status in _REDIRECT_STATUSES:
+        # aiohttp follows this redirect, if at all, with its next hop in this same task and
+        # request (chain): that hop must not get the token.
+        chain = _chain_of(request)
+        if chain is not None:
+            _FOREIGN_REDIRECT.set(chain)
+    return response
 
 
 def _chain_of(request: ClientRequest) -> list[object] | None:

@@ -466,6 +466,21 @@ class TokenProvider:
             return token
         return await self._get_token_slow(force_refresh=force_refresh)
 
+    def _hot_token(self) -> Token | None:
+        """What :meth:`get_token` would return from its hot path, counted alike; else ``None``.
+
+        For the integrations (``plainid_async._source.hot_lookup``), which call it on every
+        request: a plain call costs them a fraction of creating and awaiting a coroutine.
+        ``None`` wherever ``get_token()`` would go the slow way; the caller then awaits it.
+        The same lines as the start of :meth:`get_token` (kept inline there: a call would
+        double its cost); ``tests/test_middleware.py`` checks that both answer alike.
+        """
+        token, refresh_at, state = self._hot
+        if monotonic() < refresh_at and state.token is token:
+            self._hits += 1
+            return token
+        return None
+
     def token_state(self) -> TokenState | None:
         """Where the cached token stands now, for health checks and metrics.
 

@@ -16,11 +16,11 @@ from ._origins import allowed_schemes, check_http_url, check_origins
 from .exceptions import ConfigurationError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
 
     from ._token import Token
 
-__all__ = ["TokenScope", "TokenSource", "check_source"]
+__all__ = ["TokenScope", "TokenSource", "check_source", "hot_lookup"]
 
 
 class TokenSource(Protocol):
@@ -65,6 +65,28 @@ def check_source(provider: object) -> TokenSource:
     return cast("TokenSource", provider)
 
 
+def _no_hot_token() -> None:
+    """A source without a hot path: every request awaits its ``get_token()``."""
+
+
+def hot_lookup(provider: TokenSource) -> Callable[[], Token | None]:
+    """The synchronous hot path of ``provider.get_token()``, for the integrations.
+
+    The returned function gives the token ``get_token()`` would return at once, counted as
+    the same cache hit, or ``None`` when ``get_token()`` has more to do (wait, refresh, raise,
+    emit an event): then the integration awaits ``get_token()``. Creating and awaiting a
+    coroutine on every request costs more than all the rest of an integration's work.
+
+    Only a :class:`~plainid_async.TokenProvider` whose ``get_token`` is the library's own has
+    one: a test double, or a subclass that overrides ``get_token``, is asked every time.
+    """
+    from ._provider import TokenProvider  # noqa: PLC0415 (the provider imports the integrations)
+
+    if isinstance(provider, TokenProvider) and type(provider).get_token is TokenProvider.get_token:
+        return provider._hot_token  # noqa: SLF001 (the provider's hook for the integrations)
+    return _no_hot_token
+
+
 class TokenScope:
     """What both integrations hold: the provider, the origins that get its token, the options.
 
@@ -72,7 +94,7 @@ class TokenScope:
     so both check their arguments, and answer ``provider``, ``origins`` and ``repr()``, alike.
     """
 
-    __slots__ = ("_allowed", "_origins", "_provider", "_retry_on_401")
+    __slots__ = ("_allowed", "_hot_token", "_origins", "_provider", "_retry_on_401")
 
     def __init__(
         self,
@@ -89,6 +111,7 @@ class TokenScope:
         self._origins: Final = (provider.api_url.origin(), *extra)
         self._allowed: Final = allowed_schemes(self._origins)
         self._retry_on_401: Final = retry_on_401
+        self._hot_token: Final = hot_lookup(provider)
 
     @property
     def provider(self) -> TokenSource:

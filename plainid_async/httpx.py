@@ -124,8 +124,9 @@ class BearerAuth(TokenScope, _Auth):
             yield request
             return
         provider = self._provider
+        # A FRESH token from the provider's hot slot, without a coroutine; else get_token().
+        token = self._hot_token() or await provider.get_token()
         for attempt in range(2):
-            token = await provider.get_token()
             # No local of this frame holds the header value (a traceback with locals, as
             # Sentry captures it, would show it when the next get_token() fails): it goes
             # from the token (built once per token) into the request, whose repr httpx redacts.
@@ -139,6 +140,7 @@ class BearerAuth(TokenScope, _Auth):
                 return
             if not provider.report_unauthorized(token) or not _can_replay(request):
                 return  # guard held, or a streamed body cannot be sent again: the 401 stays
+            token = await provider.get_token()  # waits for the rejected token's replacement
 
     def sync_auth_flow(
         self, request: httpx.Request

@@ -618,3 +618,18 @@ def test_the_httpx_extra_requires_sniffio() -> None:
     project = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
     extra = project["project"]["optional-dependencies"]["httpx"]
     assert any(requirement.startswith("sniffio") for requirement in extra)
+
+
+async def test_each_request_of_a_cached_token_counts_as_one_cache_hit(
+    fake: FakePlainID, lib: Any
+) -> None:
+    async with make_provider(fake) as provider:
+        token = await provider.get_token()
+        await provider.get_token()  # a cache hit fills the provider's hot slot
+        transport = lib.MockTransport(lambda request: lib.Response(200, json=dict(request.headers)))
+        async with lib.AsyncClient(auth=BearerAuth(provider), transport=transport) as api:
+            hits = provider.stats.cache_hits
+            sent = [(await api.get(f"{fake.base_url}/x")).json() for _ in range(3)]
+            assert provider.stats.cache_hits == hits + 3
+    assert [headers["authorization"] for headers in sent] == [token.authorization] * 3
+    assert len(fake.token_requests) == 1

@@ -10,14 +10,16 @@ from typing import TYPE_CHECKING, Any, Self, cast
 import aiohttp
 import attrs
 import pytest
-from _providers import make_provider
+from _providers import make_provider, token_with
 from _servers import LoopbackServer
 from aiohttp import hdrs, web
 from yarl import URL
 
 from plainid_async import ConfigurationError, InvalidCredentialsError, MemoryTokenCache, Token
 from plainid_async import TokenProvider as _TokenProvider
+from plainid_async._events import EventKind
 from plainid_async._middleware import BearerAuthMiddleware, _can_replay, provider_session
+from plainid_async._source import hot_lookup
 from plainid_async.testing import FakePlainID
 
 if TYPE_CHECKING:
@@ -773,3 +775,117 @@ async def test_encoded_slash_in_the_base_url_prefix_stays_encoded() -> None:
         async with provider, provider.session() as client:
             assert await status_of(client.get("api/1.0/x")) == 200
     assert seen == ["/tenant%2Fa/api/1.0/x"]
+
+
+# -- the hot path: what each request pays for ---------------------------------------------------
+
+
+async def test_every_request_of_one_token_carries_the_very_same_header_string() -> None:
+    provider, token = await seeded_provider()
+    middleware, handler = BearerAuthMiddleware(provider), StubHandler(200, 200, 200)
+    for _ in range(3):
+        await middleware(client_request(URL("http://127.0.0.1:9/x")), handler)
+    # Built once per token, never per request: one object, the token's own.
+    assert all(sent is token.authorization for sent in handler.sent)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:9/x",
+        "http://127.0.0.1:9",
+        "ws://127.0.0.1:9/socket",
+        "https://127.0.0.1:9/x",
+        "wss://127.0.0.1:9/x",
+        "http://127.0.0.1:10/x",
+        "http://127.0.0.1/x",
+        "http://localhost:9/x",
+        "https://api.us1.plainid.io/x",
+        "http://api.us1.plainid.io/x",
+        "https://API.US1.PLAINID.IO:443/x",
+        "https://api.us1.plainid.io:8443/x",
+        "https://pap.example.com/x",
+        "https://pap.example.com.:443/x",
+        "https://evil.example.com/x",
+    ],
+)
+async def test_requests_get_the_token_exactly_where_allows_says(url: str) -> None:
+    provider, token = await seeded_provider()
+    # The middleware decides inline on every request; allows() asks _origins.is_allowed.
+    middleware = BearerAuthMiddleware(
+        provider, origins=["https://api.us1.plainid.io", "https://pap.example.com"]
+    )
+    handler = StubHandler(200)
+    await middleware(client_request(URL(url)), handler)
+    expected = token.authorization if middleware.allows(URL(url)) else None
+    assert handler.sent == [expected]
+
+
+async def test_a_hot_token_is_counted_as_a_cache_hit_per_request() -> None:
+    provider, _ = await seeded_provider()
+    middleware, handler = BearerAuthMiddleware(provider), StubHandler(200, 200, 200, 200)
+    await middleware(client_request(URL("http://127.0.0.1:9/x")), handler)  # fills the hot slot
+    hits = provider.stats.cache_hits
+    for _ in range(3):
+        await middleware(client_request(URL("http://127.0.0.1:9/x")), handler)
+    assert provider.stats.cache_hits == hits + 3
+
+
+async def test_the_hot_lookup_answers_as_get_token_does(fake: FakePlainID) -> None:
+    async with make_provider(fake) as provider:
+        hot = hot_lookup(provider)
+        assert hot() is None  # nothing cached: get_token() must fetch
+        token = await provider.get_token()
+        assert await provider.get_token() is token  # a cache hit fills the hot slot
+        assert hot() is token
+        assert provider.invalidate(token)
+        assert hot() is None  # dropped: get_token() fetches a new one
+        fresh = await provider.get_token()
+        assert fresh != token
+        assert await provider.get_token() is fresh
+        assert hot() is fresh
+        assert provider.report_unauthorized(fresh)
+        assert hot() is None  # rejected: the reporting task's next get_token() waits
+    assert hot() is None  # closed: get_token() raises
+
+
+async def test_a_stale_token_is_left_to_get_token(fake: FakePlainID) -> None:
+    async with make_provider(fake, cache=MemoryTokenCache()) as provider:
+        await provider.cache.store(provider.cache_key, token_with(remaining=40, lifetime=100))
+        hot = hot_lookup(provider)
+        stale = await provider.get_token()  # STALE: served, and a refresh starts
+        assert stale.access_token == "preloaded"
+        assert hot() is None  # a STALE token never enters the hot slot
+
+
+async def test_a_provider_whose_lookups_are_heard_has_no_hot_token(fake: FakePlainID) -> None:
+    heard: list[object] = []
+    async with make_provider(fake, on_event=heard.append) as provider:
+        token = await provider.get_token()
+        assert hot_lookup(provider)() is None  # HIT events: every lookup goes to get_token()
+        handler = StubHandler(200)
+        await BearerAuthMiddleware(provider)(client_request(fake.base_url / "x"), handler)
+    assert handler.sent == [token.authorization]
+    assert [getattr(e, "kind", None) for e in heard].count(EventKind.HIT) >= 1
+
+
+class OwnLookups(_TokenProvider):
+    """A subclass with its own get_token: the integrations must ask it every time."""
+
+    __slots__ = ("asked",)
+
+    async def get_token(self, force_refresh: bool = False) -> Token:
+        self.asked = getattr(self, "asked", 0) + 1
+        return await super().get_token(force_refresh=force_refresh)
+
+
+async def test_only_the_librarys_own_get_token_is_bypassed(fake: FakePlainID) -> None:
+    async with OwnLookups(
+        fake.client_id, fake.client_secret, base_url=fake.base_url, cache=MemoryTokenCache()
+    ) as provider:
+        middleware = BearerAuthMiddleware(provider)
+        handler = StubHandler(200, 200)
+        for _ in range(2):
+            await middleware(client_request(fake.base_url / "x"), handler)
+        assert provider.asked == 2
+        assert hot_lookup(provider)() is None
