@@ -214,7 +214,6 @@ class Listener:
         "__weakref__",
         "_last",
         "_lock",
-        "_pending",
         "_queue",
         "_serial",
         "_worker",
@@ -235,14 +234,13 @@ class Listener:
 
     def _start_empty(self) -> None:
         """No event queued, none being given, no worker (also a forked child's state)."""
-        # _lock guards every field below and ``failed``; _serial is held while the callback
+        # _lock guards the fields below and ``failed``; _serial is held while the callback
         # runs, so it never runs twice at once and events reach it in the order taken.
         self._lock = threading.Lock()
         self._serial = threading.Lock()
         self._queue: collections.deque[tuple[TokenEvent, concurrent.futures.Future[None]]] = (
             collections.deque()
         )
-        self._pending = 0  # events taken and not yet given: queued or being given
         self._last: concurrent.futures.Future[None] | None = None  # of the last one queued
         self._worker: threading.Thread | None = None
 
@@ -269,29 +267,27 @@ class Listener:
             queue: Whether it must not run on this thread (the refresher's); it is queued
                 anyway while earlier events wait in the queue.
         """
+        if not queue and self._serial.acquire(blocking=False):
+            # Nothing is being given. A worker (set before its first event is queued,
+            # cleared once none is left) means events wait: this one goes behind them.
+            if self._worker is None:
+                try:
+                    self(event)
+                finally:
+                    self._serial.release()
+                return
+            self._serial.release()
         worker = None
+        done: concurrent.futures.Future[None] = concurrent.futures.Future()
         with self._lock:
-            now = not queue and not self._pending
-            self._pending += 1
-            if now:
-                self._serial.acquire()  # free: no event is being given
-            else:
-                done: concurrent.futures.Future[None] = concurrent.futures.Future()
-                self._queue.append((event, done))
-                self._last = done
-                if self._worker is None:
-                    worker = self._worker = threading.Thread(
-                        target=self._work, name="plainid-async listener", daemon=True
-                    )
+            self._queue.append((event, done))
+            self._last = done
+            if self._worker is None:
+                worker = self._worker = threading.Thread(
+                    target=self._work, name="plainid-async listener", daemon=True
+                )
         if worker is not None:
             worker.start()
-        if now:
-            try:
-                self(event)
-            finally:
-                self._serial.release()
-                with self._lock:
-                    self._pending -= 1
 
     def _work(self) -> None:
         """The worker: give the queued events, oldest first, then end."""
@@ -303,8 +299,6 @@ class Listener:
                 event, done = self._queue.popleft()
             with self._serial:
                 self(event)
-            with self._lock:
-                self._pending -= 1
             done.set_result(None)
 
     def backlog(self) -> concurrent.futures.Future[None] | None:
