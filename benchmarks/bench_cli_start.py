@@ -5,7 +5,8 @@ Each round starts every command once, in an order that rotates from round to rou
 the child, from ``os.wait4``) by those of ``python -c pass`` in the same round; the figures
 are the median and the range of those per-round ratios. The interpreter is this one (run it
 with the project's virtual environment), and the console script is the ``plainid-async``
-installed beside it. Goal (issue 23): ``--version`` and ``--help`` at most 3x the bare start.
+installed beside it. Two floor rows start an empty argparse parser, the least any argparse
+command line costs. Goal (issue 23): ``--version`` and ``--help`` at most 3x the bare start.
 
 The commands run with their bytecode cached, as ``pip install`` leaves a package (it compiles
 it): ``PYTHONDONTWRITEBYTECODE`` is dropped from their environment, and an unmeasured first
@@ -28,9 +29,15 @@ import sidebyside
 PYTHON = sys.executable
 SCRIPT = str(Path(PYTHON).parent / "plainid-async")
 
+#: The floor of any argparse command line: an empty parser that parses nothing, or prints
+#: its help (argparse with re, enum and gettext; for a help, textwrap and shutil).
+ARGPARSE = "import argparse; argparse.ArgumentParser(prog='p').{}"
+
 #: What is started, by the name each row shows; the first is the reference.
 COMMANDS: dict[str, list[str]] = {
     "python -c pass": [PYTHON, "-c", "pass"],
+    "floor: empty argparse parser, no option": [PYTHON, "-c", ARGPARSE.format("parse_args([])")],
+    "floor: empty argparse parser, its help": [PYTHON, "-c", ARGPARSE.format("print_help()")],
     "python -m plainid_async --version": [PYTHON, "-m", "plainid_async", "--version"],
     "python -m plainid_async --help": [PYTHON, "-m", "plainid_async", "--help"],
     "plainid-async --version": [SCRIPT, "--version"],
