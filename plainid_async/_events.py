@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 
 from ._log import LOGGER_NAME
-from ._refresher import is_refresher_loop
+from ._refresher import on_refresher_thread
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -387,22 +387,13 @@ def publish(event: TokenEvent, own: Iterable[Listener] = ()) -> None:
     On the refresher's thread it is only queued for them (see :class:`Listener`).
     """
     kind = event.kind
-    queue = _on_refresher()
+    queue = on_refresher_thread()
     for listener in own:
         if kind in listener.kinds:
             listener.take(event, queue=queue)
     for listener in BUS.listeners:
         if kind in listener.kinds:
             listener.take(event, queue=queue)
-
-
-def _on_refresher() -> bool:
-    """Whether this thread runs the refresher's loop (a fetch's code, of any provider)."""
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return is_refresher_loop(loop)
 
 
 def backlog(own: Listener | None) -> tuple[concurrent.futures.Future[None], ...]:
