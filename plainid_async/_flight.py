@@ -456,16 +456,30 @@ class Fetcher:
                 return shared
             retry = attrs.evolve(self.retry, attempts=1) if probe else self.retry
             token = await self._request(flight, retry)
-            left = self.schedule(token).usable_until - monotonic()
-            if left <= 0:
-                # A slow answer or a process frozen mid-fetch: never hand it out or keep it.
-                raise TokenEndpointUnavailableError(
-                    f"the token for client {key.client_id} arrived expired by this "
-                    f"process's clock ({token.remaining():.2f} s left of its "
-                    f"{token.expires_in:g} s); not used"
+            dead = self._arrived_dead(key, token)
+            if dead is not None and retry.attempts > 1:
+                # Most likely the process was frozen while the answer was on its way (Lambda
+                # between invocations, SIGSTOP): the endpoint is fine, so ask once more, now.
+                self.reporter.emit(
+                    EventKind.ATTEMPT_FAILED, key, flight=flight, error=dead, retry_in=0.0
                 )
+                token = await self._request(flight, retry)
+                dead = self._arrived_dead(key, token)
+            if dead is not None:
+                # Never hand out or keep a token this process's clock says is unusable.
+                raise dead
             await self.cache.store(key, token)
             return token
+
+    def _arrived_dead(self, key: CacheKey, token: Token) -> TokenEndpointUnavailableError | None:
+        """The error for ``token`` if it arrived unusable by this process's clock, else None."""
+        if self.schedule(token).usable_until - monotonic() > 0:
+            return None
+        return TokenEndpointUnavailableError(
+            f"the token for client {key.client_id} arrived expired by this "
+            f"process's clock ({token.remaining():.2f} s left of its "
+            f"{token.expires_in:g} s); not used"
+        )
 
     async def _request(self, flight: Flight, retry: RetryPolicy) -> Token:
         key, wake = flight.key, flight.wake

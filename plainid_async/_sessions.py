@@ -13,9 +13,9 @@ used it closes (:meth:`RefresherSessions.release`) or is collected without closi
 next fetch makes a new one. Sessions still open when the interpreter exits (providers
 never closed) are left to the operating system, which closes their sockets; the fork hook
 below holds them to the end of the interpreter, so no finalizer of theirs prints an
-"Unclosed client session" warning (``tests/test_sessions.py`` checks it). A child process made by ``fork`` never uses or closes its
-parent's sessions (their sockets, and the selector of the loop they belong to, are the
-parent's): it makes its own.
+"Unclosed client session" warning (``tests/test_sessions.py`` checks it). A child
+process made by ``fork`` never uses or closes its parent's sessions (their sockets, and
+the selector of the loop they belong to, are the parent's): it makes its own.
 """
 
 from __future__ import annotations
