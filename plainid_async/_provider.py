@@ -755,7 +755,7 @@ class TokenProvider:
 
         Without ``session=``, fetches on the refresher share one HTTP session per transport,
         kept alive across refreshes; the last provider that used it closes it here (see
-        :mod:`plainid_async._sessions`). A session passed in is never closed. Using the
+        ``plainid_async._sessions``). A session passed in is never closed. Using the
         provider afterwards raises :class:`~plainid_async.ProviderClosedError`, from the
         hot path too.
         """

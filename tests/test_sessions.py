@@ -21,6 +21,7 @@ from _servers import ConnectionCounter, LoopbackServer, client_tls, server_tls
 from aiohttp import web
 
 import plainid_async as pa
+from plainid_async._refresher import run_in_refresher
 from plainid_async._sessions import SESSIONS
 
 if TYPE_CHECKING:
@@ -131,9 +132,23 @@ async def test_a_provider_collected_without_closing_lets_go_of_its_session(
     await refresh(forgotten, 2)
     assert SESSIONS.open_sessions() == before + 1
     del forgotten
+    # The refresher may still be finishing the last fetch (its callbacks hold the
+    # provider): once a no-op it runs next is done, only the provider's own cycle is left.
+    await asyncio.wrap_future(run_in_refresher(asyncio.sleep(0)))
     gc.collect()
     await relay.wait_closed(1)
     assert SESSIONS.open_sessions() == before
+    assert relay.opened == 1
+
+
+async def test_a_provider_closed_from_another_threads_loop_closes_its_session(
+    relay: ConnectionCounter, ca: trustme.CA
+) -> None:
+    p = provider(relay.url, "a", ssl=client_tls(ca))
+    await refresh(p, 2)
+    # Closed from a loop of another thread: the session closes on the refresher's loop.
+    await asyncio.to_thread(asyncio.run, p.close())
+    await relay.wait_closed(1)
     assert relay.opened == 1
 
 
