@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Final
 import aiohttp
 import attrs
 
-from ._events import EventKind, FetchReason
+from ._events import EventKind, FetchReason, backlog, until_heard
 from ._log import LOGGER_NAME
 from ._policy import (
     cooldown_delay,
@@ -120,6 +120,8 @@ class Flight:
     #: and the error that set that window.
     not_before: float = attrs.field(default=0.0, repr=False)
     window_error: TokenRequestError | None = attrs.field(default=None, repr=False)
+    #: Done once its provider's listener and the subscribers heard how it ended.
+    heard: tuple[concurrent.futures.Future[None], ...] = attrs.field(default=(), repr=False)
 
     def attempt(self) -> None:
         """An HTTP attempt starts."""
@@ -136,7 +138,9 @@ class Flight:
         return self.future.done()
 
     async def wait(self) -> Token:
-        """Wait for the fetch from any event loop; a cancelled waiter never cancels it.
+        """Wait for the fetch, and for its listeners to hear how it ended, from any loop.
+
+        A cancelled waiter never cancels it.
 
         Returns:
             The token it fetched.
@@ -145,7 +149,11 @@ class Flight:
             TokenRequestError: The fetch failed.
             asyncio.CancelledError: The fetch was cancelled (its provider closed).
         """
-        return await asyncio.shield(asyncio.wrap_future(self.future))
+        try:
+            return await asyncio.shield(asyncio.wrap_future(self.future))
+        finally:
+            if self.future.done():
+                await until_heard(self.heard)
 
     def hurry(self) -> None:
         """Callers now wait for this fetch: cut short any retry backoff it is sleeping."""
@@ -406,6 +414,10 @@ class Fetcher:
                 # This caller leaves first (its own timeout, a cancel): whatever the fetch
                 # ends with is nobody's to read here, so no "never retrieved" record.
                 waiting.add_done_callback(_retrieved)
+            else:
+                # The fetch's events reach this provider's listeners (on their own threads)
+                # before its outcome reaches the caller, within the caller's budget.
+                await until_heard(backlog(self.reporter.listener), deadline - monotonic())
 
     async def _await_on(
         self, waiting: asyncio.Future[Token], flight: Flight, state: KeyState, deadline: float
@@ -585,10 +597,12 @@ class Fetcher:
         emit = self.reporter.emit
         if task.cancelled():
             emit(EventKind.FETCH_CANCELLED, key, flight=flight)
+            flight.heard = backlog(self.reporter.listener)
             flight.future.set_exception(asyncio.CancelledError())
         elif error is None:
             token = task.result()
             emit(EventKind.FETCH_SUCCEEDED, key, flight=flight, token=token, failures=ended)
+            flight.heard = backlog(self.reporter.listener)
             flight.future.set_result(token)
         else:
             assert decision is not None  # noqa: S101 (a failure was recorded above)
@@ -613,6 +627,7 @@ class Fetcher:
             if isinstance(error, InvalidCredentialsError) and flight.replacing is not None:
                 # Replace, never drop, unless the endpoint says the credentials are invalid.
                 self.cache.discard(key, flight.replacing)
+            flight.heard = backlog(self.reporter.listener)
             flight.future.set_exception(error)
         self.states.forget_if_idle(key)
 
@@ -648,9 +663,7 @@ class Fetcher:
     async def settle(flights: list[Flight]) -> None:
         """Wait (at most 5 s) for cancelled ``flights`` whose loop still runs to end."""
         here = asyncio.get_running_loop()
-        waits = [
-            asyncio.wrap_future(f.future) for f in flights if f.loop is here or f.loop.is_running()
-        ]
+        waits = [f.wait() for f in flights if f.loop is here or f.loop.is_running()]
         if waits:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(5.0):

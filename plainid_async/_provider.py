@@ -180,9 +180,12 @@ class TokenProvider:
             A ``session`` created with ``trust_env=True`` counts as ``True`` here.
         on_event: Called with each :class:`~plainid_async.TokenEvent` of this provider
             (lookups it answered, fetches it started, 401s it was told of, evictions of its
-            key), synchronously, in the thread and event loop that made the decision: keep
-            it short. An exception in it is logged once and never fails a call. While it
-            hears ``HIT``, lookups skip the hot path (they build an event each).
+            key), one at a time, in order: on the caller's loop for a decision made there,
+            on a worker thread of its own for one made where fetches run (a fetch's end),
+            so it never delays a fetch. A call that waited for a fetch returns once it had
+            the fetch's events (within the time budget): keep it short. An exception in it
+            is logged once and never fails a call. While it hears ``HIT``, lookups skip the
+            hot path (they build an event each).
         event_kinds: The :class:`~plainid_async.EventKind` members ``on_event`` hears;
             default: every kind. Without ``HIT``, a cached lookup stays on the hot path and
             builds no event.
