@@ -39,6 +39,7 @@ from ._policy import (
     window_left,
 )
 from ._refresher import is_refresher_loop, refresher_loop
+from ._sessions import SESSIONS
 from .exceptions import (
     ConfigurationError,
     InvalidCredentialsError,
@@ -49,7 +50,7 @@ from .exceptions import (
 
 if TYPE_CHECKING:
     import ssl
-    from collections.abc import Awaitable, Callable
+    from collections.abc import AsyncIterator, Awaitable, Callable
 
     from yarl import URL
 
@@ -492,9 +493,7 @@ class Fetcher:
             f"{token.expires_in:g} s); not used"
         )
 
-    async def _request(  # noqa: C901 (the attempt hooks live beside the request)
-        self, flight: Flight, retry: RetryPolicy
-    ) -> Token:
+    async def _request(self, flight: Flight, retry: RetryPolicy) -> Token:
         key, wake = flight.key, flight.wake
         assert wake is not None  # noqa: S101 (set by _fetch before it calls here)
         failed: list[TokenRequestError] = []  # the attempt the next sleep follows
@@ -558,10 +557,21 @@ class Fetcher:
                 sleep=backoff,
             )
 
-        if self.session is not None:
-            return await send(self.session)
-        async with aiohttp.ClientSession(trust_env=False) as session:
+        async with self._session() as session:
             return await send(session)
+
+    @contextlib.asynccontextmanager
+    async def _session(self) -> AsyncIterator[aiohttp.ClientSession]:
+        """A fetch's session: ``session=``, the refresher's kept-alive one, or its own."""
+        if self.session is not None:
+            yield self.session
+        elif is_refresher_loop(asyncio.get_running_loop()):
+            # Kept alive across refreshes: the next one reuses this one's TLS connection.
+            transport = (str(self.token_url.origin()), self.ssl, self.proxy, self.trust_env)
+            yield SESSIONS.session(transport, self.owner)
+        else:
+            async with aiohttp.ClientSession(trust_env=False) as session:
+                yield session
 
     # -- ending --------------------------------------------------------------------------
 

@@ -50,6 +50,7 @@ from ._log import LOGGER_NAME
 from ._policy import RevocationWatch, looks_revoked
 from ._proxy import resolve_proxy
 from ._secret import Secret, SecretFile
+from ._sessions import SESSIONS
 from ._settings import ENV_BASE_URL, ENV_CLIENT_ID, ENV_REGION, Settings
 from ._stats import HealthReport, ProviderStats, Reporter, health_report
 from ._token import RefreshSchedule, Token, TokenState, schedule_for
@@ -755,9 +756,11 @@ class TokenProvider:
     async def close(self) -> None:
         """Cancel this provider's fetches and let go of its cache entry. Idempotent.
 
-        The provider creates no long-lived HTTP session (each fetch uses a short-lived one),
-        and never closes a session passed in. Using the provider afterwards raises
-        :class:`~plainid_async.ProviderClosedError`, from the hot path too.
+        Without ``session=``, fetches on the refresher share one HTTP session per transport,
+        kept alive across refreshes; the last provider that used it closes it here (see
+        ``plainid_async._sessions``). A session passed in is never closed. Using the
+        provider afterwards raises :class:`~plainid_async.ProviderClosedError`, from the
+        hot path too.
         """
         if self._closed:
             return
@@ -770,6 +773,7 @@ class TokenProvider:
             _PROVIDERS.discard(self)
             _closed_fresh_hits += _fresh_hits_of(self)
         await self._fetcher.settle(mine)
+        await SESSIONS.release(self)
 
     async def __aenter__(self) -> Self:
         """Return the provider, checking it is open."""

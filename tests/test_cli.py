@@ -95,6 +95,17 @@ async def run_cli(
     return Result(process.returncode, out.decode(), err.decode())
 
 
+#: Each help text, as the first test that asked for it got it: it never changes.
+_HELP: dict[tuple[str, ...], Result] = {}
+
+
+async def help_of(*command: str) -> Result:
+    """``plainid-async [COMMAND] --help``, started once per command for the whole module."""
+    if command not in _HELP:
+        _HELP[command] = await run_cli(*command, "--help")
+    return _HELP[command]
+
+
 @pytest.fixture
 async def fake() -> AsyncIterator[FakePlainID]:
     async with FakePlainID(client_id=CLIENT_ID, client_secret=SECRET) as server:
@@ -318,7 +329,7 @@ async def test_secret_flag_before_the_command_is_not_echoed() -> None:
 
 
 async def test_help_documents_exit_codes() -> None:
-    result = await run_cli("token", "--help")
+    result = await help_of("token")
     assert result.returncode == 0
     for text in (
         "exit codes",
@@ -592,13 +603,6 @@ async def test_token_imports_only_what_a_token_request_needs(
     assert among(loaded, NOT_FOR_A_TOKEN) == set()
 
 
-async def test_every_missing_variable_is_named_in_one_message(fake: FakePlainID) -> None:
-    line = (await run_cli("token")).assert_error(2)
-    for name in ("PLAINID_CLIENT_ID", "PLAINID_CLIENT_SECRET", "PLAINID_REGION"):
-        assert name in line
-    assert fake.token_requests == []
-
-
 async def test_missing_id_and_region_are_named_together_when_the_secret_is_set() -> None:
     line = (await run_cli("token", env={"PLAINID_CLIENT_SECRET": SECRET})).assert_error(2)
     assert "PLAINID_CLIENT_ID" in line
@@ -673,7 +677,7 @@ def test_main_twice_leaves_one_log_handler(
 
 @pytest.mark.parametrize("command", [None, "token", "fake-server", "demo"])
 async def test_help_lists_the_exit_codes_from_the_one_table(command: str | None) -> None:
-    result = await run_cli(*([command] if command else []), "--help")
+    result = await help_of(*([command] if command else []))
     assert result.returncode == 0, result
     assert _cli.exit_codes_help(command) in result.stdout
     for row in _cli.EXIT_CODES:
@@ -927,14 +931,19 @@ async def test_a_region_typo_is_one_configuration_error_with_a_did_you_mean(
     assert fake.token_requests == []
 
 
-async def test_missing_settings_are_one_configuration_error() -> None:
+async def test_missing_settings_are_one_configuration_error_naming_every_variable(
+    fake: FakePlainID,
+) -> None:
     line = (await run_cli("token")).assert_error(2)
     assert line.startswith("plainid-async token: configuration error: missing client id")
+    for name in ("PLAINID_CLIENT_ID", "PLAINID_CLIENT_SECRET", "PLAINID_REGION"):
+        assert name in line
     assert "did you mean" not in line
+    assert fake.token_requests == []
 
 
 async def test_help_and_docs_state_that_the_cli_reads_proxy_variables_and_the_library_not() -> None:
-    result = await run_cli("token", "--help")
+    result = await help_of("token")
     assert result.returncode == 0
     assert _cli.PROXY_DIFFERENCE in " ".join(result.stdout.split())
     docs = Path(__file__).parent.parent / "docs" / "cli.md"
