@@ -6,6 +6,9 @@ import asyncio
 import contextlib
 import logging
 import os
+import subprocess
+import sys
+import textwrap
 import threading
 from typing import TYPE_CHECKING
 
@@ -503,6 +506,41 @@ def test_a_forked_child_inherits_no_listener_worker_nor_queued_event() -> None:
         caller.join(10)
         assert blocked.hits_heard.wait(10)
     assert blocked.kinds[-1:] == [EventKind.HIT]  # the parent's, once its listener was let go
+
+
+#: A process whose listener never returns from the end of its fetch: it must still exit.
+_BLOCKED_FOREVER = """
+import asyncio, threading
+import plainid_async as pa
+from plainid_async.testing import FakePlainID
+
+def stuck(event):
+    if event.kind is pa.EventKind.FETCH_SUCCEEDED:
+        threading.Event().wait()
+
+async def main():
+    async with FakePlainID() as fake:
+        async with pa.TokenProvider(
+            fake.client_id, fake.client_secret, base_url=str(fake.base_url),
+            on_event=stuck, timeout=0.5, retry=pa.RetryPolicy(attempts=1),
+        ) as provider:
+            token = await provider.get_token()  # its listener never hears the end
+    print("got", bool(token.access_token), flush=True)
+
+asyncio.run(main())
+"""
+
+
+def test_the_interpreter_exits_while_a_listener_is_blocked_for_ever() -> None:
+    """The listener's worker is a daemon: a process ends even with one stuck in a callback."""
+    done = subprocess.run(  # noqa: S603 (this interpreter, a fixed script)
+        [sys.executable, "-c", textwrap.dedent(_BLOCKED_FOREVER)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (done.returncode, done.stdout) == (0, "got True\n"), done.stderr
 
 
 async def test_subscribers_see_every_provider_and_stop_when_unsubscribed(
