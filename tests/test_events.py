@@ -508,6 +508,27 @@ def test_a_forked_child_inherits_no_listener_worker_nor_queued_event() -> None:
     assert blocked.kinds[-1:] == [EventKind.HIT]  # the parent's, once its listener was let go
 
 
+async def test_a_listener_whose_worker_died_of_system_exit_still_hears_later_fetches(
+    fake: FakePlainID,
+) -> None:
+    """SystemExit ends a worker thread: the next queued event starts another, nobody waits."""
+    ended: list[int] = []
+
+    def exits_once(event: TokenEvent) -> None:
+        if event.kind is EventKind.FETCH_SUCCEEDED:
+            ended.append(event.fetch_id or 0)
+            if len(ended) == 1:
+                raise SystemExit
+
+    provider = make_provider(
+        fake, on_event=exits_once, timeout=1.0, retry=pa.RetryPolicy(attempts=1)
+    )
+    async with provider:
+        for _ in range(3):
+            await provider.get_token(force_refresh=True)
+    assert len(ended) == 3
+
+
 #: A process whose listener never returns from the end of its fetch: it must still exit.
 _BLOCKED_FOREVER = """
 import asyncio, threading
