@@ -7,15 +7,14 @@ documented exit code, never a traceback, never the client secret.
 
 from __future__ import annotations
 
-# Only argparse and the library's own rules are imported with this module: `--version` and
-# `--help` need nothing more, and aiohttp alone costs ten bare interpreter starts. Each
-# command imports what it uses (`token` the provider, `fake-server` the fake, `demo` the
-# demo and rich), and type checkers read the block below (they treat any TYPE_CHECKING as
-# true; `typing` itself costs an import).
+# Only argparse is imported with this module: `--version` and `--help` need nothing more,
+# and aiohttp alone costs ten bare interpreter starts. A help text imports the variables'
+# names (._env), an option's value the library's rule for it (._checks, ._token), and each
+# command what it uses (`token` the provider, `fake-server` the fake, `demo` the demo and
+# rich); type checkers read the block below (they treat any TYPE_CHECKING as true; `typing`
+# itself costs an import).
 import argparse
 import sys
-
-from ._checks import count_problem, seconds_problem
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -158,7 +157,7 @@ def exit_codes_help(command: str | None = None) -> str:
 
 
 def secret_flag_refused() -> str:
-    from ._settings import ENV_CLIENT_SECRET  # noqa: PLC0415 (see the imports above)
+    from ._env import ENV_CLIENT_SECRET  # noqa: PLC0415 (see the imports above)
 
     return (
         "--client-secret is not accepted: other users of this machine can read command-line "
@@ -177,7 +176,7 @@ PROXY_DIFFERENCE: Final = (
 def _token_epilog() -> str:
     import textwrap  # noqa: PLC0415
 
-    from ._settings import (  # noqa: PLC0415 (see the imports above)
+    from ._env import (  # noqa: PLC0415 (see the imports above)
         ENV_BASE_URL,
         ENV_CLIENT_ID,
         ENV_CLIENT_SECRET,
@@ -213,7 +212,7 @@ def _main_epilog() -> str:
 
 
 def _fake_epilog() -> str:
-    from ._settings import ENV_BASE_URL  # noqa: PLC0415 (see the imports above)
+    from ._env import ENV_BASE_URL  # noqa: PLC0415 (see the imports above)
 
     return f"""\
 It accepts client id "test-client" with secret "test-secret" (fake credentials) and prints a
@@ -241,8 +240,9 @@ stdout is a terminal; otherwise it prints one plain line per second.
 class _Parser(argparse.ArgumentParser):
     """An argument parser whose errors are one line on stderr and exit status 2.
 
-    A command's options are added only when that command is parsed or its help shown, and
-    an epilog is written only for a help text: ``--version`` builds none of them.
+    A command's options are added only when that command is parsed or its help shown, an
+    epilog is written, and the terminal's width asked, only for a text that is shown:
+    ``--version`` builds none of them.
 
     Args:
         *args: As for :class:`argparse.ArgumentParser`.
@@ -261,6 +261,24 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
         self._fill = fill
         self._help_epilog = help_epilog
+
+    #: True while a text to show is formatted: only such a text needs the terminal's width.
+    _showing = False
+
+    def _get_formatter(self) -> argparse.HelpFormatter:
+        # argparse also makes a formatter for its own checks (each option as it is added),
+        # and a formatter left to find the terminal's width imports shutil, with zlib, bz2
+        # and lzma: a fixed width does for texts nobody sees.
+        if self._showing:
+            return super()._get_formatter()
+        return argparse.HelpFormatter(prog=self.prog, width=80)
+
+    def _shown(self, format_text: Callable[[], str]) -> str:
+        self._showing = True
+        try:
+            return format_text()
+        finally:
+            self._showing = False
 
     def _filled(self) -> None:
         fill, self._fill = self._fill, None
@@ -281,12 +299,12 @@ class _Parser(argparse.ArgumentParser):
         self._filled()
         if self._help_epilog is not None:
             self.epilog = self._help_epilog()
-        return super().format_help()
+        return self._shown(super().format_help)
 
     def format_usage(self) -> str:
         """Fill the parser in, then format its usage as argparse does."""
         self._filled()
-        return super().format_usage()
+        return self._shown(super().format_usage)
 
     def error(self, message: str) -> NoReturn:
         """Print ``message`` on one line and exit with :data:`EXIT_CONFIG`."""
@@ -355,6 +373,8 @@ def _checked(text: str, problem: str | None) -> None:
 
 def _seconds(text: str, *, allow_zero: bool = True) -> float:
     """Argparse type: a number of seconds, by the library's rule (>= 0, or > 0)."""
+    from ._checks import seconds_problem  # noqa: PLC0415 (see the imports above)
+
     value = _number(text)
     _checked(text, seconds_problem(value, allow_zero=allow_zero))
     return float(value)
@@ -383,6 +403,8 @@ def _integer(text: str) -> int | str:
 
 def _count(text: str, *, minimum: int = 1) -> int:
     """Argparse type: an integer >= ``minimum``, by the library's rule for counts."""
+    from ._checks import count_problem  # noqa: PLC0415 (see the imports above)
+
     value = _integer(text)
     _checked(text, count_problem(value, minimum=minimum))
     return int(value)
@@ -470,9 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _fill_token(token: argparse.ArgumentParser) -> None:
     """The options of ``token``."""
-    from pathlib import Path  # noqa: PLC0415 (see the imports above)
-
-    from ._settings import ENV_BASE_URL, ENV_CLIENT_ID, ENV_REGION  # noqa: PLC0415
+    from ._env import ENV_BASE_URL, ENV_CLIENT_ID, ENV_REGION  # noqa: PLC0415 (see the imports above)
 
     token.add_argument(
         "--format",
@@ -495,7 +515,6 @@ def _fill_token(token: argparse.ArgumentParser) -> None:
     secret.add_argument(
         "--client-secret-file",
         metavar="PATH",
-        type=Path,
         help="read the client secret from this file (one trailing newline is ignored)",
     )
     secret.add_argument(

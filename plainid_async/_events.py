@@ -8,14 +8,16 @@ same decisions leave in the cache.
 Consumers: the ``plainid_async`` log (:func:`emit` writes each decision's record, the one
 place that says what each kind logs and at which level), the ``on_event=`` callable of one
 provider, and the process-wide subscribers (:func:`subscribe`, used by
-:mod:`plainid_async.otel`). Each listener hears the kinds it asked for (every kind by
-default). No event object is built unless a listener hears its kind, and no log record
-unless the logger is enabled for its level; a provider's hot path looks at nothing of this:
-while anyone hears ``HIT``, lookups take the provider's slow path, which emits them (a
-subscriber that hears ``HIT`` empties every provider's hot slot through :data:`BUS`'s
-watchers when it arrives). Lookups are never logged, so the log needs no such detour. An
-exception in a listener is logged once per listener and never reaches the call that
-emitted the event.
+:mod:`plainid_async.otel`). No listener runs on the refresher's thread, where the fetches of
+every provider run: an event decided there waits in its listener's queue for that listener's
+own worker thread (:class:`Listener`), so a slow listener delays only itself. Each listener
+hears the kinds it asked for (every kind by default). No event object is built unless a
+listener hears its kind, and no log record unless the logger is enabled for its level; a
+provider's hot path looks at nothing of this: while anyone hears ``HIT``, lookups take the
+provider's slow path, which emits them (a subscriber that hears ``HIT`` empties every
+provider's hot slot through :data:`BUS`'s watchers when it arrives). Lookups are never
+logged, so the log needs no such detour. An exception in a listener is logged once per
+listener and never reaches the call that emitted the event.
 
 No event carries a secret or a token: only the client id, reasons, counts, HTTP statuses,
 durations, expiry times and redacted error text.
@@ -23,18 +25,25 @@ durations, expiry times and redacted error text.
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import concurrent.futures
+import contextlib
 import enum
 import logging
+import os
 import threading
 import time
+import weakref
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
 from ._log import LOGGER_NAME
+from ._refresher import on_refresher_thread
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping
+    from collections.abc import Callable, Iterable, Mapping, Sequence
 
 __all__ = [
     "ALL_KINDS",
@@ -44,11 +53,13 @@ __all__ = [
     "FetchReason",
     "Listener",
     "TokenEvent",
+    "backlog",
     "emit",
     "heard",
     "log_level",
     "publish",
     "subscribe",
+    "until_heard",
 ]
 
 logger = logging.getLogger(LOGGER_NAME)
@@ -188,13 +199,28 @@ class TokenEvent:
 
 
 class Listener:
-    """A callable that receives events; an exception in it is logged once, then ignored.
+    """A callable that receives events, one at a time, in order; an exception in it is
+    logged once, then ignored.
 
     A listener hears the kinds it asked for (every kind by default): an event nobody asked
-    for is never built.
-    """
+    for is never built. An event decided on a caller's loop is given to the callback there
+    and then, unless the listener still has events queued: then it queues behind them. An
+    event decided on the refresher (where the fetches of every provider run) is queued and
+    given to the callback by the listener's own worker thread, a daemon started when its
+    queue fills and gone when it empties, so a slow callback holds up only its own events.
+    """  # noqa: D205 (the summary needs both halves)
 
-    __slots__ = ("_lock", "callback", "failed", "kinds")
+    __slots__ = (
+        "__weakref__",
+        "_last",
+        "_lock",
+        "_queue",
+        "_serial",
+        "_worker",
+        "callback",
+        "failed",
+        "kinds",
+    )
 
     def __init__(
         self, callback: Callable[[TokenEvent], object], kinds: Iterable[EventKind] | None = None
@@ -203,22 +229,105 @@ class Listener:
         self.callback: Final = callback
         self.kinds: Final = ALL_KINDS if kinds is None else frozenset(kinds)
         self.failed: bool = False
+        self._start_empty()
+        _LISTENERS.add(self)
+
+    def _start_empty(self) -> None:
+        """No event queued, none being given, no worker (also a forked child's state)."""
+        # _lock guards the fields below and ``failed``; _serial is held while the callback
+        # runs, so it never runs twice at once and events reach it in the order taken.
         self._lock = threading.Lock()
+        self._serial = threading.Lock()
+        self._queue: collections.deque[tuple[TokenEvent, concurrent.futures.Future[None]]] = (
+            collections.deque()
+        )
+        self._last: concurrent.futures.Future[None] | None = None  # of the last one queued
+        self._worker: threading.Thread | None = None
 
     def __call__(self, event: TokenEvent) -> None:
         """Give ``event`` to the callback; log its first exception, swallow every one."""
         try:
             self.callback(event)
-        except Exception:
-            with self._lock:
-                first, self.failed = not self.failed, True
-            if first:
-                logger.exception(
-                    "event listener %r raised on a %s event; its later errors are not logged, "
-                    "and no call fails because of it",
-                    self.callback,
-                    event.kind.value,
+        except Exception as error:  # noqa: BLE001 (logged by _raised, with its traceback, once)
+            self._raised(event, error)
+
+    def _raised(self, event: TokenEvent, error: BaseException) -> None:
+        """Log ``error``, with its traceback, if it is the callback's first one."""
+        with self._lock:
+            first, self.failed = not self.failed, True
+        if first:
+            logger.error(
+                "event listener %r raised on a %s event; its later errors are not logged, "
+                "and no call fails because of it",
+                self.callback,
+                event.kind.value,
+                exc_info=error,
+            )
+
+    def take(self, event: TokenEvent, *, queue: bool) -> None:
+        """Give ``event`` to the callback now, or queue it for the worker.
+
+        Args:
+            event: The event.
+            queue: Whether it must not run on this thread (the refresher's); it is queued
+                anyway while earlier events wait in the queue.
+        """
+        if not queue and self._serial.acquire(blocking=False):
+            # Nothing is being given. A worker (set before its first event is queued,
+            # cleared once none is left) means events wait: this one goes behind them.
+            if self._worker is None:
+                try:
+                    self(event)
+                finally:
+                    self._serial.release()
+                return
+            self._serial.release()
+        worker = None
+        done: concurrent.futures.Future[None] = concurrent.futures.Future()
+        with self._lock:
+            self._queue.append((event, done))
+            self._last = done
+            if self._worker is None:
+                worker = self._worker = threading.Thread(
+                    target=self._work, name="plainid-async listener", daemon=True
                 )
+        if worker is not None:
+            worker.start()
+
+    def _work(self) -> None:
+        """The worker: give the queued events, oldest first, then end."""
+        while True:
+            with self._lock:
+                if not self._queue:
+                    self._worker = None
+                    return
+                event, done = self._queue.popleft()
+            try:
+                with self._serial:
+                    self(event)
+            except BaseException as error:  # noqa: BLE001 (SystemExit in a callback ends no worker)
+                self._raised(event, error)
+            finally:
+                done.set_result(None)
+
+    def backlog(self) -> concurrent.futures.Future[None] | None:
+        """A future done once the callback has had every event queued so far, or ``None``."""
+        with self._lock:
+            last = self._last
+        return None if last is None or last.done() else last
+
+
+#: Every listener alive: a forked child empties their queues.
+_LISTENERS: Final[weakref.WeakSet[Listener]] = weakref.WeakSet()
+
+
+def _forget_after_fork() -> None:
+    """In a forked child: no worker, no queue; a lock of the parent's may be held."""
+    for listener in list(_LISTENERS):
+        listener._start_empty()  # noqa: SLF001 (this module's own class)
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 class _Bus:
@@ -260,8 +369,13 @@ def subscribe(
 ) -> Callable[[], None]:
     """Receive the events of every provider and cache in this process.
 
-    The callback runs synchronously in the thread and event loop that made the decision:
-    keep it short and never block. An exception in it is logged once and ignored.
+    The callback gets the events one at a time, in the order they were decided. One decided
+    on a caller's event loop (a lookup, a fetch starting) is given there and then, unless
+    the callback still has events queued; one decided on the refresher (a fetch ending,
+    a retry, a Redis fallback) waits in a queue for the callback's own worker thread: a
+    slow callback never delays a fetch, but keep it short all the same, as a caller that
+    waited for a fetch returns once the callback has had that fetch's events (within its
+    provider's time budget). An exception in it is logged once and ignored.
 
     Args:
         callback: Called with each :class:`TokenEvent` of ``kinds``.
@@ -277,14 +391,61 @@ def subscribe(
 
 
 def publish(event: TokenEvent, own: Iterable[Listener] = ()) -> None:
-    """Give ``event`` to the ``own`` (``on_event``) listeners, then the subscribers, of its kind."""
+    """Give ``event`` to the ``own`` (``on_event``) listeners, then the subscribers, of its kind.
+
+    On the refresher's thread it is only queued for them (see :class:`Listener`).
+    """
     kind = event.kind
+    queue = on_refresher_thread()
     for listener in own:
         if kind in listener.kinds:
-            listener(event)
+            listener.take(event, queue=queue)
     for listener in BUS.listeners:
         if kind in listener.kinds:
-            listener(event)
+            listener.take(event, queue=queue)
+
+
+def backlog(own: Listener | None) -> tuple[concurrent.futures.Future[None], ...]:
+    """What ``own`` and the subscribers have yet to hear: one future per listener with
+    events queued, done once it has had the last of them.
+    """  # noqa: D205 (two lines)
+    listeners = BUS.listeners if own is None else (own, *BUS.listeners)
+    return tuple(f for f in (x.backlog() for x in listeners) if f is not None)
+
+
+async def until_heard(
+    futures: Sequence[concurrent.futures.Future[None]], timeout: float | None = None
+) -> None:
+    """Wait until every one of ``futures`` (from :func:`backlog`) is done, or ``timeout``.
+
+    Never blocks the loop. A wait cut short by ``timeout`` (or a cancel) leaves nothing
+    behind: the futures are never cancelled, and a loop closed by then is not called.
+    """
+    pending = [f for f in futures if not f.done()]
+    if not pending or (timeout is not None and timeout <= 0):
+        return
+    loop = asyncio.get_running_loop()
+    waiter = loop.create_future()
+    left = [len(pending)]
+    lock = threading.Lock()
+
+    def wake() -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    def one_done(_: concurrent.futures.Future[None]) -> None:
+        with lock:
+            left[0] -= 1
+            last = left[0] == 0
+        if last:
+            with contextlib.suppress(RuntimeError):  # the waiting loop closed meanwhile
+                loop.call_soon_threadsafe(wake)
+
+    for future in pending:
+        future.add_done_callback(one_done)
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            await waiter
 
 
 def heard(kind: EventKind, own: Listener | None) -> bool:

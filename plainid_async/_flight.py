@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Final
 import aiohttp
 import attrs
 
-from ._events import EventKind, FetchReason
+from ._events import EventKind, FetchReason, backlog, until_heard
 from ._log import LOGGER_NAME
 from ._policy import (
     cooldown_delay,
@@ -39,6 +39,7 @@ from ._policy import (
     window_left,
 )
 from ._refresher import is_refresher_loop, refresher_loop
+from ._sessions import SESSIONS
 from .exceptions import (
     ConfigurationError,
     InvalidCredentialsError,
@@ -49,7 +50,7 @@ from .exceptions import (
 
 if TYPE_CHECKING:
     import ssl
-    from collections.abc import Awaitable, Callable
+    from collections.abc import AsyncIterator, Awaitable, Callable
 
     from yarl import URL
 
@@ -119,6 +120,8 @@ class Flight:
     #: and the error that set that window.
     not_before: float = attrs.field(default=0.0, repr=False)
     window_error: TokenRequestError | None = attrs.field(default=None, repr=False)
+    #: Done once its provider's listener and the subscribers heard how it ended.
+    heard: tuple[concurrent.futures.Future[None], ...] = attrs.field(default=(), repr=False)
 
     def attempt(self) -> None:
         """An HTTP attempt starts."""
@@ -135,7 +138,9 @@ class Flight:
         return self.future.done()
 
     async def wait(self) -> Token:
-        """Wait for the fetch from any event loop; a cancelled waiter never cancels it.
+        """Wait for the fetch, and for its listeners to hear how it ended, from any loop.
+
+        A cancelled waiter never cancels it.
 
         Returns:
             The token it fetched.
@@ -144,7 +149,11 @@ class Flight:
             TokenRequestError: The fetch failed.
             asyncio.CancelledError: The fetch was cancelled (its provider closed).
         """
-        return await asyncio.shield(asyncio.wrap_future(self.future))
+        try:
+            return await asyncio.shield(asyncio.wrap_future(self.future))
+        finally:
+            if self.future.done():
+                await until_heard(self.heard)
 
     def hurry(self) -> None:
         """Callers now wait for this fetch: cut short any retry backoff it is sleeping."""
@@ -405,6 +414,10 @@ class Fetcher:
                 # This caller leaves first (its own timeout, a cancel): whatever the fetch
                 # ends with is nobody's to read here, so no "never retrieved" record.
                 waiting.add_done_callback(_retrieved)
+            else:
+                # The fetch's events reach this provider's listeners (on their own threads)
+                # before its outcome reaches the caller, within the caller's budget.
+                await until_heard(backlog(self.reporter.listener), deadline - monotonic())
 
     async def _await_on(
         self, waiting: asyncio.Future[Token], flight: Flight, state: KeyState, deadline: float
@@ -455,20 +468,32 @@ class Fetcher:
                 return shared
             retry = attrs.evolve(self.retry, attempts=1) if probe else self.retry
             token = await self._request(flight, retry)
-            left = self.schedule(token).usable_until - monotonic()
-            if left <= 0:
-                # A slow answer or a process frozen mid-fetch: never hand it out or keep it.
-                raise TokenEndpointUnavailableError(
-                    f"the token for client {key.client_id} arrived expired by this "
-                    f"process's clock ({token.remaining():.2f} s left of its "
-                    f"{token.expires_in:g} s); not used"
+            dead = self._arrived_dead(key, token)
+            if dead is not None and retry.attempts > 1:
+                # Most likely the process was frozen while the answer was on its way (Lambda
+                # between invocations, SIGSTOP): the endpoint is fine, so ask once more, now.
+                self.reporter.emit(
+                    EventKind.ATTEMPT_FAILED, key, flight=flight, error=dead, retry_in=0.0
                 )
+                token = await self._request(flight, retry)
+                dead = self._arrived_dead(key, token)
+            if dead is not None:
+                # Never hand out or keep a token this process's clock says is unusable.
+                raise dead
             await self.cache.store(key, token)
             return token
 
-    async def _request(  # noqa: C901 (the attempt hooks live beside the request)
-        self, flight: Flight, retry: RetryPolicy
-    ) -> Token:
+    def _arrived_dead(self, key: CacheKey, token: Token) -> TokenEndpointUnavailableError | None:
+        """The error for ``token`` if it arrived unusable by this process's clock, else None."""
+        if self.schedule(token).usable_until - monotonic() > 0:
+            return None
+        return TokenEndpointUnavailableError(
+            f"the token for client {key.client_id} arrived expired by this "
+            f"process's clock ({token.remaining():.2f} s left of its "
+            f"{token.expires_in:g} s); not used"
+        )
+
+    async def _request(self, flight: Flight, retry: RetryPolicy) -> Token:
         key, wake = flight.key, flight.wake
         assert wake is not None  # noqa: S101 (set by _fetch before it calls here)
         failed: list[TokenRequestError] = []  # the attempt the next sleep follows
@@ -532,10 +557,21 @@ class Fetcher:
                 sleep=backoff,
             )
 
-        if self.session is not None:
-            return await send(self.session)
-        async with aiohttp.ClientSession(trust_env=False) as session:
+        async with self._session() as session:
             return await send(session)
+
+    @contextlib.asynccontextmanager
+    async def _session(self) -> AsyncIterator[aiohttp.ClientSession]:
+        """A fetch's session: ``session=``, the refresher's kept-alive one, or its own."""
+        if self.session is not None:
+            yield self.session
+        elif is_refresher_loop(asyncio.get_running_loop()):
+            # Kept alive across refreshes: the next one reuses this one's TLS connection.
+            transport = (str(self.token_url.origin()), self.ssl, self.proxy, self.trust_env)
+            yield SESSIONS.session(transport, self.owner)
+        else:
+            async with aiohttp.ClientSession(trust_env=False) as session:
+                yield session
 
     # -- ending --------------------------------------------------------------------------
 
@@ -561,10 +597,12 @@ class Fetcher:
         emit = self.reporter.emit
         if task.cancelled():
             emit(EventKind.FETCH_CANCELLED, key, flight=flight)
+            flight.heard = backlog(self.reporter.listener)
             flight.future.set_exception(asyncio.CancelledError())
         elif error is None:
             token = task.result()
             emit(EventKind.FETCH_SUCCEEDED, key, flight=flight, token=token, failures=ended)
+            flight.heard = backlog(self.reporter.listener)
             flight.future.set_result(token)
         else:
             assert decision is not None  # noqa: S101 (a failure was recorded above)
@@ -589,6 +627,7 @@ class Fetcher:
             if isinstance(error, InvalidCredentialsError) and flight.replacing is not None:
                 # Replace, never drop, unless the endpoint says the credentials are invalid.
                 self.cache.discard(key, flight.replacing)
+            flight.heard = backlog(self.reporter.listener)
             flight.future.set_exception(error)
         self.states.forget_if_idle(key)
 
@@ -624,9 +663,7 @@ class Fetcher:
     async def settle(flights: list[Flight]) -> None:
         """Wait (at most 5 s) for cancelled ``flights`` whose loop still runs to end."""
         here = asyncio.get_running_loop()
-        waits = [
-            asyncio.wrap_future(f.future) for f in flights if f.loop is here or f.loop.is_running()
-        ]
+        waits = [f.wait() for f in flights if f.loop is here or f.loop.is_running()]
         if waits:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(5.0):

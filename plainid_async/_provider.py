@@ -50,6 +50,7 @@ from ._log import LOGGER_NAME
 from ._policy import RevocationWatch, looks_revoked
 from ._proxy import resolve_proxy
 from ._secret import Secret, SecretFile
+from ._sessions import SESSIONS
 from ._settings import ENV_BASE_URL, ENV_CLIENT_ID, ENV_REGION, Settings
 from ._stats import HealthReport, ProviderStats, Reporter, health_report
 from ._token import RefreshSchedule, Token, TokenState, schedule_for
@@ -179,9 +180,12 @@ class TokenProvider:
             A ``session`` created with ``trust_env=True`` counts as ``True`` here.
         on_event: Called with each :class:`~plainid_async.TokenEvent` of this provider
             (lookups it answered, fetches it started, 401s it was told of, evictions of its
-            key), synchronously, in the thread and event loop that made the decision: keep
-            it short. An exception in it is logged once and never fails a call. While it
-            hears ``HIT``, lookups skip the hot path (they build an event each).
+            key), one at a time, in order: on the caller's loop for a decision made there,
+            on a worker thread of its own for one made where fetches run (a fetch's end),
+            so it never delays a fetch. A call that waited for a fetch returns once it had
+            the fetch's events (within the time budget): keep it short. An exception in it
+            is logged once and never fails a call. While it hears ``HIT``, lookups skip the
+            hot path (they build an event each).
         event_kinds: The :class:`~plainid_async.EventKind` members ``on_event`` hears;
             default: every kind. Without ``HIT``, a cached lookup stays on the hot path and
             builds no event.
@@ -767,9 +771,11 @@ class TokenProvider:
     async def close(self) -> None:
         """Cancel this provider's fetches and let go of its cache entry. Idempotent.
 
-        The provider creates no long-lived HTTP session (each fetch uses a short-lived one),
-        and never closes a session passed in. Using the provider afterwards raises
-        :class:`~plainid_async.ProviderClosedError`, from the hot path too.
+        Without ``session=``, fetches on the refresher share one HTTP session per transport,
+        kept alive across refreshes; the last provider that used it closes it here (see
+        ``plainid_async._sessions``). A session passed in is never closed. Using the
+        provider afterwards raises :class:`~plainid_async.ProviderClosedError`, from the
+        hot path too.
         """
         if self._closed:
             return
@@ -782,6 +788,7 @@ class TokenProvider:
             _PROVIDERS.discard(self)
             _closed_fresh_hits += _fresh_hits_of(self)
         await self._fetcher.settle(mine)
+        await SESSIONS.release(self)
 
     async def __aenter__(self) -> Self:
         """Return the provider, checking it is open."""

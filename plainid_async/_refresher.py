@@ -22,16 +22,19 @@ if TYPE_CHECKING:
     import concurrent.futures
     from collections.abc import Coroutine
 
-__all__ = ["refresher_loop", "run_in_refresher"]
+__all__ = ["on_refresher_thread", "refresher_loop", "run_in_refresher"]
 
 _T = TypeVar("_T")
 
 _lock = threading.Lock()
 _loop: asyncio.AbstractEventLoop | None = None
 _pid: int | None = None
+_thread_id: int | None = None
 
 
 def _serve(loop: asyncio.AbstractEventLoop, ready: threading.Event) -> None:
+    global _thread_id  # noqa: PLW0603 (set by the one refresher thread, before it is ready)
+    _thread_id = threading.get_ident()
     asyncio.set_event_loop(loop)
     loop.call_soon(ready.set)
     loop.run_forever()
@@ -66,11 +69,16 @@ def is_refresher_loop(loop: asyncio.AbstractEventLoop) -> bool:
     return loop is _loop
 
 
+def on_refresher_thread() -> bool:
+    """Whether this thread is the refresher's (one look, for every event emitted)."""
+    return threading.get_ident() == _thread_id
+
+
 def _forget_after_fork() -> None:
     """In a forked child: the parent's refresher thread is gone, and its lock may be held."""
-    global _lock, _loop, _pid  # noqa: PLW0603 (the child's own refresher, as refresher_loop)
+    global _lock, _loop, _pid, _thread_id  # noqa: PLW0603 (the child's own refresher)
     _lock = threading.Lock()
-    _loop = _pid = None
+    _loop = _pid = _thread_id = None
 
 
 os.register_at_fork(after_in_child=_forget_after_fork)

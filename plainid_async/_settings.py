@@ -14,6 +14,13 @@ from typing import TYPE_CHECKING, Final
 
 import attrs
 
+from ._env import (
+    ENV_BASE_URL,
+    ENV_CLIENT_ID,
+    ENV_CLIENT_SECRET,
+    ENV_CLIENT_SECRET_FILE,
+    ENV_REGION,
+)
 from ._secret import Secret, read_secret_file, strip_one_newline
 from .exceptions import ConfigurationError
 
@@ -31,12 +38,6 @@ __all__ = [
     "read_secret_file",
     "strip_one_newline",
 ]
-
-ENV_CLIENT_ID: Final = "PLAINID_CLIENT_ID"
-ENV_CLIENT_SECRET: Final = "PLAINID_CLIENT_SECRET"  # noqa: S105 (a variable name)
-ENV_CLIENT_SECRET_FILE: Final = "PLAINID_CLIENT_SECRET_FILE"  # noqa: S105 (a variable name)
-ENV_REGION: Final = "PLAINID_REGION"
-ENV_BASE_URL: Final = "PLAINID_BASE_URL"
 
 
 @attrs.frozen

@@ -20,8 +20,11 @@ if TYPE_CHECKING:
     import trustme
 
 __all__ = [
+    "ConnectionCounter",
     "LoopbackServer",
     "client_tls",
+    "connection_handlers",
+    "connections_closed",
     "fake_in_thread",
     "requests_seen",
     "server_tls",
@@ -77,6 +80,106 @@ class LoopbackServer:
     async def __aexit__(self, *exc: object) -> None:
         """Stop serving."""
         await self.close()
+
+
+class ConnectionCounter:
+    """A TCP relay on 127.0.0.1 in front of ``target``, counting the connections through it.
+
+    Clients connect to ``url`` (same scheme as ``target``; TLS passes through untouched,
+    so each connection is one TLS handshake with the server behind). ``opened`` counts
+    the connections, ``client_closed`` those the client closed (the server saw its EOF);
+    :meth:`wait_closed` waits for that count.
+    """
+
+    def __init__(self, target: URL) -> None:
+        """Relay to ``target`` (a loopback URL with a port) once started."""
+        self.target = target
+        self.url = URL()
+        self.opened = 0
+        self.client_closed = 0
+        self._changed = asyncio.Condition()
+        self._server: asyncio.Server | None = None
+        self._relays: set[asyncio.Task[None]] = set()
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._relays.add(task := asyncio.current_task())  # type: ignore[arg-type]
+        try:
+            async with self._changed:
+                self.opened += 1
+                self._changed.notify_all()
+            up_reader, up_writer = await asyncio.open_connection(self.target.host, self.target.port)
+            to_server = asyncio.create_task(self._pump(reader, up_writer))
+            to_client = asyncio.create_task(self._pump(up_reader, writer))
+            done, _ = await asyncio.wait({to_server, to_client}, return_when="FIRST_COMPLETED")
+            by_client = to_server in done
+            for pump in (to_server, to_client):
+                pump.cancel()
+            await asyncio.gather(to_server, to_client, return_exceptions=True)
+            for stream in (writer, up_writer):
+                stream.close()
+                with contextlib.suppress(OSError):
+                    await stream.wait_closed()
+            if by_client:
+                async with self._changed:
+                    self.client_closed += 1
+                    self._changed.notify_all()
+        finally:
+            self._relays.discard(task)
+
+    @staticmethod
+    async def _pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            while data := await source.read(65536):
+                sink.write(data)
+                await sink.drain()
+
+    async def wait_closed(self, count: int, timeout: float = 10.0) -> None:
+        """Wait (at most ``timeout`` s) until clients have closed ``count`` connections."""
+        async with asyncio.timeout(timeout), self._changed:
+            await self._changed.wait_for(lambda: self.client_closed >= count)
+
+    async def __aenter__(self) -> Self:
+        """Start relaying."""
+        self._server = await asyncio.start_server(self._connection, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        self.url = self.target.with_port(port)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        """Stop relaying and end the open relays."""
+        assert self._server is not None
+        self._server.close()
+        for task in list(self._relays):
+            task.cancel()
+        await asyncio.gather(*self._relays, return_exceptions=True)
+        await self._server.wait_closed()
+
+
+def connection_handlers() -> set[asyncio.Task[Any]]:
+    """The running loop's aiohttp server tasks that each serve one client connection.
+
+    One lives as long as its connection: a client that keeps connections alive (the
+    refresher's sessions do) keeps it until the client closes the connection.
+    """
+    return {
+        task
+        for task in asyncio.all_tasks()
+        if getattr(task.get_coro(), "__qualname__", "") == "RequestHandler.start"
+    }
+
+
+async def connections_closed(timeout: float = 10.0) -> set[asyncio.Task[Any]]:
+    """Wait for the server side of every connection on this loop to end; return the rest.
+
+    A server's connection ends once its client closed the connection (the server reads
+    the end of the stream on its next turn): this waits for those ends, at most
+    ``timeout`` seconds, and returns the handlers still serving a connection some client
+    keeps open.
+    """
+    handlers = connection_handlers()
+    if handlers:
+        await asyncio.wait(handlers, timeout=timeout)
+    return {task for task in handlers if not task.done()}
 
 
 def server_tls(ca: trustme.CA, host: str = "127.0.0.1") -> ssl.SSLContext:

@@ -269,3 +269,23 @@ def test_httpx_bench_prints_the_cheapest_auth_row(capsys: pytest.CaptureFixture[
     out = capsys.readouterr().out
     for name in (bench_httpx.OURS, bench_httpx.CHEAPEST, bench_httpx.STATIC):
         assert name in out
+
+
+def test_cli_start_bench_starts_every_command_in_every_round() -> None:
+    import bench_cli_start  # noqa: PLC0415
+
+    wall, cpu = bench_cli_start.measure(rounds=3)
+    assert set(wall) == set(cpu) == set(bench_cli_start.COMMANDS)
+    for figures in (wall, cpu):
+        assert all(len(times) == 3 and min(times) > 0 for times in figures.values())
+
+
+def test_listeners_bench_times_b_alone_and_beside_a_busy_listener(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import bench_listeners  # noqa: PLC0415
+
+    asyncio.run(bench_listeners.main(rounds=3, delay=0.05))
+    out = capsys.readouterr().out
+    assert out.count("B cold alone") == 3
+    assert "median" in out

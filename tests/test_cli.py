@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import io
 import json
 import logging
@@ -32,7 +33,7 @@ from plainid_async._token import lifetime_problem
 from plainid_async.testing import FakePlainID, FakeResponse, free_port
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator, Mapping
+    from collections.abc import AsyncIterator, Collection, Iterator, Mapping
 
 SECRET = "s3cr3t-Zq9-never-shown"
 PROXY_PASSWORD = "cl1-pr0xy-Pa55"
@@ -92,6 +93,17 @@ async def run_cli(
     )
     assert process.returncode is not None
     return Result(process.returncode, out.decode(), err.decode())
+
+
+#: Each help text, as the first test that asked for it got it: it never changes.
+_HELP: dict[tuple[str, ...], Result] = {}
+
+
+async def help_of(*command: str) -> Result:
+    """``plainid-async [COMMAND] --help``, started once per command for the whole module."""
+    if command not in _HELP:
+        _HELP[command] = await run_cli(*command, "--help")
+    return _HELP[command]
 
 
 @pytest.fixture
@@ -317,7 +329,7 @@ async def test_secret_flag_before_the_command_is_not_echoed() -> None:
 
 
 async def test_help_documents_exit_codes() -> None:
-    result = await run_cli("token", "--help")
+    result = await help_of("token")
     assert result.returncode == 0
     for text in (
         "exit codes",
@@ -481,45 +493,19 @@ async def test_a_checkout_without_package_metadata_says_so_on_version() -> None:
     assert out.decode() == "plainid-async (not installed: running from a source checkout)\n"
 
 
-#: What no command line without a command may import: the heavy parts and the commands.
-HEAVY = ("aiohttp", "attrs", "rich", "plainid_async._demo", "plainid_async._commands")
-
-
-@pytest.mark.parametrize("args", [["--version"], ["--help"]], ids=" ".join)
-async def test_version_and_help_import_nothing_heavy(args: list[str]) -> None:
+async def imported_by(
+    args: list[str], env: Mapping[str, str] | None = None
+) -> tuple[Result, set[str]]:
+    """Run ``python -m plainid_async ARGS`` in a new interpreter: its result, and every
+    module it imported (written on stderr after the command's own output, then left out)."""
     code = (
         "import runpy, sys\n"
         f"sys.argv = ['plainid-async', *{args!r}]\n"
         "try:\n"
         "    runpy.run_module('plainid_async', run_name='__main__')\n"
         "except SystemExit as exit:\n"
-        "    assert exit.code == 0, exit.code\n"
-        "print(' '.join(sorted(sys.modules)), file=sys.stderr)\n"
-    )
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        code,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=_base_env(),
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 30)
-    assert process.returncode == 0, err
-    assert out.startswith((b"plainid-async ", b"usage: plainid-async"))
-    loaded = set(err.decode().split())
-    assert "plainid_async._cli" in loaded
-    assert not {name for name in loaded if name.partition(".")[0] in HEAVY or name in HEAVY}
-
-
-async def test_token_imports_neither_the_fake_nor_the_demo(
-    fake: FakePlainID, env: dict[str, str]
-) -> None:
-    code = (
-        "import sys\n"
-        "from plainid_async._cli import main\n"
-        "status = main(['token'])\n"
-        "print(' '.join(sorted(sys.modules)), file=sys.stderr)\n"
+        "    status = exit.code\n"
+        "print('\\nimported:', *sorted(sys.modules), file=sys.stderr)\n"
         "sys.exit(status)\n"
     )
     process = await asyncio.create_subprocess_exec(
@@ -528,21 +514,93 @@ async def test_token_imports_neither_the_fake_nor_the_demo(
         code,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env={**_base_env(), **env},
+        env={**_base_env(), **(env or {})},
     )
     out, err = await asyncio.wait_for(process.communicate(), 30)
-    assert process.returncode == 0, err
-    assert out.decode().strip() == fake.issued_tokens[-1]
-    loaded = set(err.decode().split())
+    assert process.returncode is not None
+    stderr, _, imported = err.decode().rpartition("\nimported: ")
+    assert imported, stderr  # the command line ran to its end
+    return Result(process.returncode, out.decode(), stderr), set(imported.split())
+
+
+def among(loaded: set[str], packages: Collection[str]) -> set[str]:
+    """The modules of ``loaded`` that are one of ``packages`` or inside one."""
+    return {
+        name
+        for name in loaded
+        if any(name == package or name.startswith(f"{package}.") for package in packages)
+    }
+
+
+#: What a token request never needs: the demo, the fake, and the optional integrations
+#: (plainid_async's modules and the packages behind them), as they are installed for tests.
+NOT_FOR_A_TOKEN = (
+    "httpx",
+    "httpx2",
+    "opentelemetry",
+    "plainid_async._demo",
+    "plainid_async._otel",
+    "plainid_async.httpx",
+    "plainid_async.otel",
+    "plainid_async.redis",
+    "plainid_async.testing",
+    "redis",
+    "rich",
+)
+#: What no command line without a command, nor a command's --help, may import: all of the
+#: above, the library's dependencies, `typing` and `pathlib`, and the modules that run a
+#: command or resolve its settings.
+HEAVY = (
+    *NOT_FOR_A_TOKEN,
+    "aiohttp",
+    "attrs",
+    "pathlib",
+    "plainid_async._commands",
+    "plainid_async._settings",
+    "typing",
+    "yarl",
+)
+
+
+#: What ``--version`` loads neither, besides: it wraps no text and asks no terminal width
+#: (shutil imports zlib, bz2 and lzma); argparse's own checks get a fixed-width formatter.
+NO_HELP_TEXT = ("shutil", "textwrap")
+
+
+@pytest.mark.parametrize(
+    ("args", "unloaded"),
+    [
+        pytest.param(args, unloaded, id=" ".join(args))
+        for args, unloaded in [
+            (["--version"], (*HEAVY, *NO_HELP_TEXT)),
+            (["--help"], HEAVY),
+            (["token", "--help"], HEAVY),
+            (["fake-server", "--help"], HEAVY),
+            (["demo", "--help"], HEAVY),
+        ]
+    ],
+)
+async def test_version_and_help_import_nothing_heavy(
+    args: list[str], unloaded: tuple[str, ...]
+) -> None:
+    result, loaded = await imported_by(args)
+    assert (result.returncode, result.stderr) == (0, ""), result
+    assert result.stdout.startswith(("plainid-async ", "usage: plainid-async"))
+    assert "plainid_async._cli" in loaded
+    assert among(loaded, unloaded) == set()
+
+
+async def test_token_imports_only_what_a_token_request_needs(
+    fake: FakePlainID, env: dict[str, str]
+) -> None:
+    installed = [name for name in NOT_FOR_A_TOKEN if importlib.util.find_spec(name) is not None]
+    # Each is importable here, so the child could have imported it: the check can fail.
+    assert installed == list(NOT_FOR_A_TOKEN)
+    result, loaded = await imported_by(["token"], env)
+    assert result.returncode == 0, result
+    assert result.stdout.strip() == fake.issued_tokens[-1]
     assert "aiohttp" in loaded  # the token request itself
-    assert not loaded & {"rich", "plainid_async._demo", "plainid_async.testing"}
-
-
-async def test_every_missing_variable_is_named_in_one_message(fake: FakePlainID) -> None:
-    line = (await run_cli("token")).assert_error(2)
-    for name in ("PLAINID_CLIENT_ID", "PLAINID_CLIENT_SECRET", "PLAINID_REGION"):
-        assert name in line
-    assert fake.token_requests == []
+    assert among(loaded, NOT_FOR_A_TOKEN) == set()
 
 
 async def test_missing_id_and_region_are_named_together_when_the_secret_is_set() -> None:
@@ -619,7 +677,7 @@ def test_main_twice_leaves_one_log_handler(
 
 @pytest.mark.parametrize("command", [None, "token", "fake-server", "demo"])
 async def test_help_lists_the_exit_codes_from_the_one_table(command: str | None) -> None:
-    result = await run_cli(*([command] if command else []), "--help")
+    result = await help_of(*([command] if command else []))
     assert result.returncode == 0, result
     assert _cli.exit_codes_help(command) in result.stdout
     for row in _cli.EXIT_CODES:
@@ -873,14 +931,19 @@ async def test_a_region_typo_is_one_configuration_error_with_a_did_you_mean(
     assert fake.token_requests == []
 
 
-async def test_missing_settings_are_one_configuration_error() -> None:
+async def test_missing_settings_are_one_configuration_error_naming_every_variable(
+    fake: FakePlainID,
+) -> None:
     line = (await run_cli("token")).assert_error(2)
     assert line.startswith("plainid-async token: configuration error: missing client id")
+    for name in ("PLAINID_CLIENT_ID", "PLAINID_CLIENT_SECRET", "PLAINID_REGION"):
+        assert name in line
     assert "did you mean" not in line
+    assert fake.token_requests == []
 
 
 async def test_help_and_docs_state_that_the_cli_reads_proxy_variables_and_the_library_not() -> None:
-    result = await run_cli("token", "--help")
+    result = await help_of("token")
     assert result.returncode == 0
     assert _cli.PROXY_DIFFERENCE in " ".join(result.stdout.split())
     docs = Path(__file__).parent.parent / "docs" / "cli.md"

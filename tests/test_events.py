@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import subprocess
+import sys
+import textwrap
+import threading
 from typing import TYPE_CHECKING
 
 import attrs
 import pytest
 from _clock import PolicyClock
 from _providers import FAST, Recorder, make_provider, recording, token_with
-from _servers import settle
+from _servers import fake_in_thread, settle
 
 import plainid_async as pa
 from plainid_async import _events, _policy
@@ -323,6 +329,239 @@ async def test_a_failing_subscriber_is_logged_once_and_never_breaks_a_call(
         unsubscribe()
     assert len([r for r in caplog.records if r.levelno >= logging.ERROR]) == 1
     unsubscribe()  # idempotent
+
+
+class Blocking:
+    """A listener that records each event and blocks on ``FETCH_SUCCEEDED`` until let go.
+
+    Only in the process that made it: a forked child's copy never blocks.
+    """
+
+    def __init__(self, *, hits: int = 0) -> None:
+        self.kinds: list[EventKind] = []
+        self.threads: set[str] = set()
+        self.entered = threading.Event()  # it is blocked
+        self.gate = threading.Event()  # let it go
+        self.hits_heard = threading.Event()  # it has had ``hits`` HITs
+        self._hits = hits
+        self._pid = os.getpid()
+
+    def __call__(self, event: TokenEvent) -> None:
+        self.threads.add(threading.current_thread().name)
+        self.kinds.append(event.kind)
+        if event.kind is EventKind.HIT and self.kinds.count(EventKind.HIT) == self._hits:
+            self.hits_heard.set()
+        if event.kind is EventKind.FETCH_SUCCEEDED and os.getpid() == self._pid:
+            self.entered.set()
+            self.gate.wait(30)  # a bound, so a failing test cannot hang its worker forever
+
+
+async def test_a_blocked_listener_of_one_provider_never_holds_up_another_providers_fetch(
+    fake: FakePlainID,
+) -> None:
+    """A's on_event blocks on its fetch's end; B (other credentials and cache) fetches cold."""
+    fake.add_client("other-client", "other-secret")
+    blocked = Blocking()
+    a = make_provider(fake, on_event=blocked)
+    b = make_provider(fake, client_id="other-client", client_secret="other-secret")
+    async with a, b:
+        try:
+            first = asyncio.create_task(a.get_token())
+            assert await asyncio.to_thread(blocked.entered.wait, 10)
+            async with asyncio.timeout(10):  # turns a hold-up into a failure, not a hang
+                other = await b.get_token()
+            assert fake.is_valid(other.access_token)
+            assert len(fake.token_requests) == 2
+            # A's caller returns only once its listener heard how its fetch ended.
+            assert not first.done()
+            assert blocked.kinds == [
+                EventKind.WAIT,
+                EventKind.FETCH_STARTED,
+                EventKind.FETCH_SUCCEEDED,
+            ]
+        finally:
+            blocked.gate.set()
+        token = await asyncio.wait_for(first, 10)
+    assert fake.is_valid(token.access_token)
+    assert "plainid-async refresher" not in blocked.threads  # never on the fetches' thread
+
+
+async def test_a_fetchs_end_is_heard_on_a_listener_thread_before_its_caller_returns(
+    fake: FakePlainID,
+) -> None:
+    """The fetch's end goes to a worker thread; the caller still sees it before it returns."""
+    ended: list[str] = []
+
+    def listener(event: TokenEvent) -> None:
+        if event.kind is EventKind.FETCH_SUCCEEDED:
+            ended.append(threading.current_thread().name)
+
+    async with make_provider(fake, on_event=listener) as provider:
+        for _ in range(3):
+            await provider.get_token(force_refresh=True)
+            assert len(ended) == len(fake.token_requests)
+    assert ended == ["plainid-async listener"] * 3
+
+
+async def test_a_listener_hears_its_events_in_order_when_later_ones_queue_behind_a_slow_one(
+    fake: FakePlainID,
+) -> None:
+    """Lookups on the caller's loop wait behind a background refresh's end still being heard."""
+    blocked = Blocking(hits=3)
+    provider = make_provider(fake, on_event=blocked)
+    async with provider:
+        stale = token_with(remaining=40)
+        await provider.cache.store(provider.cache_key, stale)
+        try:
+            assert await provider.get_token() is stale
+            assert await asyncio.to_thread(blocked.entered.wait, 10)
+            fresh = [await provider.get_token() for _ in range(3)]  # three HITs, queued
+            assert fresh[0] is not stale
+            assert blocked.kinds == [
+                EventKind.FETCH_STARTED,
+                EventKind.STALE,
+                EventKind.FETCH_SUCCEEDED,
+            ]
+        finally:
+            blocked.gate.set()
+        assert await asyncio.to_thread(blocked.hits_heard.wait, 10)
+    assert blocked.kinds == [
+        EventKind.FETCH_STARTED,
+        EventKind.STALE,
+        EventKind.FETCH_SUCCEEDED,
+        EventKind.HIT,
+        EventKind.HIT,
+        EventKind.HIT,
+    ]
+
+
+async def test_a_blocked_subscriber_never_holds_up_a_fetch_nor_another_subscriber(
+    fake: FakePlainID,
+) -> None:
+    """A subscriber blocked on A's fetch: B's fetch ends, another subscriber hears it."""
+    fake.add_client("other-client", "other-secret")
+    blocked = Blocking()
+    b_ended = threading.Event()
+
+    def other(event: TokenEvent) -> None:
+        if event.kind is EventKind.FETCH_SUCCEEDED and event.client_id == "other-client":
+            b_ended.set()
+
+    unsubscribe = _events.subscribe(blocked, kinds=[EventKind.FETCH_SUCCEEDED])
+    unsubscribe_other = _events.subscribe(other)
+    a = make_provider(fake)
+    b = make_provider(fake, client_id="other-client", client_secret="other-secret")
+    try:
+        async with a, b:
+            try:
+                first = asyncio.create_task(a.get_token())
+                assert await asyncio.to_thread(blocked.entered.wait, 10)
+                second = asyncio.create_task(b.get_token())
+                assert await asyncio.to_thread(b_ended.wait, 10)
+                assert len(fake.token_requests) == 2
+                # Both callers return once the subscribers heard their fetches.
+                assert not first.done()
+                assert not second.done()
+            finally:
+                blocked.gate.set()
+            await asyncio.wait_for(asyncio.gather(first, second), 10)
+    finally:
+        unsubscribe()
+        unsubscribe_other()
+    assert blocked.kinds == [EventKind.FETCH_SUCCEEDED] * 2
+
+
+def test_a_forked_child_inherits_no_listener_worker_nor_queued_event() -> None:
+    """Forked while the parent's listener is blocked with a HIT queued behind: the child's
+    listener hears the child's own events, and never the parent's queued ones."""
+    blocked = Blocking(hits=1)
+    with fake_in_thread() as fake:
+        provider = make_provider(fake, on_event=blocked)
+
+        def first_call() -> None:
+            with contextlib.suppress(pa.PlainIDError):
+                asyncio.run(provider.get_token())
+
+        caller = threading.Thread(target=first_call, daemon=True)
+        caller.start()
+        try:
+            assert blocked.entered.wait(10)
+            asyncio.run(provider.get_token())  # a HIT, queued behind the blocked event
+            assert blocked.kinds[-1] is EventKind.FETCH_SUCCEEDED
+            pid = os.fork()
+            if pid == 0:  # the child: one call, then out (no test teardown)
+                code = 1
+                try:
+                    del blocked.kinds[:]
+                    asyncio.run(asyncio.wait_for(provider.get_token(force_refresh=True), 5))
+                    kinds = blocked.kinds
+                    code = 0 if kinds[-1] is EventKind.FETCH_SUCCEEDED else 2
+                    code = code if EventKind.HIT not in kinds else 3
+                finally:
+                    os._exit(code)
+            _, status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0
+        finally:
+            blocked.gate.set()
+        caller.join(10)
+        assert blocked.hits_heard.wait(10)
+    assert blocked.kinds[-1:] == [EventKind.HIT]  # the parent's, once its listener was let go
+
+
+async def test_a_listener_whose_worker_died_of_system_exit_still_hears_later_fetches(
+    fake: FakePlainID,
+) -> None:
+    """SystemExit ends a worker thread: the next queued event starts another, nobody waits."""
+    ended: list[int] = []
+
+    def exits_once(event: TokenEvent) -> None:
+        if event.kind is EventKind.FETCH_SUCCEEDED:
+            ended.append(event.fetch_id or 0)
+            if len(ended) == 1:
+                raise SystemExit
+
+    provider = make_provider(
+        fake, on_event=exits_once, timeout=1.0, retry=pa.RetryPolicy(attempts=1)
+    )
+    async with provider:
+        for _ in range(3):
+            await provider.get_token(force_refresh=True)
+    assert len(ended) == 3
+
+
+#: A process whose listener never returns from the end of its fetch: it must still exit.
+_BLOCKED_FOREVER = """
+import asyncio, threading
+import plainid_async as pa
+from plainid_async.testing import FakePlainID
+
+def stuck(event):
+    if event.kind is pa.EventKind.FETCH_SUCCEEDED:
+        threading.Event().wait()
+
+async def main():
+    async with FakePlainID() as fake:
+        async with pa.TokenProvider(
+            fake.client_id, fake.client_secret, base_url=str(fake.base_url),
+            on_event=stuck, timeout=0.5, retry=pa.RetryPolicy(attempts=1),
+        ) as provider:
+            token = await provider.get_token()  # its listener never hears the end
+    print("got", bool(token.access_token), flush=True)
+
+asyncio.run(main())
+"""
+
+
+def test_the_interpreter_exits_while_a_listener_is_blocked_for_ever() -> None:
+    """The listener's worker is a daemon: a process ends even with one stuck in a callback."""
+    done = subprocess.run(  # noqa: S603 (this interpreter, a fixed script)
+        [sys.executable, "-c", textwrap.dedent(_BLOCKED_FOREVER)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (done.returncode, done.stdout) == (0, "got True\n"), done.stderr
 
 
 async def test_subscribers_see_every_provider_and_stop_when_unsubscribed(

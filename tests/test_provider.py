@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 import pytest
 from _clock import PolicyClock
-from _providers import FAST, make_provider, token_with
+from _providers import FAST, make_provider, recording, token_with
 from _reliability import record
 from _servers import LoopbackServer, requests_seen, settle
 from aiohttp import web
@@ -1073,6 +1073,41 @@ async def test_a_token_that_arrives_expired_is_a_failed_fetch_never_handed_out()
             assert cache.get(provider.cache_key) is None  # not stored either
             health = provider.health()
             assert health.failures == 1
+            assert provider.stats.failures == 1
+
+
+def _dead_on_arrival() -> FakeResponse:
+    """A 200 whose 1 s token is dead by the time it arrives (a process frozen mid-fetch)."""
+    body = {"access_token": "dead-on-arrival", "token_type": "Bearer", "expires_in": 1}
+    return FakeResponse(body=body, delay=1.2)
+
+
+async def test_a_token_that_arrives_expired_is_asked_for_once_more_and_the_next_one_served() -> (
+    None
+):
+    """Lambda thawed mid-fetch: the endpoint is fine, so one more request, at once, serves."""
+    async with FakePlainID() as fake:
+        fake.fail_next(_dead_on_arrival())
+        provider, recorder = recording(fake)
+        async with provider:
+            token = await asyncio.wait_for(provider.get_token(), 30)
+            assert token.access_token != "dead-on-arrival"
+            assert fake.is_valid(token.access_token)
+            assert len(fake.token_requests) == 2
+            assert provider.stats.failures == 0
+            (attempt,) = recorder.of(pa.EventKind.ATTEMPT_FAILED)
+            assert attempt.retry_in == 0
+            assert "arrived expired" in str(attempt.error)
+
+
+async def test_a_token_that_arrives_expired_twice_fails_the_fetch_after_two_requests() -> None:
+    async with FakePlainID() as fake:
+        fake.fail_next(_dead_on_arrival(), _dead_on_arrival())
+        provider, _ = recording(fake, retry=pa.RetryPolicy(attempts=4, deadline=30.0))
+        async with provider:
+            with pytest.raises(pa.TokenEndpointUnavailableError, match="arrived expired"):
+                await asyncio.wait_for(provider.get_token(), 30)
+            assert len(fake.token_requests) == 2
             assert provider.stats.failures == 1
 
 

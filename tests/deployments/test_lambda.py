@@ -8,8 +8,6 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-import pytest
-
 from deployments._harness import Process, plainid, problems, service_env, wait_for
 
 if TYPE_CHECKING:
@@ -93,11 +91,6 @@ def test_lambda_frozen_between_invocations_never_sends_an_expired_token(tmp_path
         assert problems(output) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 20 part 5: a caller waiting on a fetch gets the token it brings even when "
-    "the process was frozen long enough for it to expire on arrival",
-)
 def test_lambda_frozen_while_a_fetch_is_in_flight_never_sends_an_expired_token(
     tmp_path: Path,
 ) -> None:
