@@ -248,16 +248,21 @@ class Listener:
         """Give ``event`` to the callback; log its first exception, swallow every one."""
         try:
             self.callback(event)
-        except Exception:
-            with self._lock:
-                first, self.failed = not self.failed, True
-            if first:
-                logger.exception(
-                    "event listener %r raised on a %s event; its later errors are not logged, "
-                    "and no call fails because of it",
-                    self.callback,
-                    event.kind.value,
-                )
+        except Exception as error:  # noqa: BLE001 (logged by _raised, with its traceback, once)
+            self._raised(event, error)
+
+    def _raised(self, event: TokenEvent, error: BaseException) -> None:
+        """Log ``error``, with its traceback, if it is the callback's first one."""
+        with self._lock:
+            first, self.failed = not self.failed, True
+        if first:
+            logger.error(
+                "event listener %r raised on a %s event; its later errors are not logged, "
+                "and no call fails because of it",
+                self.callback,
+                event.kind.value,
+                exc_info=error,
+            )
 
     def take(self, event: TokenEvent, *, queue: bool) -> None:
         """Give ``event`` to the callback now, or queue it for the worker.
@@ -297,9 +302,13 @@ class Listener:
                     self._worker = None
                     return
                 event, done = self._queue.popleft()
-            with self._serial:
-                self(event)
-            done.set_result(None)
+            try:
+                with self._serial:
+                    self(event)
+            except BaseException as error:  # noqa: BLE001 (SystemExit in a callback ends no worker)
+                self._raised(event, error)
+            finally:
+                done.set_result(None)
 
     def backlog(self) -> concurrent.futures.Future[None] | None:
         """A future done once the callback has had every event queued so far, or ``None``."""

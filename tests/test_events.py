@@ -6,6 +6,9 @@ import asyncio
 import contextlib
 import logging
 import os
+import subprocess
+import sys
+import textwrap
 import threading
 from typing import TYPE_CHECKING
 
@@ -503,6 +506,62 @@ def test_a_forked_child_inherits_no_listener_worker_nor_queued_event() -> None:
         caller.join(10)
         assert blocked.hits_heard.wait(10)
     assert blocked.kinds[-1:] == [EventKind.HIT]  # the parent's, once its listener was let go
+
+
+async def test_a_listener_whose_worker_died_of_system_exit_still_hears_later_fetches(
+    fake: FakePlainID,
+) -> None:
+    """SystemExit ends a worker thread: the next queued event starts another, nobody waits."""
+    ended: list[int] = []
+
+    def exits_once(event: TokenEvent) -> None:
+        if event.kind is EventKind.FETCH_SUCCEEDED:
+            ended.append(event.fetch_id or 0)
+            if len(ended) == 1:
+                raise SystemExit
+
+    provider = make_provider(
+        fake, on_event=exits_once, timeout=1.0, retry=pa.RetryPolicy(attempts=1)
+    )
+    async with provider:
+        for _ in range(3):
+            await provider.get_token(force_refresh=True)
+    assert len(ended) == 3
+
+
+#: A process whose listener never returns from the end of its fetch: it must still exit.
+_BLOCKED_FOREVER = """
+import asyncio, threading
+import plainid_async as pa
+from plainid_async.testing import FakePlainID
+
+def stuck(event):
+    if event.kind is pa.EventKind.FETCH_SUCCEEDED:
+        threading.Event().wait()
+
+async def main():
+    async with FakePlainID() as fake:
+        async with pa.TokenProvider(
+            fake.client_id, fake.client_secret, base_url=str(fake.base_url),
+            on_event=stuck, timeout=0.5, retry=pa.RetryPolicy(attempts=1),
+        ) as provider:
+            token = await provider.get_token()  # its listener never hears the end
+    print("got", bool(token.access_token), flush=True)
+
+asyncio.run(main())
+"""
+
+
+def test_the_interpreter_exits_while_a_listener_is_blocked_for_ever() -> None:
+    """The listener's worker is a daemon: a process ends even with one stuck in a callback."""
+    done = subprocess.run(  # noqa: S603 (this interpreter, a fixed script)
+        [sys.executable, "-c", textwrap.dedent(_BLOCKED_FOREVER)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (done.returncode, done.stdout) == (0, "got True\n"), done.stderr
 
 
 async def test_subscribers_see_every_provider_and_stop_when_unsubscribed(
