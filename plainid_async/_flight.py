@@ -415,9 +415,11 @@ class Fetcher:
                 # ends with is nobody's to read here, so no "never retrieved" record.
                 waiting.add_done_callback(_retrieved)
             else:
-                # The fetch's events reach this provider's listeners (on their own threads)
-                # before its outcome reaches the caller, within the caller's budget.
-                await until_heard(backlog(self.reporter.listener), deadline - monotonic())
+                # The fetch's events reach the listeners (on their own threads) before its
+                # outcome reaches the caller, within the caller's budget. flight.heard was
+                # taken as the fetch ended: events queued since are not this caller's to wait
+                # for.
+                await until_heard(flight.heard, deadline - monotonic())
 
     async def _await_on(
         self, waiting: asyncio.Future[Token], flight: Flight, state: KeyState, deadline: float

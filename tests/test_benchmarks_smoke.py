@@ -239,8 +239,34 @@ def test_middleware_bench_prints_the_cheapest_middleware_row(
     with bench_middleware.serving() as port:
         asyncio.run(bench_middleware.bench(port, rounds=3, requests=3))
     out = capsys.readouterr().out
-    for name in (bench_middleware.OURS, bench_middleware.CHEAPEST, bench_middleware.STATIC):
+    for name in bench_middleware.VARIANTS:
         assert name in out
+
+
+FAKE_VALGRIND = """\
+import subprocess, sys
+command = sys.argv[3:]  # after --tool=callgrind and --callgrind-out-file=...
+subprocess.run(command, check=True)
+requests = int(command[command.index("--requests") + 1])
+print(f"==1== Collected : {5000 + 100 * requests}", file=sys.stderr)
+"""
+
+
+def test_middleware_bench_counts_instructions_per_get_of_each_variant(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The --instructions plumbing, with a stand-in for valgrind that runs each variant's
+    process for real and reports 100 instructions per GET over a fixed start-up."""
+    import bench_middleware  # noqa: PLC0415
+
+    valgrind = tmp_path / "valgrind"
+    valgrind.write_text(f"#!{sys.executable}\n{FAKE_VALGRIND}")
+    valgrind.chmod(0o755)
+    with bench_middleware.serving() as port:
+        counts = bench_middleware.count_instructions(str(valgrind), port, requests=20)
+    assert counts == dict.fromkeys(bench_middleware.VARIANTS, 100.0)
+    out = capsys.readouterr().out
+    assert all(name in out for name in bench_middleware.VARIANTS)
 
 
 def test_refresh_load_bench_measures_lag_and_cpu_per_refresh() -> None:

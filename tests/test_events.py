@@ -471,6 +471,60 @@ async def test_a_blocked_subscriber_never_holds_up_a_fetch_nor_another_subscribe
     assert blocked.kinds == [EventKind.FETCH_SUCCEEDED] * 2
 
 
+async def test_a_caller_waits_for_its_own_fetchs_events_never_for_ones_queued_after(
+    fake: FakePlainID,
+) -> None:
+    """A's caller wakes only after A's fetch was heard and a subscriber blocked on the end of
+    B's later fetch: it returns, for that event is not its fetch's (its budget is far longer)."""
+    fake.add_client("other-client", "other-secret")
+    a_started, a_heard = threading.Event(), threading.Event()
+    b_blocked, release = threading.Event(), threading.Event()
+
+    def subscriber(event: TokenEvent) -> None:
+        if event.client_id == fake.client_id and event.kind is EventKind.FETCH_STARTED:
+            a_started.set()
+        if event.client_id == fake.client_id and event.kind is EventKind.FETCH_SUCCEEDED:
+            a_heard.set()
+        if event.client_id == "other-client" and event.kind is EventKind.FETCH_SUCCEEDED:
+            b_blocked.set()
+            release.wait(30)  # a bound, so a failing test cannot hang the worker forever
+
+    loop_held, returned = threading.Event(), threading.Event()
+    a = make_provider(fake, timeout=60.0)
+    b = make_provider(fake, client_id="other-client", client_secret="other-secret")
+
+    def caller() -> None:
+        async def main() -> None:
+            task = asyncio.create_task(a.get_token())
+            assert await asyncio.to_thread(a_started.wait, 10)
+            loop_held.wait(30)  # this loop stands still while A's fetch ends and B's starts
+            await task
+            returned.set()
+
+        asyncio.run(main())
+
+    unsubscribe = _events.subscribe(subscriber)
+    thread = threading.Thread(target=caller, daemon=True)
+    try:
+        async with a, b:
+            try:
+                thread.start()
+                assert await asyncio.to_thread(a_heard.wait, 10)
+                second = asyncio.create_task(b.get_token())
+                assert await asyncio.to_thread(b_blocked.wait, 10)
+                loop_held.set()
+                # A bound that turns a hang into a failure: waiting for B's event would last
+                # until release, or A's budget (over a minute).
+                assert await asyncio.to_thread(returned.wait, 10)
+            finally:
+                loop_held.set()
+                release.set()
+            await asyncio.wait_for(second, 10)
+    finally:
+        unsubscribe()
+        await asyncio.to_thread(thread.join, 10)
+
+
 def test_a_forked_child_inherits_no_listener_worker_nor_queued_event() -> None:
     """Forked while the parent's listener is blocked with a HIT queued behind: the child's
     listener hears the child's own events, and never the parent's queued ones."""
