@@ -38,11 +38,13 @@ _AUTHORIZATION: Final = hdrs.AUTHORIZATION
 _REDIRECT_STATUSES: Final = frozenset({301, 302, 303, 307, 308})
 
 #: The request (see _chain_of) whose next hop a redirect from an origin that gets no token
-#: chose. Middlewares run in the caller's task, once per hop, so the hop after a foreign
-#: redirect sees what the hop before it set; concurrent requests run in other tasks (or
-#: are other requests) and see nothing of it.
-_FOREIGN_REDIRECT: Final[contextvars.ContextVar[object | None]] = contextvars.ContextVar(
-    "plainid_async_foreign_redirect", default=None
+#: chose, and the middlewares whose token that origin does not get: each withholds its own
+#: token from the rest of the request, and only its own (a session may hold several, each
+#: for its own origins). Middlewares run in the caller's task, once per hop, so the hop
+#: after a foreign redirect sees what the hop before it set; concurrent requests run in
+#: other tasks (or are other requests) and see nothing of it.
+_FOREIGN_REDIRECT: Final[contextvars.ContextVar[tuple[object, tuple[object, ...]] | None]] = (
+    contextvars.ContextVar("plainid_async_foreign_redirect", default=None)
 )
 
 #: Bodies aiohttp can send again as they are: bytes, str, JSON and url-encoded forms (all
@@ -109,7 +111,11 @@ class BearerAuthMiddleware(TokenScope):
         # attribute reads and dict lookups, with no call of ours and no coroutine unless
         # the token is not at hand (docs/benchmarks.md has the figures).
         if _AUTHORIZATION in request.headers:
-            return await handler(request)
+            # Set by the caller, or by another middleware for its own origin: left alone. A
+            # redirect from an origin that gets no token from this middleware still counts.
+            if self._gets_token(request):
+                return await handler(request)
+            return await self._send_without_token(request, handler)
         url = request.url
         # The common case of _gets_token, decided inline: the origin is allowed (the check of
         # _origins.is_allowed, two calls fewer) and no foreign redirect is on record. Anything
@@ -118,7 +124,7 @@ class BearerAuthMiddleware(TokenScope):
         if (
             schemes is None or url.scheme not in schemes or _FOREIGN_REDIRECT.get() is not None
         ) and not self._gets_token(request):
-            return await _send_without_token(request, handler)
+            return await self._send_without_token(request, handler)
         # A FRESH token straight from the provider's hot slot; else its get_token() waits,
         # refreshes or raises.
         token = self._hot_token() or await self._provider.get_token()
@@ -139,12 +145,33 @@ class BearerAuthMiddleware(TokenScope):
         return await self._retry(request, handler, token, response)
 
     def _gets_token(self, request: ClientRequest) -> bool:
-        """Whether this hop gets the token: its origin is allowed, no foreign redirect led here."""
-        foreign = _FOREIGN_REDIRECT.get()
-        if foreign is not None and foreign is not _chain_of(request):
-            foreign = None
-            _FOREIGN_REDIRECT.set(None)  # another request: forget the last one's redirect
-        return foreign is None and _is_allowed(self._allowed, request.url)
+        """Whether this hop gets the token: its origin is allowed, and no redirect from an
+        origin that gets no token from this middleware led here.
+        """  # noqa: D205 (two conditions)
+        steered = _FOREIGN_REDIRECT.get()
+        if steered is not None:
+            chain, withheld = steered
+            if chain is not _chain_of(request):
+                _FOREIGN_REDIRECT.set(None)  # another request: forget the last one's redirects
+            elif any(owner is self for owner in withheld):
+                return False
+        return _is_allowed(self._allowed, request.url)
+
+    async def _send_without_token(
+        self, request: ClientRequest, handler: ClientHandlerType
+    ) -> ClientResponse:
+        """Send a hop that gets no token; remember it if it redirects (see _FOREIGN_REDIRECT)."""
+        response = await handler(request)
+        if response.status in _REDIRECT_STATUSES:
+            # aiohttp follows this redirect, if at all, with its next hop in this same task
+            # and request (chain): that hop must not get this middleware's token.
+            chain = _chain_of(request)
+            if chain is not None:
+                steered = _FOREIGN_REDIRECT.get()
+                withheld = steered[1] if steered is not None and steered[0] is chain else ()
+                if not any(owner is self for owner in withheld):
+                    _FOREIGN_REDIRECT.set((chain, (*withheld, self)))
+        return response
 
     async def _retry(
         self,
@@ -171,18 +198,6 @@ class BearerAuthMiddleware(TokenScope):
             return await handler(request)
         finally:
             request.headers.pop(_AUTHORIZATION, None)
-
-
-async def _send_without_token(request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
-    """Send a hop that gets no token; remember it if it redirects (see _FOREIGN_REDIRECT)."""
-    response = await handler(request)
-    if response.status in _REDIRECT_STATUSES:
-        # aiohttp follows this redirect, if at all, with its next hop in this same task and
-        # request (chain): that hop must not get the token.
-        chain = _chain_of(request)
-        if chain is not None:
-            _FOREIGN_REDIRECT.set(chain)
-    return response
 
 
 def _chain_of(request: ClientRequest) -> list[object] | None:

@@ -198,6 +198,22 @@ async def test_foreign_redirect_chain_through_the_api_gets_no_token_on_any_hop(
     assert [r.authorized for r in fake.resource_requests] == [False]
 
 
+@pytest.mark.parametrize("status", REDIRECTS)
+async def test_a_foreign_redirect_of_a_request_with_the_callers_own_header_gets_no_token(
+    fake: FakePlainID, session: aiohttp.ClientSession, status: int
+) -> None:
+    """The caller's own Authorization header for another origin is left alone, and that
+    origin's redirect to the API still gets no token (aiohttp drops the caller's header)."""
+    async with (
+        Redirector(status, str(fake.base_url / "api/1.0/steered")) as foreign,
+        session.post(
+            foreign.url / "hook", data=b"x", headers={"Authorization": "Basic Y2FsbGVy"}
+        ) as resp,
+    ):
+        assert resp.status == 401
+    assert [(r.path, r.authorized) for r in fake.resource_requests] == [("/api/1.0/steered", False)]
+
+
 async def test_a_new_request_after_a_foreign_redirect_that_was_not_followed_gets_the_token(
     fake: FakePlainID, session: aiohttp.ClientSession
 ) -> None:
@@ -219,6 +235,29 @@ async def test_concurrent_requests_are_not_steered_by_each_others_redirects(
     assert statuses == [401] * 5 + [200] * 5
     seen = {(r.path, r.authorized) for r in fake.resource_requests}
     assert seen == {("/api/1.0/steered", False), ("/api/1.0/direct", True)}
+
+
+@pytest.mark.parametrize("first", ["this API's middleware", "the other API's middleware"])
+async def test_a_foreign_redirect_withholds_only_the_token_of_the_middleware_it_is_foreign_to(
+    fake: FakePlainID, provider: _TokenProvider, first: str
+) -> None:
+    """Two bearer middlewares in one session, each for its own API, in either order: a
+    redirect within the second API keeps the second's token (the first gets none there); a
+    redirect from the second API to the first sends the first's token nowhere."""
+    async with (
+        FakePlainID(client_id="second", client_secret="second-secret") as second,
+        make_provider(second) as other,
+    ):
+        ours, theirs = BearerAuthMiddleware(provider), BearerAuthMiddleware(other)
+        chain = (ours, theirs) if first == "this API's middleware" else (theirs, ours)
+        within = str(second.base_url / "api/1.0/within")
+        into_ours = str(fake.base_url / "api/1.0/steered")
+        async with aiohttp.ClientSession(middlewares=chain) as client:
+            for target in (within, into_ours):
+                via = second.base_url.with_path("/redirect").with_query(to=target, status="307")
+                await status_of(client.get(via))
+    assert [(r.path, r.authorized) for r in second.resource_requests] == [("/api/1.0/within", True)]
+    assert [(r.path, r.authorized) for r in fake.resource_requests] == [("/api/1.0/steered", False)]
 
 
 async def test_extra_origin_gets_the_token(
