@@ -424,6 +424,7 @@ def matrix_provider(
     cache: TokenCache | None = None,
     proxy_port: int | None = None,
     proxy_credentials: bool = False,
+    timeout: float = CLIENT_TIMEOUT,
     **options: Any,
 ) -> TokenProvider:
     """The provider of a cell; a proxy URL with the password is built here, in a frame that
@@ -436,7 +437,7 @@ def matrix_provider(
         SECRET,
         base_url=base_url,
         cache=MemoryTokenCache() if cache is None else cache,
-        timeout=CLIENT_TIMEOUT,
+        timeout=timeout,
         retry=RetryPolicy(attempts=2, backoff_base=0.0, backoff_max=0.0),
         on_event=witness.events.append,
         **options,
@@ -626,7 +627,12 @@ async def test_no_secret_leaves_a_redis_failure(
         )
     try:
         cache = RedisTokenCache(connection, timeout=0.3, retry_interval=0.05)
-        async with Stage() as stage, matrix_provider(stage.base_url, witness, cache=cache) as p:
+        # Redis down can cost the fetch a 0.3 s timeout on load and another on store: a
+        # time budget of its own, not the short one of the endpoint cells (0.65 s).
+        async with (
+            Stage() as stage,
+            matrix_provider(stage.base_url, witness, cache=cache, timeout=5.0) as p,
+        ):
             token = await p.get_token()
             # A background refresh goes through the fleet lock too.
             await p.get_token(force_refresh=True)
