@@ -148,13 +148,8 @@ class BearerAuthMiddleware(TokenScope):
         """Whether this hop gets the token: its origin is allowed, and no redirect from an
         origin that gets no token from this middleware led here.
         """  # noqa: D205 (two conditions)
-        steered = _FOREIGN_REDIRECT.get()
-        if steered is not None:
-            chain, withheld = steered
-            if chain is not _chain_of(request):
-                _FOREIGN_REDIRECT.set(None)  # another request: forget the last one's redirects
-            elif any(owner is self for owner in withheld):
-                return False
+        if any(owner is self for owner in _withheld_from(request)):
+            return False
         return _is_allowed(self._allowed, request.url)
 
     async def _send_without_token(
@@ -167,8 +162,7 @@ class BearerAuthMiddleware(TokenScope):
             # and request (chain): that hop must not get this middleware's token.
             chain = _chain_of(request)
             if chain is not None:
-                steered = _FOREIGN_REDIRECT.get()
-                withheld = steered[1] if steered is not None and steered[0] is chain else ()
+                withheld = _withheld_from(request)
                 if not any(owner is self for owner in withheld):
                     _FOREIGN_REDIRECT.set((chain, (*withheld, self)))
         return response
@@ -198,6 +192,23 @@ class BearerAuthMiddleware(TokenScope):
             return await handler(request)
         finally:
             request.headers.pop(_AUTHORIZATION, None)
+
+
+def _withheld_from(request: ClientRequest) -> tuple[object, ...]:
+    """The middlewares that withhold their token from this hop of ``request``.
+
+    An earlier hop of the same request went to an origin that each of them does not serve,
+    and that origin redirected it (see _FOREIGN_REDIRECT). A record of another request is
+    forgotten here.
+    """
+    steered = _FOREIGN_REDIRECT.get()
+    if steered is None:
+        return ()
+    chain, withheld = steered
+    if chain is _chain_of(request):
+        return withheld
+    _FOREIGN_REDIRECT.set(None)  # another request: forget the last one's redirects
+    return ()
 
 
 def _chain_of(request: ClientRequest) -> list[object] | None:
