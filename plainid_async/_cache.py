@@ -222,6 +222,7 @@ class KeyState:
             here), or ``None``. A plain slot: the provider's hot path reads it on every call.
         token_id: A shared cache's id of that token, or ``None``.
         flight: The fetch in progress, or ``None``.
+        orphans: Fetches whose loop stopped before they ended (see :meth:`orphan`).
         record: The failure record (streak, last error, backoff, cool-down).
         guard: The 401 guard.
         last_success: Wall-clock time of the last successful fetch, or ``None``.
@@ -234,6 +235,7 @@ class KeyState:
         "_guard",
         "_last_success",
         "_listeners",
+        "_orphans",
         "_providers",
         "_record",
         "_rejected",
@@ -249,6 +251,7 @@ class KeyState:
         object.__setattr__(self, "token", None)
         self._token_id: str | None = None
         self._flight: Flight | None = None
+        self._orphans: tuple[Flight, ...] = ()
         self._record: Failures = NO_FAILURES
         self._guard: Guard = _NO_GUARD
         self._suspect: Token | None = None
@@ -282,6 +285,11 @@ class KeyState:
     def flight(self) -> Flight | None:
         """The fetch in progress, or ``None``."""
         return self._flight
+
+    @property
+    def orphans(self) -> tuple[Flight, ...]:
+        """Fetches whose loop stopped before they ended, until they end (see :meth:`orphan`)."""
+        return self._orphans
 
     @property
     def record(self) -> Failures:
@@ -385,14 +393,32 @@ class KeyState:
         self._flight = flight
 
     def forget_flight(self) -> None:
-        """Forget the fetch in progress without ending it (a forked child's inheritance)."""
+        """Forget the fetches without ending them (a forked child's inheritance)."""
         self._flight = None
+        self._orphans = ()
 
     def end(self, flight: Flight) -> bool:
-        """``flight`` ended (or was found orphaned); whether it was the key's fetch."""
+        """``flight`` ended; whether it was the key's fetch (not an orphan, nor another's)."""
+        if self._flight is not flight:
+            if any(orphan is flight for orphan in self._orphans):
+                self._orphans = tuple(f for f in self._orphans if f is not flight)
+            return False
+        self._flight = None
+        return True
+
+    def orphan(self, flight: Flight) -> bool:
+        """``flight``'s loop stopped before it ended: the key's slot is free for a new fetch.
+
+        The flight is kept among the :attr:`orphans` until it ends: if its loop runs again,
+        it goes on there, and its provider's ``close()`` must still find it to cancel it.
+
+        Returns:
+            Whether it was the key's fetch (else another waiter orphaned it first).
+        """
         if self._flight is not flight:
             return False
         self._flight = None
+        self._orphans = (*self._orphans, flight)
         return True
 
     # -- the failure policy's records ------------------------------------------------------
@@ -550,10 +576,18 @@ class KeyStates:
         for state in self._states.values():
             state.forget_flight()
 
-    def flights(self) -> list[Flight]:
-        """The fetches in progress, for tests and health checks."""
+    def flights(self, *, orphans: bool = False) -> list[Flight]:
+        """The fetches in progress, for tests and health checks.
+
+        Args:
+            orphans: Also list the fetches whose loop stopped before they ended
+                (:attr:`KeyState.orphans`), for their providers to cancel.
+        """
         with self._lock:
-            return [s.flight for s in self._states.values() if s.flight is not None]
+            running = [s.flight for s in self._states.values() if s.flight is not None]
+            if orphans:
+                running += [f for s in self._states.values() for f in s.orphans]
+            return running
 
     def clear(self) -> None:
         """Forget every key (tokens, streaks, cool-downs); running fetches go on."""

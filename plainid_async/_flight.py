@@ -448,7 +448,7 @@ class Fetcher:
             except TimeoutError:
                 if watch and (flight.loop.is_closed() or not flight.loop.is_running()):
                     with self.states.lock:
-                        state.end(flight)
+                        state.orphan(flight)
                     logger.debug(
                         "the loop running a token fetch for client %s stopped; fetching anew",
                         flight.key.client_id,
@@ -656,7 +656,9 @@ class Fetcher:
     def cancel(self) -> list[Flight]:
         """The provider closes: refuse new calls, cancel its fetches, and return them."""
         self.closed = True
-        mine = [f for f in self.states.flights() if f.owner is self.owner and not f.done()]
+        mine = [
+            f for f in self.states.flights(orphans=True) if f.owner is self.owner and not f.done()
+        ]
         for flight in mine:
             flight.cancel()
         return mine

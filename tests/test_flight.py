@@ -10,6 +10,7 @@ Figures are printed with ``record`` (see them with ``pytest -s``).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import gc
 import logging
@@ -26,6 +27,8 @@ from _reliability import record
 from _servers import fake_in_thread, requests_seen, settle
 
 import plainid_async as pa
+from plainid_async._cache import KeyStates
+from plainid_async._flight import Flight
 from plainid_async.testing import FakePlainID, free_port, running_fetches
 
 #: Every test here fails if it leaves a token fetch running.
@@ -134,9 +137,48 @@ async def test_waiters_on_another_loop_fetch_anew_when_the_fetch_loop_stops() ->
         thread = threading.Thread(target=loop_a.run_until_complete, args=(clean_up_a(),))
         thread.start()
         thread.join(10)
+        # The fetch left behind on A is still provider A's: its close() cancelled it, so A
+        # closes with nothing pending ("Task was destroyed but it is pending" otherwise).
+        assert flight.task is not None
+        assert flight.task.cancelled()
         loop_a.close()
         await here.close()
     record("waiter: the loop running its fetch stopped", restarted_after_s=round(waited, 3))
+
+
+def test_an_orphaned_fetch_frees_its_keys_slot_and_stays_listed_until_it_ends() -> None:
+    """A waiter found the fetch's loop stopped: a new fetch may start, and the provider that
+    started the orphan still finds it among the flights it must cancel when it closes."""
+    states = KeyStates()
+    key = pa.CacheKey.for_credentials("http://127.0.0.1:1/token", "client", "secret")
+    state = states.state(key)
+    loop = asyncio.new_event_loop()
+    old, new = (
+        Flight(
+            key=key,
+            reason=pa.FetchReason.COLD,
+            future=concurrent.futures.Future(),
+            loop=loop,
+            owner=object(),
+        )
+        for _ in range(2)
+    )
+    try:
+        state.begin(old)
+        assert state.orphan(old)
+        assert state.flight is None
+        assert not state.orphan(old)  # a second waiter finds it orphaned already
+        state.begin(new)
+        assert states.flights() == [new]
+        assert states.flights(orphans=True) == [new, old]
+        assert not state.end(old)  # the orphan ended: not the key's fetch, no longer listed
+        assert states.flights(orphans=True) == [new]
+        assert state.end(new)
+        assert states.flights(orphans=True) == []
+    finally:
+        for flight in (old, new):  # never left running for the leftover check to wait on
+            flight.future.cancel()
+        loop.close()
 
 
 # -- a memory of failures: cool-downs (moved from test_core.py) ----------------------------
