@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import time
 from typing import TYPE_CHECKING, Any, Self, cast
 
 import aiohttp
@@ -15,8 +16,15 @@ from _servers import LoopbackServer
 from aiohttp import hdrs, web
 from yarl import URL
 
-from plainid_async import ConfigurationError, InvalidCredentialsError, MemoryTokenCache, Token
+from plainid_async import (
+    ConfigurationError,
+    InvalidCredentialsError,
+    MemoryTokenCache,
+    ProviderClosedError,
+    Token,
+)
 from plainid_async import TokenProvider as _TokenProvider
+from plainid_async._cache import key_states_of
 from plainid_async._events import EventKind
 from plainid_async._middleware import BearerAuthMiddleware, _can_replay, provider_session
 from plainid_async._source import hot_lookup
@@ -886,6 +894,55 @@ async def test_the_hot_lookup_answers_as_get_token_does(fake: FakePlainID) -> No
         assert provider.report_unauthorized(fresh)
         assert hot() is None  # rejected: the reporting task's next get_token() waits
     assert hot() is None  # closed: get_token() raises
+
+
+async def test_the_middleware_sends_the_token_get_token_returns_after_each_change(
+    fake: FakePlainID,
+) -> None:
+    """The middleware's hot path (the provider's hot slot) follows every change to it."""
+    async with make_provider(fake) as provider:
+        middleware, handler = BearerAuthMiddleware(provider), StubHandler(200, 200, 200, 200)
+
+        async def sent() -> str | None:
+            await middleware(client_request(fake.base_url / "x"), handler)
+            return handler.sent[-1]
+
+        token = await provider.get_token()
+        assert await sent() == token.authorization
+        assert await sent() == token.authorization  # from the hot slot, filled by now
+        assert provider.invalidate(token)
+        fresh = await sent()  # dropped: the middleware fetches anew
+        assert fresh == (await provider.get_token()).authorization != token.authorization
+        assert provider.report_unauthorized(await provider.get_token())
+        replacement = await sent()  # rejected: the middleware waits for the replacement
+        assert replacement == (await provider.get_token()).authorization != fresh
+    with pytest.raises(ProviderClosedError):  # closed: get_token() raises
+        await sent()
+    assert len(fake.token_requests) == 3
+
+
+async def test_a_token_past_its_refresh_point_is_never_taken_from_the_hot_slot(
+    fake: FakePlainID,
+) -> None:
+    """Past its refresh point a token never comes from the hot slot: get_token() decides."""
+    async with make_provider(fake, cache=MemoryTokenCache()) as provider:
+        issued = await provider.get_token()
+        # Where the provider stands once its clock passed the token's expiry: the cache
+        # holds it, and so does the hot slot, with a refresh point in the past.
+        expired = attrs.evolve(
+            issued,
+            expires_at=issued.expires_at - issued.expires_in - 1,
+            expires_at_monotonic=time.monotonic() - 1,
+        )
+        await provider.cache.store(provider.cache_key, expired)
+        state = key_states_of(provider.cache).state(provider.cache_key)
+        refresh_at = provider._schedule(expired).refresh_at
+        provider._hot = (expired, refresh_at, state)
+        handler = StubHandler(200)
+        await BearerAuthMiddleware(provider)(client_request(fake.base_url / "x"), handler)
+        assert handler.sent == [(await provider.get_token()).authorization]
+        assert handler.sent != [expired.authorization]
+        assert len(fake.token_requests) == 2  # get_token() fetched anew
 
 
 async def test_a_stale_token_is_left_to_get_token(fake: FakePlainID) -> None:
