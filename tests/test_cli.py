@@ -20,7 +20,7 @@ import aiohttp
 import attrs
 import pytest
 import trustme
-from _proxy import PROXY_VARIABLES, TinyProxy, TokenServer
+from _proxy import TinyProxy, TokenServer, child_environ
 from _servers import server_tls
 from rich.console import Console
 
@@ -68,11 +68,7 @@ class Result:
 
 def _base_env() -> dict[str, str]:
     # The CLI honours proxy variables as curl does: the machine's own must not steer tests.
-    return {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("PLAINID_") and k not in PROXY_VARIABLES
-    }
+    return {k: v for k, v in child_environ().items() if not k.startswith("PLAINID_")}
 
 
 async def run_cli(

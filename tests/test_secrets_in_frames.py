@@ -13,7 +13,6 @@ import asyncio
 import base64
 import json
 import logging
-import os
 import socket
 import struct
 import sys
@@ -27,7 +26,7 @@ import httpx
 import httpx2
 import pytest
 import redis.asyncio
-from _proxy import PROXY_VARIABLES, TinyProxy
+from _proxy import PROXY_VARIABLES, TinyProxy, child_environ
 from _redis_server import RedisServer, redis_binary
 from _servers import LoopbackServer
 from _tracebacks import chain, sentry_event, with_locals
@@ -653,7 +652,7 @@ async def test_the_command_line_prints_no_secret(
     server_tls: ssl.SSLContext,
 ) -> None:
     """``plainid-async token -vv`` on every token-endpoint failure: no secret on any output."""
-    env = {k: v for k, v in os.environ.items() if k not in PROXY_VARIABLES}
+    env = child_environ()
     env["PLAINID_CLIENT_SECRET"] = SECRET
     arguments = ["--client-id", "client-a", "--timeout", "2", "--attempts", "2", "-vv"]
     tls = path in {"tls", "407", "407-credentials"}

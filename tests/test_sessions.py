@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 from _providers import make_provider
-from _proxy import PROXY_VARIABLES, TinyProxy
+from _proxy import PROXY_VARIABLES, TinyProxy, child_environ
 from _servers import ConnectionCounter, LoopbackServer, client_tls, server_tls
 from aiohttp import web
 
@@ -212,14 +212,13 @@ async def test_proxy_credentials_of_one_provider_never_carry_anothers_requests(
 
 
 def run_script(script: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in PROXY_VARIABLES}
     return subprocess.run(  # noqa: S603 (this interpreter, a fixed script)
         [sys.executable, "-W", "error::ResourceWarning", "-c", textwrap.dedent(script), *args],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
-        env=env,
+        env=child_environ(),
     )
 
 

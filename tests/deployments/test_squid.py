@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import ssl
 import subprocess
 import sys
@@ -11,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 import trustme
-from _proxy import PROXY_VARIABLES
+from _proxy import PROXY_VARIABLES, child_environ
 
 from deployments._squid import Squid
 from plainid_async import RetryPolicy, TokenEndpointUnavailableError, TokenProvider
@@ -131,7 +130,7 @@ async def test_no_proxy_sends_the_token_request_direct(
 
 
 def run_cli(fake: FakePlainID, **env: str) -> subprocess.CompletedProcess[str]:
-    environ = {k: v for k, v in os.environ.items() if k not in PROXY_VARIABLES}
+    environ = child_environ()
     environ.update(
         PLAINID_CLIENT_ID=fake.client_id,
         PLAINID_CLIENT_SECRET=fake.client_secret,
