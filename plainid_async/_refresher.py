@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     import concurrent.futures
     from collections.abc import Coroutine
 
-__all__ = ["on_refresher_thread", "refresher_loop", "run_in_refresher"]
+__all__ = ["on_refresher_thread", "refresher_loop", "run_in_refresher", "running_refresher_loop"]
 
 _T = TypeVar("_T")
 
@@ -43,8 +43,8 @@ def _serve(loop: asyncio.AbstractEventLoop, ready: threading.Event) -> None:
 def refresher_loop() -> asyncio.AbstractEventLoop:
     """The refresher's event loop, starting its thread if needed."""
     global _loop, _pid  # one refresher per process, fenced by _lock
-    loop = _loop
-    if loop is not None and _pid == os.getpid() and loop.is_running():
+    loop = running_refresher_loop()
+    if loop is not None:
         return loop
     with _lock:
         if _loop is None or _pid != os.getpid() or not _loop.is_running():
@@ -57,6 +57,14 @@ def refresher_loop() -> asyncio.AbstractEventLoop:
             ready.wait()
             _loop, _pid = loop, os.getpid()
         return _loop
+
+
+def running_refresher_loop() -> asyncio.AbstractEventLoop | None:
+    """The refresher's event loop if it runs in this process; never starts it."""
+    loop = _loop
+    if loop is not None and _pid == os.getpid() and loop.is_running():
+        return loop
+    return None
 
 
 def run_in_refresher(coro: Coroutine[object, object, _T]) -> concurrent.futures.Future[_T]:

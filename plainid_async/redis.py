@@ -42,6 +42,7 @@ and Redis is tried again ``retry_interval`` later.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import base64
 import binascii
 import concurrent.futures
@@ -57,6 +58,7 @@ import random
 import re
 import secrets
 import time
+import weakref
 from typing import TYPE_CHECKING, Any, Final, TypeAlias, TypeVar
 
 import attrs
@@ -66,7 +68,7 @@ from ._checks import check_seconds
 from ._endpoint import RetryPolicy
 from ._events import EventKind, emit
 from ._log import LOGGER_NAME
-from ._refresher import refresher_loop
+from ._refresher import refresher_loop, running_refresher_loop
 from ._token import Token, is_valid_lifetime
 from .exceptions import ConfigurationError
 
@@ -226,6 +228,41 @@ class _ProcessClient:
         if client is not None:
             with contextlib.suppress(Exception):  # closing must not fail: it may be gone
                 await client.aclose()
+
+
+#: Every ``from_url`` client holder, weakly: a cache collected mid-run lets go of its own.
+_PROCESS_CLIENTS: Final[weakref.WeakSet[_ProcessClient]] = weakref.WeakSet()
+
+#: The longest interpreter exit waits for those clients to close.
+_EXIT_CLOSE_TIMEOUT: Final = 2.0
+
+
+def _close_at_exit() -> None:
+    """At interpreter exit, close this process's ``from_url`` clients on their loop.
+
+    A cache that lives as long as its process is never closed by its user. Its connections
+    live on the refresher's loop, whose daemon thread still runs while ``atexit`` hooks do;
+    left to the interpreter's final collection instead, they are finalized on the main
+    thread: redis-py warns "unclosed Connection" and, in asyncio's debug mode, closing
+    their transports from that thread raises. A child made by ``fork`` closes only its own
+    client (``_ProcessClient.aclose``): the parent's belong to the parent's loop.
+    """
+    loop = running_refresher_loop()
+    holders = list(_PROCESS_CLIENTS)
+    if loop is None or not holders:
+        return
+
+    async def close_all() -> None:
+        await asyncio.gather(*(holder.aclose() for holder in holders))
+
+    future = asyncio.run_coroutine_threadsafe(close_all(), loop)
+    try:
+        future.result(_EXIT_CLOSE_TIMEOUT)
+    except Exception:  # noqa: BLE001 (exit goes on: the operating system closes the sockets)
+        future.cancel()
+
+
+atexit.register(_close_at_exit)
 
 
 class _Unavailable(enum.Enum):
@@ -463,7 +500,8 @@ class RedisTokenCache:
         command on the loop where token fetches run (the refresher's), whatever loop the
         caller is on; a child process made by ``fork`` makes its own client on its first
         call and never touches the parent's connections. Call :meth:`aclose` when done
-        (the client is closed when the cache is collected otherwise).
+        with it; a cache that lives as long as its process has its client closed at
+        interpreter exit (and one collected earlier, when it is collected).
 
         Args:
             url: ``redis://``, ``rediss://`` or ``unix://`` URL, as redis-py takes it.
@@ -517,6 +555,7 @@ class RedisTokenCache:
         )
         self._client = None
         self._own = _ProcessClient(make, first)
+        _PROCESS_CLIENTS.add(self._own)
         return self
 
     def _setup(

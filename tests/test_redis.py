@@ -19,6 +19,7 @@ import attrs
 import pytest
 import redis.asyncio
 from _providers import make_provider
+from _proxy import child_environ
 from _redis_server import RedisServer, ThreadedFake, connected_clients, redis_binary
 from _servers import LoopbackServer
 from aiohttp import web
@@ -853,6 +854,53 @@ def run_per_call(calls: int, make_provider: Callable[[], TokenProvider]) -> list
             return await provider.get_token()
 
     return [asyncio.run(one()) for _ in range(calls)]
+
+
+# A process whose from_url cache lives as long as it does, never closed (as a module global
+# in a web app): it gets a token, closes the provider or not, and exits.
+PROCESS_LONG_CACHE = """
+import asyncio, sys
+from plainid_async import TokenProvider
+from plainid_async.redis import RedisTokenCache
+
+CACHE = RedisTokenCache.from_url(sys.argv[2], timeout=2.0)
+
+async def main(base_url, ending):
+    provider = TokenProvider("test-client", "test-secret", base_url=base_url, cache=CACHE)
+    await provider.get_token()
+    await provider.get_token(force_refresh=True)
+    if ending == "close":
+        await provider.close()
+
+asyncio.run(main(sys.argv[1], sys.argv[3]))
+"""
+
+
+@pytest.mark.parametrize("ending", ["close", "no close"])
+async def test_a_from_url_cache_never_closed_leaves_nothing_to_finalize_at_exit(
+    redis_server: RedisServer, ending: str
+) -> None:
+    """Its connections close at exit on the refresher's loop: no warning, in debug mode too."""
+    async with FakePlainID() as fake:
+        # -X dev: asyncio's debug mode and ResourceWarnings shown, as a developer runs it.
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-X",
+            "dev",
+            "-c",
+            PROCESS_LONG_CACHE,
+            str(fake.base_url),
+            redis_server.url,
+            ending,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=child_environ(),
+        )
+        _, stderr = await asyncio.wait_for(process.communicate(), 60)
+        assert len(fake.token_requests) == 2
+    assert process.returncode == 0, stderr.decode()
+    assert stderr.decode() == ""
+    assert connected_clients(redis_server.port) == 0
 
 
 def test_from_url_serves_a_loop_per_call_with_one_request_one_connection_no_warning(
