@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import selectors
 import threading
 from typing import TYPE_CHECKING, TypeVar
 
@@ -85,8 +86,27 @@ def on_refresher_thread() -> bool:
 def _forget_after_fork() -> None:
     """In a forked child: the parent's refresher thread is gone, and its lock may be held."""
     global _lock, _loop, _pid, _thread_id  # noqa: PLW0603 (the child's own refresher)
+    parents = _loop
     _lock = threading.Lock()
     _loop = _pid = _thread_id = None
+    if parents is not None:
+        _cut_off(parents)
+
+
+def _cut_off(loop: asyncio.AbstractEventLoop) -> None:
+    """In a forked child: keep the parent's loop object from changing the parent's selector.
+
+    The child inherits the epoll (or kqueue) instance of the parent's refresher loop, and
+    the sockets registered in it. Whatever the child closes of the parent's (a Redis
+    connection finalized at the child's exit, say) would unregister its socket there, and
+    so for the parent too, whose loop would then never hear from that socket again. A
+    selector of the child's own takes its place; the inherited one is closed, which only
+    closes the child's copy of its descriptor.
+    """
+    inherited = getattr(loop, "_selector", None)  # asyncio's selector loops; not uvloop
+    if isinstance(inherited, selectors.BaseSelector):
+        loop._selector = selectors.SelectSelector()  # type: ignore[attr-defined]  # noqa: SLF001
+        inherited.close()
 
 
 os.register_at_fork(after_in_child=_forget_after_fork)

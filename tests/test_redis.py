@@ -903,6 +903,61 @@ async def test_a_from_url_cache_never_closed_leaves_nothing_to_finalize_at_exit(
     assert connected_clients(redis_server.port) == 0
 
 
+# A from_url cache across a fork: the parent uses it, the child uses it and exits normally
+# (its exit hooks run, the parent's objects it holds are finalized), then the parent again.
+FORKED_LONG_CACHE = """
+import asyncio, os, sys, warnings
+from plainid_async import TokenProvider
+from plainid_async.redis import RedisTokenCache
+
+CACHE = RedisTokenCache.from_url(sys.argv[2], timeout=2.0)
+
+async def use():
+    async with TokenProvider("test-client", "test-secret", base_url=sys.argv[1],
+                             cache=CACHE) as provider:
+        await provider.get_token(force_refresh=True)
+        return provider.health().source
+
+asyncio.run(use())
+# Python 3.12+ warns that forking a threaded process may deadlock: this one forks at a quiet
+# moment, as gunicorn --preload does.
+warnings.filterwarnings("ignore", "This process", DeprecationWarning)
+pid = os.fork()
+if pid == 0:
+    print("child", asyncio.run(use()), flush=True)
+    sys.exit(0)
+status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+print("parent", status, asyncio.run(use()), flush=True)
+"""
+
+
+async def test_a_forked_childs_exit_leaves_the_parents_redis_connection_working(
+    redis_server: RedisServer,
+) -> None:
+    """The child never unregisters the parent's sockets from the epoll instance they share.
+
+    Before, the child's exit finalized the parent's connection there, its transport removed
+    the socket from the inherited selector, and the parent's next command got no answer:
+    "Redis token cache unavailable", and tokens fetched without Redis.
+    """
+    async with FakePlainID() as fake:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            FORKED_LONG_CACHE,
+            str(fake.base_url),
+            redis_server.url,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=child_environ(),
+        )
+        stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, stderr.decode()
+    # "redis": each process's Redis commands were answered (the parent's after the child's exit).
+    assert stdout.decode().splitlines() == ["child redis", "parent 0 redis"]
+    assert stderr.decode() == ""  # no "Redis token cache unavailable" WARNING either
+
+
 def test_from_url_serves_a_loop_per_call_with_one_request_one_connection_no_warning(
     redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
